@@ -1,0 +1,294 @@
+//! Configuration of WebRTC sessions and connections.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::framing::{MAX_FRAME_SIZE, MIN_FRAME_SIZE};
+use crate::Error;
+
+/// A STUN or TURN server used to gather ICE candidates.
+///
+/// ```
+/// use libp2p_webrtc_signal::IceServer;
+/// let stun = IceServer::stun("stun:stun.example.org:3478");
+/// let turn = IceServer::turn("turn:turn.example.org:3478?transport=udp", "user", "secret");
+/// assert_eq!(turn.username.as_deref(), Some("user"));
+/// # let _ = stun;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceServer {
+    /// `stun:host:port` or `turn:host:port[?transport=udp]` URLs.
+    pub urls: Vec<String>,
+    /// TURN long-term credential user name.
+    pub username: Option<String>,
+    /// TURN long-term credential password.
+    pub credential: Option<String>,
+}
+
+impl IceServer {
+    /// A STUN server.
+    pub fn stun(url: impl Into<String>) -> Self {
+        Self {
+            urls: vec![url.into()],
+            username: None,
+            credential: None,
+        }
+    }
+
+    /// A TURN server with a long-term credential.
+    pub fn turn(
+        url: impl Into<String>,
+        username: impl Into<String>,
+        credential: impl Into<String>,
+    ) -> Self {
+        Self {
+            urls: vec![url.into()],
+            username: Some(username.into()),
+            credential: Some(credential.into()),
+        }
+    }
+}
+
+/// Configuration of the WebRTC layer: ICE, sockets, timers and per-connection limits.
+///
+/// Every limit has a documented default and is enforced. Build one with the `with_*` methods:
+///
+/// ```
+/// use std::time::Duration;
+/// use libp2p_webrtc_signal::{Config, IceServer};
+///
+/// let config = Config::default()
+///     .with_ice_servers(vec![IceServer::stun("stun:stun.example.org:3478")])
+///     .with_max_streams(128)
+///     .with_fin_ack_timeout(Duration::from_secs(2));
+/// assert_eq!(config.max_streams, 128);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// STUN/TURN servers. Default: none (host candidates only; no public servers are used
+    /// unless you configure them).
+    pub ice_servers: Vec<IceServer>,
+    /// Local UDP addresses to bind, one socket each. A wildcard address binds every
+    /// non-loopback interface. Default: `0.0.0.0:0`.
+    pub udp_bind_addrs: Vec<SocketAddr>,
+    /// Gather loopback host candidates (needed to connect two peers on `127.0.0.1`).
+    /// Default: `false`.
+    pub allow_loopback_candidates: bool,
+    /// `SO_RCVBUF`/`SO_SNDBUF` of every UDP socket, in bytes. Small kernel defaults
+    /// (~208 KiB) drop packets under load and collapse throughput. Default: 4 MiB.
+    pub udp_socket_buffer: usize,
+    /// Interval between ICE connectivity checks. Default: 50 ms (webrtc-rs: 200 ms).
+    pub ice_check_interval: Duration,
+    /// Connectivity checks per candidate pair before it is given up. Default: 40
+    /// (2 s at the default interval).
+    pub ice_max_binding_requests: u16,
+    /// Time without ICE traffic before the connection counts as disconnected. Default: 5 s.
+    pub ice_disconnected_timeout: Duration,
+    /// Time disconnected before the connection fails and is closed. Default: 10 s.
+    pub ice_failed_timeout: Duration,
+    /// Interval of ICE keep-alives on an idle connection. Default: 2 s.
+    pub ice_keepalive_interval: Duration,
+    /// Remote ICE candidates accepted per session; more is a protocol error. Default: 64.
+    pub max_remote_candidates: usize,
+    /// Concurrent streams (data channels) per connection, both directions together.
+    /// Inbound ones over the limit are closed at once; outbound ones wait. Default: 512.
+    pub max_streams: usize,
+    /// Largest frame sent or accepted on a stream, length prefix included; a larger inbound
+    /// frame resets that stream. Range 64 B ..= 16 KiB (the spec's maximum). Default: 16 KiB.
+    pub max_frame_size: usize,
+    /// Bytes a stream may hand to the data channel before writers wait (back-pressure).
+    /// Default: 1 MiB.
+    pub stream_send_buffer: usize,
+    /// Bytes a stream buffers from the remote while its owner is not reading, e.g. while
+    /// waiting for `FIN_ACK` in `close`. Past it, the stream stops reading. Default: 1 MiB.
+    pub stream_receive_buffer: usize,
+    /// How long closing a stream waits for the remote's `FIN_ACK`. Default: 5 s.
+    pub fin_ack_timeout: Duration,
+    /// How long an outbound stream's data channel may take to open before the stream moves
+    /// to a fresh channel (nothing is lost: no data was sent on it). Default: 2 s.
+    pub stream_open_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ice_servers: Vec::new(),
+            udp_bind_addrs: vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))],
+            allow_loopback_candidates: false,
+            udp_socket_buffer: 4 * 1024 * 1024,
+            ice_check_interval: Duration::from_millis(50),
+            ice_max_binding_requests: 40,
+            ice_disconnected_timeout: Duration::from_secs(5),
+            ice_failed_timeout: Duration::from_secs(10),
+            ice_keepalive_interval: Duration::from_secs(2),
+            max_remote_candidates: 64,
+            max_streams: 512,
+            max_frame_size: MAX_FRAME_SIZE,
+            stream_send_buffer: 1024 * 1024,
+            stream_receive_buffer: 1024 * 1024,
+            fin_ack_timeout: Duration::from_secs(5),
+            stream_open_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Config {
+    /// Sets [`Config::ice_servers`].
+    pub fn with_ice_servers(mut self, servers: Vec<IceServer>) -> Self {
+        self.ice_servers = servers;
+        self
+    }
+
+    /// Sets [`Config::udp_bind_addrs`].
+    pub fn with_udp_bind_addrs(mut self, addrs: Vec<SocketAddr>) -> Self {
+        self.udp_bind_addrs = addrs;
+        self
+    }
+
+    /// Sets [`Config::allow_loopback_candidates`].
+    pub fn with_loopback_candidates(mut self, allow: bool) -> Self {
+        self.allow_loopback_candidates = allow;
+        self
+    }
+
+    /// Sets [`Config::udp_socket_buffer`].
+    pub fn with_udp_socket_buffer(mut self, bytes: usize) -> Self {
+        self.udp_socket_buffer = bytes;
+        self
+    }
+
+    /// Sets [`Config::ice_check_interval`] and [`Config::ice_max_binding_requests`].
+    pub fn with_ice_checks(mut self, interval: Duration, max_binding_requests: u16) -> Self {
+        self.ice_check_interval = interval;
+        self.ice_max_binding_requests = max_binding_requests;
+        self
+    }
+
+    /// Sets [`Config::ice_disconnected_timeout`], [`Config::ice_failed_timeout`] and
+    /// [`Config::ice_keepalive_interval`].
+    pub fn with_ice_timeouts(
+        mut self,
+        disconnected: Duration,
+        failed: Duration,
+        keepalive: Duration,
+    ) -> Self {
+        self.ice_disconnected_timeout = disconnected;
+        self.ice_failed_timeout = failed;
+        self.ice_keepalive_interval = keepalive;
+        self
+    }
+
+    /// Sets [`Config::max_remote_candidates`].
+    pub fn with_max_remote_candidates(mut self, n: usize) -> Self {
+        self.max_remote_candidates = n;
+        self
+    }
+
+    /// Sets [`Config::max_streams`].
+    pub fn with_max_streams(mut self, n: usize) -> Self {
+        self.max_streams = n;
+        self
+    }
+
+    /// Sets [`Config::max_frame_size`].
+    pub fn with_max_frame_size(mut self, bytes: usize) -> Self {
+        self.max_frame_size = bytes;
+        self
+    }
+
+    /// Sets [`Config::stream_send_buffer`].
+    pub fn with_stream_send_buffer(mut self, bytes: usize) -> Self {
+        self.stream_send_buffer = bytes;
+        self
+    }
+
+    /// Sets [`Config::stream_receive_buffer`].
+    pub fn with_stream_receive_buffer(mut self, bytes: usize) -> Self {
+        self.stream_receive_buffer = bytes;
+        self
+    }
+
+    /// Sets [`Config::fin_ack_timeout`].
+    pub fn with_fin_ack_timeout(mut self, timeout: Duration) -> Self {
+        self.fin_ack_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::stream_open_timeout`].
+    pub fn with_stream_open_timeout(mut self, timeout: Duration) -> Self {
+        self.stream_open_timeout = timeout;
+        self
+    }
+
+    /// Checks that the values can be used; called when a session is created.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        if !(MIN_FRAME_SIZE..=MAX_FRAME_SIZE).contains(&self.max_frame_size) {
+            return bad(format!(
+                "max_frame_size {} outside {MIN_FRAME_SIZE}..={MAX_FRAME_SIZE}",
+                self.max_frame_size
+            ));
+        }
+        if self.udp_bind_addrs.is_empty() {
+            return bad("udp_bind_addrs is empty".into());
+        }
+        if self.max_streams == 0 {
+            return bad("max_streams is 0".into());
+        }
+        if self.stream_send_buffer == 0 || self.stream_receive_buffer == 0 {
+            return bad("stream buffers must be non-zero".into());
+        }
+        if self.ice_check_interval.is_zero() || self.ice_max_binding_requests == 0 {
+            return bad("ICE check interval and binding requests must be non-zero".into());
+        }
+        for server in &self.ice_servers {
+            for url in &server.urls {
+                let scheme = url.split(':').next().unwrap_or_default();
+                if !matches!(scheme, "stun" | "stuns" | "turn" | "turns") {
+                    return bad(format!("ICE server URL {url:?} is not stun: or turn:"));
+                }
+                if scheme.starts_with("turn")
+                    && (server.username.is_none() || server.credential.is_none())
+                {
+                    return bad(format!(
+                        "TURN server {url:?} needs a username and credential"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        let cases = [
+            Config::default().with_max_frame_size(MAX_FRAME_SIZE + 1),
+            Config::default().with_max_frame_size(10),
+            Config::default().with_max_streams(0),
+            Config::default().with_udp_bind_addrs(vec![]),
+            Config::default().with_stream_send_buffer(0),
+            Config::default().with_ice_servers(vec![IceServer::stun("http://x")]),
+            Config::default().with_ice_servers(vec![IceServer {
+                urls: vec!["turn:x:3478".into()],
+                username: None,
+                credential: None,
+            }]),
+        ];
+        for config in cases {
+            assert!(
+                matches!(config.validate(), Err(Error::InvalidConfig(_))),
+                "{config:?}"
+            );
+        }
+    }
+}

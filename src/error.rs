@@ -1,0 +1,43 @@
+//! Errors of WebRTC session setup and of established connections.
+
+/// Why a WebRTC session could not be set up or a connection failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The WebRTC stack reported an error.
+    #[error("webrtc: {0}")]
+    WebRtc(String),
+    /// The remote SDP could not be used.
+    #[error("invalid remote SDP: {0}")]
+    InvalidSdp(String),
+    /// A remote ICE candidate could not be parsed.
+    #[error("invalid ICE candidate: {0}")]
+    InvalidCandidate(String),
+    /// The remote sent more ICE candidates than the configured limit.
+    #[error("too many remote ICE candidates (limit {0})")]
+    TooManyCandidates(usize),
+    /// The DTLS certificate the remote presented does not match the SDP's fingerprint.
+    #[error("DTLS certificate fingerprint does not match the remote SDP")]
+    FingerprintMismatch,
+    /// The remote SDP carries no fingerprint this crate can verify.
+    #[error("remote SDP has no sha-256 fingerprint")]
+    NoFingerprint,
+    /// ICE or DTLS failed; no direct path was found.
+    #[error("WebRTC connection failed")]
+    ConnectionFailed,
+    /// The session or connection was closed.
+    #[error("WebRTC connection closed")]
+    Closed,
+    /// A method was called in a state where it makes no sense (e.g. an answer without an offer).
+    #[error("invalid session state: {0}")]
+    InvalidState(&'static str),
+    /// The configuration is not usable.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+}
+
+impl From<webrtc::error::Error> for Error {
+    fn from(e: webrtc::error::Error) -> Self {
+        Error::WebRtc(e.to_string())
+    }
+}

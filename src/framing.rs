@@ -1,0 +1,279 @@
+//! Message framing on data channels (libp2p WebRTC spec, "Multiplexing").
+//!
+//! Every data channel message carries one or more frames: a varint length prefix followed by
+//! a protobuf `webrtc.pb.Message`. Pure code, no I/O: [`encode`] builds frames and
+//! [`FrameDecoder`] splits received bytes back into frames.
+
+use bytes::{Buf, Bytes, BytesMut};
+use prost::Message as _;
+
+use crate::generated::webrtc_pb::{message::Flag as PbFlag, Message as PbMessage};
+
+/// Largest frame the libp2p WebRTC spec allows, length prefix included.
+pub const MAX_FRAME_SIZE: usize = 16 * 1024;
+
+/// Smallest frame size a [`crate::Config`] accepts: a frame must carry at least a few bytes.
+pub const MIN_FRAME_SIZE: usize = 64;
+
+/// A flag carried by a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flag {
+    /// The sender will send no more data.
+    Fin,
+    /// The sender will read no more data.
+    StopSending,
+    /// The sender abruptly ends its sending side.
+    ResetStream,
+    /// Acknowledges a received `Fin`.
+    FinAck,
+}
+
+impl Flag {
+    fn to_pb(self) -> PbFlag {
+        match self {
+            Flag::Fin => PbFlag::Fin,
+            Flag::StopSending => PbFlag::StopSending,
+            Flag::ResetStream => PbFlag::ResetStream,
+            Flag::FinAck => PbFlag::FinAck,
+        }
+    }
+
+    fn from_pb(value: i32) -> Option<Self> {
+        match PbFlag::try_from(value).ok()? {
+            PbFlag::Fin => Some(Flag::Fin),
+            PbFlag::StopSending => Some(Flag::StopSending),
+            PbFlag::ResetStream => Some(Flag::ResetStream),
+            PbFlag::FinAck => Some(Flag::FinAck),
+        }
+    }
+}
+
+/// One decoded frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// The flag, if any (an unknown flag value is reported as `None`).
+    pub flag: Option<Flag>,
+    /// The payload (possibly empty).
+    pub data: Bytes,
+}
+
+/// Why received bytes could not be decoded into frames.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// The length prefix announces a frame larger than allowed.
+    #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// Announced frame length, prefix included.
+        len: usize,
+        /// The limit in force.
+        max: usize,
+    },
+    /// The length prefix is not a valid varint.
+    #[error("invalid frame length prefix")]
+    InvalidLength,
+    /// The frame body is not a valid `webrtc.pb.Message`.
+    #[error("invalid frame protobuf: {0}")]
+    InvalidProtobuf(String),
+}
+
+fn varint_len(value: usize) -> usize {
+    prost::length_delimiter_len(value)
+}
+
+/// Encoded size of a frame carrying `payload` bytes and an optional flag, prefix included.
+pub fn encoded_len(flag: Option<Flag>, payload: usize) -> usize {
+    let flag_len = if flag.is_some() { 2 } else { 0 };
+    let data_len = if payload > 0 || flag.is_none() {
+        1 + varint_len(payload) + payload
+    } else {
+        0
+    };
+    let inner = flag_len + data_len;
+    varint_len(inner) + inner
+}
+
+/// The largest payload whose data frame (no flag) fits in `max_frame_size`, prefix included.
+pub fn max_payload(max_frame_size: usize) -> usize {
+    // Start from an upper bound and step down: at most a few iterations, since the varints
+    // involved are at most three bytes for any frame size we allow.
+    let mut payload = max_frame_size.saturating_sub(2);
+    while payload > 0 && encoded_len(None, payload) > max_frame_size {
+        payload -= 1;
+    }
+    payload
+}
+
+/// Encodes one frame, length prefix included.
+pub fn encode(flag: Option<Flag>, data: &[u8]) -> BytesMut {
+    let msg = PbMessage {
+        flag: flag.map(|f| f.to_pb() as i32),
+        message: if data.is_empty() && flag.is_some() {
+            None
+        } else {
+            Some(Bytes::copy_from_slice(data))
+        },
+    };
+    let mut buf = BytesMut::with_capacity(msg.encoded_len() + 3);
+    // Encoding into a BytesMut only fails when it lacks capacity, and it grows as needed.
+    let _ = msg.encode_length_delimited(&mut buf);
+    buf
+}
+
+/// Accumulates received bytes and yields complete frames.
+///
+/// A frame may span data channel messages, and one message may hold several frames; both are
+/// accepted. Memory is bounded by `max_frame_size` plus one received message.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    buf: BytesMut,
+    max_frame_size: usize,
+}
+
+impl FrameDecoder {
+    /// A decoder that rejects frames over `max_frame_size` bytes (prefix included).
+    pub fn new(max_frame_size: usize) -> Self {
+        Self {
+            buf: BytesMut::new(),
+            max_frame_size,
+        }
+    }
+
+    /// Adds received bytes.
+    pub fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+    }
+
+    /// Bytes received but not yet decoded into a frame.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.buf.is_empty() {
+            return Ok(None);
+        }
+        let mut peek = &self.buf[..];
+        let len = match prost::decode_length_delimiter(&mut peek) {
+            Ok(len) => len,
+            // Up to 10 bytes make a varint; fewer may simply be incomplete.
+            Err(_) if self.buf.len() < 10 && self.buf.iter().all(|b| b & 0x80 != 0) => {
+                return Ok(None);
+            }
+            Err(_) => return Err(FrameError::InvalidLength),
+        };
+        let prefix = self.buf.len() - peek.len();
+        let total = prefix.saturating_add(len);
+        if total > self.max_frame_size {
+            return Err(FrameError::TooLarge {
+                len: total,
+                max: self.max_frame_size,
+            });
+        }
+        if self.buf.len() < total {
+            return Ok(None);
+        }
+        self.buf.advance(prefix);
+        let body = self.buf.split_to(len).freeze();
+        let msg =
+            PbMessage::decode(body).map_err(|e| FrameError::InvalidProtobuf(e.to_string()))?;
+        Ok(Some(Frame {
+            flag: msg.flag.and_then(Flag::from_pb),
+            data: msg.message.unwrap_or_default(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_payload_fills_frame_exactly() {
+        for max in [MIN_FRAME_SIZE, 127, 128, 129, 1000, 16383, MAX_FRAME_SIZE] {
+            let p = max_payload(max);
+            assert!(encoded_len(None, p) <= max, "max={max}");
+            assert!(encoded_len(None, p + 1) > max, "max={max}");
+            assert_eq!(encode(None, &vec![7u8; p]).len(), encoded_len(None, p));
+        }
+        assert_eq!(
+            encode(None, &vec![0u8; max_payload(MAX_FRAME_SIZE)]).len(),
+            MAX_FRAME_SIZE
+        );
+    }
+
+    #[test]
+    fn round_trip_data_and_flags() {
+        let mut dec = FrameDecoder::new(MAX_FRAME_SIZE);
+        dec.push(&encode(None, b"hello"));
+        dec.push(&encode(Some(Flag::Fin), b""));
+        dec.push(&encode(Some(Flag::FinAck), b""));
+        dec.push(&encode(Some(Flag::ResetStream), b""));
+        dec.push(&encode(Some(Flag::StopSending), b""));
+        dec.push(&encode(None, b""));
+        let frames: Vec<_> = std::iter::from_fn(|| dec.next_frame().unwrap()).collect();
+        let flags: Vec<_> = frames.iter().map(|f| f.flag).collect();
+        assert_eq!(
+            flags,
+            [
+                None,
+                Some(Flag::Fin),
+                Some(Flag::FinAck),
+                Some(Flag::ResetStream),
+                Some(Flag::StopSending),
+                None
+            ]
+        );
+        assert_eq!(&frames[0].data[..], b"hello");
+        assert!(frames[5].data.is_empty());
+        assert_eq!(dec.buffered(), 0);
+    }
+
+    #[test]
+    fn frames_split_across_messages() {
+        let frame = encode(None, &[1, 2, 3, 4, 5, 6, 7, 8]);
+        let mut dec = FrameDecoder::new(MAX_FRAME_SIZE);
+        for byte in &frame[..frame.len() - 1] {
+            dec.push(std::slice::from_ref(byte));
+            assert_eq!(dec.next_frame(), Ok(None));
+        }
+        dec.push(&frame[frame.len() - 1..]);
+        assert_eq!(dec.next_frame().unwrap().unwrap().data.len(), 8);
+    }
+
+    #[test]
+    fn oversize_length_is_rejected_before_buffering() {
+        let mut dec = FrameDecoder::new(MAX_FRAME_SIZE);
+        let mut prefix = BytesMut::new();
+        prost::encode_length_delimiter(1 << 20, &mut prefix).unwrap();
+        dec.push(&prefix);
+        assert!(matches!(dec.next_frame(), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        let mut dec = FrameDecoder::new(MAX_FRAME_SIZE);
+        // Length 3, then a body with an invalid wire type (7).
+        dec.push(&[3, 0x0f, 0xff, 0xff]);
+        assert!(matches!(
+            dec.next_frame(),
+            Err(FrameError::InvalidProtobuf(_))
+        ));
+        let mut dec = FrameDecoder::new(MAX_FRAME_SIZE);
+        dec.push(&[0xff; 11]);
+        assert_eq!(dec.next_frame(), Err(FrameError::InvalidLength));
+    }
+
+    #[test]
+    fn unknown_flag_is_none() {
+        let msg = PbMessage {
+            flag: Some(42),
+            message: Some(Bytes::from_static(b"x")),
+        };
+        let mut dec = FrameDecoder::new(MAX_FRAME_SIZE);
+        dec.push(&msg.encode_length_delimited_to_vec());
+        let frame = dec.next_frame().unwrap().unwrap();
+        assert_eq!(frame.flag, None);
+        assert_eq!(&frame.data[..], b"x");
+    }
+}

@@ -1,0 +1,38 @@
+//! Upgrade relayed libp2p connections to direct WebRTC connections ("WebRTC
+//! private-to-private").
+//!
+//! This crate is being built in layers. The layer available now turns a WebRTC peer
+//! connection into a libp2p connection:
+//!
+//! - [`Session`] sets up one peer connection on webrtc-rs: an SDP offer/answer and trickled
+//!   ICE candidates go in and out through plain methods, so any signaling channel can drive it.
+//!   Candidates that arrive early are buffered; end-of-candidates and unusable candidates are
+//!   accepted.
+//! - [`Session::into_connection`] checks that the remote's DTLS certificate matches the
+//!   `a=fingerprint` of the remote SDP, then yields a [`Connection`].
+//! - [`Connection`] implements [`libp2p_core::muxing::StreamMuxer`]: one libp2p stream is one
+//!   in-band data channel, framed per the libp2p WebRTC spec (`FIN`/`FIN_ACK` half-close,
+//!   `STOP_SENDING`, `RESET_STREAM`, frames of at most 16 KiB).
+//!
+//! Every limit lives in [`Config`].
+
+#![forbid(unsafe_code)]
+#![cfg_attr(doctest, doc = include_str!("../README.md"))]
+#![warn(missing_docs)]
+
+mod candidate;
+mod config;
+mod connection;
+mod error;
+mod fingerprint;
+pub mod framing;
+mod generated;
+mod runtime;
+mod session;
+mod stream;
+
+pub use config::{Config, IceServer};
+pub use connection::Connection;
+pub use error::Error;
+pub use session::{SdpRole, Session, SessionEvent};
+pub use stream::Stream;
