@@ -43,6 +43,8 @@ pub struct Connection {
     outbound: Option<(OpenChannel, SlotGuard)>,
     /// Waits out the stream id reuse guard before the next outbound channel.
     reuse_wait: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// When the current open started waiting for the guard.
+    reuse_wait_started: Option<Instant>,
     closing: Option<BoxFuture<'static, ()>>,
     closed: bool,
     slots: Arc<StreamSlots>,
@@ -88,6 +90,7 @@ impl Connection {
             inbound: VecDeque::new(),
             outbound: None,
             reuse_wait: None,
+            reuse_wait_started: None,
             closing: None,
             closed: false,
             slots: StreamSlots::new(config.max_streams),
@@ -205,14 +208,21 @@ impl StreamMuxer for Connection {
         let this = &mut *self;
         this.poll_events(cx)?;
         if this.outbound.is_none() {
-            if let Some(at) = this.ctx.reuse.open_allowed_at(Instant::now()) {
-                let wait = this
-                    .reuse_wait
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
-                wait.as_mut().reset(at.into());
-                ready!(wait.as_mut().poll(cx));
+            let now = Instant::now();
+            if let Some(at) = this.ctx.reuse.open_allowed_at(now) {
+                // Renewals of the guard extend the wait, up to its maximum in total.
+                let started = *this.reuse_wait_started.get_or_insert(now);
+                let at = at.min(started + this.ctx.reuse.max_wait());
+                if at > now {
+                    let wait = this
+                        .reuse_wait
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+                    wait.as_mut().reset(at.into());
+                    ready!(wait.as_mut().poll(cx));
+                }
             }
             this.reuse_wait = None;
+            this.reuse_wait_started = None;
             this.slots.register(cx.waker());
             let Some(slot) = this.slots.try_acquire() else {
                 return Poll::Pending;

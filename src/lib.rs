@@ -20,6 +20,10 @@
 #![cfg_attr(doctest, doc = include_str!("../README.md"))]
 #![warn(missing_docs)]
 
+// Lets the shared test helpers in tests/common name this crate from unit tests too.
+#[cfg(test)]
+extern crate self as libp2p_webrtc_signal;
+
 mod candidate;
 mod config;
 mod connection;
@@ -30,6 +34,9 @@ mod generated;
 mod runtime;
 mod session;
 mod stream;
+#[cfg(test)]
+#[path = "../tests/common/mod.rs"]
+mod test_common;
 
 pub use config::{Config, IceServer};
 pub use connection::Connection;

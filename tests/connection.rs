@@ -193,6 +193,49 @@ async fn reset_in_the_middle_of_a_transfer() {
     .await;
 }
 
+/// A reset while the other side still has data queued must not break the stream id for the
+/// next channel that gets it (webrtc-rs answers a stream reset before sending queued DATA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_mid_transfer_do_not_poison_later_streams() {
+    init_tracing();
+    let (client, mut server) = driven_pair(loopback_config()).await;
+    within(async {
+        for i in 0..16u64 {
+            let mut c = client.open().await;
+            c.write_all(&payload(64 * 1024, i)).await.unwrap();
+            let mut s = server.accept().await;
+            let mut first = [0u8; 100];
+            s.read_exact(&mut first).await.unwrap();
+            if i % 2 == 0 {
+                // The reader resets while the writer has data queued.
+                drop(s);
+                let chunk = payload(16 * 1024, i);
+                while c.write_all(&chunk).await.is_ok() {}
+            } else {
+                // The writer resets with data queued.
+                drop(c);
+                let mut rest = Vec::new();
+                let err = s.read_to_end(&mut rest).await.unwrap_err();
+                assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+            }
+            // A new stream right away carries a request, a response and both ends.
+            let mut c2 = client.open().await;
+            c2.write_all(b"ping").await.unwrap();
+            c2.close().await.unwrap();
+            let mut s2 = server.accept().await;
+            let mut got = Vec::new();
+            s2.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"ping", "round {i}");
+            s2.write_all(b"pong").await.unwrap();
+            s2.close().await.unwrap();
+            got.clear();
+            c2.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"pong", "round {i}");
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_reader_bounds_sender_memory() {
     init_tracing();
@@ -443,13 +486,74 @@ fn rss_kib() -> u64 {
         .unwrap()
 }
 
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// Measurements for the README and issue notes, not pass/fail:
+/// `cargo test --release --test connection measure -- --ignored --nocapture --test-threads 1`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement"]
-async fn measure_lingering_channel_cost() {
+async fn measure_loopback_setup_and_throughput() {
+    // Offer created -> both sides connected and the fingerprint checked, 20 runs.
+    let mut setup = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        let (a, b) = pair(loopback_config()).await;
+        setup.push(started.elapsed());
+        drop((a, b));
+    }
+    eprintln!(
+        "offer -> connected: median {:?}, min {:?}, max {:?} (20 runs)",
+        median(setup.clone()),
+        setup.iter().min().unwrap(),
+        setup.iter().max().unwrap()
+    );
+    // One stream, 256 MiB one way, 5 runs.
+    const LEN: usize = 256 * 1024 * 1024;
+    let chunk = payload(1024 * 1024, 5);
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let (client, mut server) = driven_pair(loopback_config()).await;
+        let receiver = tokio::spawn(async move {
+            let mut s = server.accept().await;
+            let mut buf = vec![0u8; 256 * 1024];
+            let mut n = 0;
+            loop {
+                let r = s.read(&mut buf).await.unwrap();
+                if r == 0 {
+                    break n;
+                }
+                n += r;
+            }
+        });
+        let started = Instant::now();
+        let mut s = client.open().await;
+        for _ in 0..LEN / chunk.len() {
+            s.write_all(&chunk).await.unwrap();
+        }
+        s.close().await.unwrap();
+        assert_eq!(receiver.await.unwrap(), LEN);
+        let secs = started.elapsed().as_secs_f64();
+        rates.push(Duration::from_secs_f64(secs));
+        eprintln!("256 MiB in {secs:.2} s = {:.0} MiB/s", 256.0 / secs);
+    }
+    let m = median(rates).as_secs_f64();
+    eprintln!(
+        "one stream: median {:.0} MiB/s (5 runs of 256 MiB)",
+        256.0 / m
+    );
+}
+
+/// Stream churn: time and memory per 2000 sequential request/response streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement"]
+async fn measure_stream_churn() {
     let (client, server) = driven_pair(loopback_config()).await;
     let _echo = spawn_echo(server);
     let mut last = rss_kib();
-    for round in 0..8 {
+    for round in 0..4 {
         let started = Instant::now();
         for i in 0..2000u64 {
             let mut s = client.open().await;
@@ -457,12 +561,17 @@ async fn measure_lingering_channel_cost() {
             s.close().await.unwrap();
             let mut resp = Vec::new();
             s.read_to_end(&mut resp).await.unwrap();
+            assert_eq!(resp, i.to_le_bytes());
         }
         let now = rss_kib();
+        tokio::time::sleep(Duration::from_secs(1)).await;
         eprintln!(
-            "round {round}: 2000 streams in {:?}, rss {now} KiB (+{} KiB)",
+            "round {round}: 2000 streams in {:?}, rss {now} KiB ({:+} KiB), {} live tasks",
             started.elapsed(),
-            now as i64 - last as i64
+            now as i64 - last as i64,
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
         );
         last = now;
     }

@@ -131,8 +131,8 @@ impl Shared {
 
 /// Work the pump does for the stream, in order.
 enum ControlOp {
-    Send(Flag),
-    Close,
+    /// Reset the stream: send `RESET_STREAM` (if the stream is not finished already).
+    Reset,
 }
 
 fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
@@ -374,13 +374,10 @@ impl Drop for Stream {
         let shared = lock(&self.shared);
         // Dropped before both halves finished cleanly: reset, so the remote does not wait.
         if !shared.state.is_clean_done() && !matches!(shared.state.read_end(), Some(Err(_))) {
-            let _ = self.ctrl.unbounded_send(ControlOp::Send(Flag::ResetStream));
+            let _ = self.ctrl.unbounded_send(ControlOp::Reset);
         }
-        // Only the accepting side closes channels: see `pump`.
-        if !self.outbound {
-            let _ = self.ctrl.unbounded_send(ControlOp::Close);
-        }
-        // Dropping `ctrl` tells the pump to finish these and stop.
+        // Dropping `ctrl` tells the pump to finish this, then to close the channel when
+        // `State::closes_channel` says so.
     }
 }
 
@@ -456,7 +453,7 @@ enum Step {
     Ctrl(Option<ControlOp>),
     /// A data channel event; `None`: the channel is gone (or did not open in time).
     Event(Option<DataChannelEvent>),
-    /// A dropped outbound stream waited long enough for its channel to close.
+    /// A dropped stream waited long enough for the peer to close its channel.
     GiveUp,
 }
 
@@ -464,10 +461,12 @@ fn sleep(d: Duration) -> Pin<Box<tokio::time::Sleep>> {
     Box::pin(tokio::time::sleep(d))
 }
 
-/// Drains the data channel into the stream's buffer and answers flags; for the opener, also
-/// works around stream id reuse in webrtc-rs (see [`reuse`]):
-/// - the opener never closes its channels; after its stream is dropped it keeps watching the
-///   channel until the peer closes it, and tells the [`ReuseGuard`];
+/// Drains the data channel into the stream's buffer and answers flags. After the stream is
+/// dropped it keeps draining, discarding data, until the channel closes (bounded by twice
+/// [`crate::Config::fin_ack_timeout`]). For the opener it also works around stream id reuse
+/// in webrtc-rs (see [`reuse`]):
+/// - the channel is closed by the side [`State::closes_channel`] names; the opener tells the
+///   [`ReuseGuard`] when its channels close;
 /// - an outbound channel that closes, or does not open within
 ///   [`crate::Config::stream_open_timeout`], before it carried a byte in either direction is
 ///   replaced by a fresh one after a doubling delay, a bounded number of times. Nothing was
@@ -492,6 +491,7 @@ async fn pump(
     let mut created_at = Instant::now();
     let mut open_deadline = outbound.then(|| sleep(ctx.open_timeout));
     let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut finished_reported = false;
     loop {
         let step = futures::future::poll_fn(|cx| {
             if !dropped {
@@ -523,29 +523,53 @@ async fn pump(
         })
         .await;
         let event = match step {
-            Step::Ctrl(Some(ControlOp::Send(flag))) => {
-                let _ = dc.send(framing::encode(Some(flag), &[])).await;
+            Step::Ctrl(Some(ControlOp::Reset)) => {
+                let send = {
+                    let mut s = lock(&shared);
+                    let send = !s.state.is_done();
+                    s.state.reset();
+                    s.wake();
+                    send
+                };
+                if send {
+                    let _ = dc.send(framing::encode(Some(Flag::ResetStream), &[])).await;
+                }
                 continue;
             }
-            Step::Ctrl(Some(ControlOp::Close)) => {
-                if !closing {
+            Step::Ctrl(None) => {
+                if outbound && !finished_reported {
+                    finished_reported = true;
+                    ctx.reuse.on_outbound_finished(Instant::now());
+                }
+                // The stream was dropped and its last requests are done. Keep draining (and
+                // discarding) until the channel closes, closing it ourselves when
+                // `State::closes_channel` says so, or after a bounded wait for the peer.
+                dropped = true;
+                open_deadline = None;
+                linger = Some(sleep(ctx.fin_ack_timeout * 2));
+                let close = {
+                    let mut s = lock(&shared);
+                    s.read_queue.clear();
+                    s.read_queued = 0;
+                    s.state.closes_channel(outbound)
+                };
+                if !closing && close {
                     closing = true;
                     let _ = dc.close().await;
                 }
                 continue;
             }
-            Step::Ctrl(None) => {
-                // The stream was dropped and its last requests are done. The opener keeps
-                // watching for the close, a bounded time; the accepting side is done.
-                if !outbound {
-                    return;
+            Step::GiveUp => {
+                // The peer did not close in time: close anyway, so the channel is not leaked.
+                tracing::debug!(channel = %dc.id(), "peer did not close the channel; closing it");
+                if !closing {
+                    let _ = dc.close().await;
                 }
-                dropped = true;
-                open_deadline = None;
-                linger = Some(sleep(ctx.fin_ack_timeout * 2));
-                continue;
+                if outbound {
+                    ctx.reuse.on_outbound_closed(Instant::now());
+                }
+                return;
             }
-            Step::GiveUp => return,
             Step::Event(event) => event,
         };
         events = poll_channel(&dc);
@@ -567,6 +591,10 @@ async fn pump(
             if dropped {
                 s.read_queue.clear();
                 s.read_queued = 0;
+            }
+            if outbound && !finished_reported && s.state.is_done() {
+                finished_reported = true;
+                ctx.reuse.on_outbound_finished(Instant::now());
             }
             let reopen = matches!(next, Next::Closed) && s.pristine && reopen_left > 0 && !dropped;
             if reopen {
@@ -615,7 +643,7 @@ async fn pump(
                 for flag in replies.drain(..) {
                     let _ = dc.send(framing::encode(Some(flag), &[])).await;
                 }
-                if !outbound && !closing && lock(&shared).state.is_done() {
+                if !closing && lock(&shared).state.closes_channel(outbound) {
                     closing = true;
                     let _ = dc.close().await;
                 }
@@ -627,6 +655,45 @@ async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::test_common as common;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn garbage_frame_resets_only_that_stream() {
+        use futures::{AsyncReadExt, AsyncWriteExt};
+        common::init_tracing();
+        let (client, mut server) = common::driven_pair(common::loopback_config()).await;
+        let run = async {
+            let mut c = client.open().await;
+            c.write_all(b"hello").await.unwrap();
+            c.flush().await.unwrap();
+            let mut s = server.accept().await;
+            let mut hello = [0u8; 5];
+            s.read_exact(&mut hello).await.unwrap();
+            // A frame whose body is not a webrtc.pb.Message (wire type 7), sent raw.
+            let dc = lock(&c.shared).dc.clone();
+            dc.send(BytesMut::from(&[3u8, 0x0f, 0xff, 0xff][..]))
+                .await
+                .unwrap();
+            let mut rest = Vec::new();
+            let err = s.read_to_end(&mut rest).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+            // The sender sees the reset...
+            let err = c.read_to_end(&mut rest).await.unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+            // ...and the connection carries new streams.
+            let mut c2 = client.open().await;
+            c2.write_all(b"fine").await.unwrap();
+            c2.close().await.unwrap();
+            let mut s2 = server.accept().await;
+            let mut got = Vec::new();
+            s2.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, b"fine");
+        };
+        tokio::time::timeout(Duration::from_secs(60), run)
+            .await
+            .expect("hang");
+    }
 
     #[test]
     fn slots_are_bounded_and_freed() {

@@ -9,10 +9,13 @@
 //! channel costs memory and slows later opens (O(n) scans in webrtc-rs), so channels must be
 //! closed.
 //!
-//! The guard: the opener never closes its channels (the accepting side does), so its ids
-//! are freed only by the peer's reset, which the opener observes as the channel's close.
-//! After such a close, new outbound channels wait about two round trips, long enough for
-//! the remaining resets to land. Round trips are sampled from channel opens and from
+//! The guard: the opener closes a channel only after the peer reset the stream (see
+//! `State::closes_channel`); otherwise the accepting side closes, and the opener sees the
+//! close when the peer's reset arrives. After an outbound channel closed, new outbound
+//! channels wait about two round trips, long enough for the remaining resets to land; a
+//! stream that finished (reset, or closed both ways) counts as a close one round trip later,
+//! since the close follows then. One open never waits more than a second in total, so
+//! constant churn cannot starve it. Round trips are sampled from channel opens and from
 //! `FIN` → `FIN_ACK`.
 
 use std::sync::Mutex;
@@ -46,6 +49,18 @@ impl ReuseGuard {
     pub(crate) fn on_outbound_closed(&self, now: Instant) {
         let mut inner = self.lock();
         inner.last_close = Some(inner.last_close.map_or(now, |t| t.max(now)));
+    }
+
+    /// One of this side's outbound streams finished (reset, or both halves closed): the
+    /// peer's close of its channel is about a round trip away, so count it as happening then.
+    pub(crate) fn on_outbound_finished(&self, now: Instant) {
+        let srtt = self.lock().srtt.unwrap_or(INITIAL_RTT);
+        self.on_outbound_closed(now + srtt);
+    }
+
+    /// The longest one open waits in total, however often the guard is renewed meanwhile.
+    pub(crate) fn max_wait(&self) -> Duration {
+        MAX_WAIT
     }
 
     /// A round-trip sample (smoothed like TCP's SRTT, gain 1/8).
@@ -102,6 +117,18 @@ mod tests {
             g.on_rtt_sample(Duration::from_secs(10));
         }
         assert_eq!(g.wait(), MAX_WAIT);
+    }
+
+    #[test]
+    fn a_finished_stream_counts_as_closing_one_rtt_later() {
+        let g = ReuseGuard::default();
+        g.on_rtt_sample(Duration::from_millis(4));
+        let t0 = Instant::now();
+        g.on_outbound_finished(t0);
+        assert_eq!(
+            g.open_allowed_at(t0),
+            Some(t0 + Duration::from_millis(4 + 8 + 10))
+        );
     }
 
     #[test]

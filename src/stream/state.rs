@@ -40,6 +40,8 @@ pub(crate) enum WriteHalf {
 pub(crate) struct State {
     pub(crate) read: ReadHalf,
     pub(crate) write: WriteHalf,
+    /// The remote sent `RESET_STREAM`.
+    pub(crate) reset_by_remote: bool,
 }
 
 impl State {
@@ -47,6 +49,7 @@ impl State {
         Self {
             read: ReadHalf::Open,
             write: WriteHalf::Open,
+            reset_by_remote: false,
         }
     }
 
@@ -73,6 +76,7 @@ impl State {
                 None
             }
             Flag::ResetStream => {
+                self.reset_by_remote = true;
                 self.reset();
                 None
             }
@@ -156,6 +160,19 @@ impl State {
     pub(crate) fn is_clean_done(&self) -> bool {
         self.read == ReadHalf::Finished
             && matches!(self.write, WriteHalf::Closed | WriteHalf::Stopped)
+    }
+
+    /// Whether this side closes the data channel now (`opener`: this side opened the stream).
+    ///
+    /// Closing a channel resets its SCTP stream, and webrtc-rs 0.21.1 answers a peer's reset
+    /// at once, even while DATA for that stream is still queued on its side; that DATA then
+    /// arrives after the reset and poisons the stream id for the next channel that gets it.
+    /// So the channel is closed only by a side that knows the peer will send nothing more on
+    /// it: the receiver of a `RESET_STREAM`, or, for a clean end, the accepting side (the
+    /// opener's `FIN` and `FIN_ACK` were its last words). A side that sent `RESET_STREAM`
+    /// waits for the peer to close (see the stream's pump for the bound on that wait).
+    pub(crate) fn closes_channel(&self, opener: bool) -> bool {
+        self.reset_by_remote || (!opener && self.is_clean_done())
     }
 
     /// Nothing more can flow in either direction.
@@ -258,6 +275,31 @@ mod tests {
         s.on_channel_closed();
         assert!(s.read_end().unwrap().is_ok());
         assert_eq!(s.write, WriteHalf::Closed);
+    }
+
+    #[test]
+    fn only_a_side_whose_peer_is_quiet_closes_the_channel() {
+        // A reset received: either side closes.
+        for opener in [true, false] {
+            let mut s = State::new();
+            s.on_flag(Flag::ResetStream);
+            assert!(s.closes_channel(opener));
+        }
+        // A reset sent: neither side closes; the peer will.
+        for opener in [true, false] {
+            let mut s = State::new();
+            s.reset();
+            assert!(s.is_done());
+            assert!(!s.closes_channel(opener));
+        }
+        // A clean end: the accepting side closes.
+        let mut s = State::new();
+        s.on_flag(Flag::Fin);
+        s.start_close();
+        assert!(!s.closes_channel(false), "FIN_ACK still due");
+        s.on_flag(Flag::FinAck);
+        assert!(s.closes_channel(false));
+        assert!(!s.closes_channel(true));
     }
 
     #[test]
