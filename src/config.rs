@@ -107,6 +107,31 @@ pub struct Config {
     /// How long an outbound stream's data channel may take to open before the stream moves
     /// to a fresh channel (nothing is lost: no data was sent on it). Default: 2 s.
     pub stream_open_timeout: Duration,
+
+    /// Upgrade relayed connections as soon as they are established. When off, only relayed
+    /// connections dialed as `<relay>/p2p-circuit/webrtc/p2p/<peer>` are upgraded.
+    /// Default: `true`.
+    pub auto_upgrade: bool,
+    /// Largest signaling message accepted (SDP offer/answer, one candidate), length prefix
+    /// excluded; a larger one fails the upgrade. Default: 64 KiB (a webrtc-rs SDP is ~1 KiB,
+    /// a browser's a few KiB).
+    pub max_signaling_message_size: usize,
+    /// Upgrades (signaling plus ICE/DTLS) running at once on this node, both roles together.
+    /// An inbound upgrade over it is refused (stream reset); an outbound one fails and is
+    /// retried. Default: 16.
+    pub max_concurrent_upgrades: usize,
+    /// Time one upgrade attempt may take, from opening the signaling stream to the verified
+    /// direct connection. Default: 30 s (well inside a relay circuit's default 2 minutes).
+    pub upgrade_timeout: Duration,
+    /// How long a relayed connection may keep running after its peer was upgraded, for
+    /// streams still open on it; then it is closed. It closes earlier when it is idle
+    /// (no streams and no handler keeping it alive). Default: 10 s.
+    pub drain_timeout: Duration,
+    /// Attempts per relayed connection, the first included; after a failure the offering
+    /// side tries again after [`Config::retry_backoff`], doubled per attempt. Default: 3.
+    pub max_upgrade_attempts: u32,
+    /// Delay before the first retry of a failed upgrade. Default: 1 s.
+    pub retry_backoff: Duration,
 }
 
 impl Default for Config {
@@ -128,6 +153,13 @@ impl Default for Config {
             stream_receive_buffer: 1024 * 1024,
             fin_ack_timeout: Duration::from_secs(5),
             stream_open_timeout: Duration::from_secs(2),
+            auto_upgrade: true,
+            max_signaling_message_size: 64 * 1024,
+            max_concurrent_upgrades: 16,
+            upgrade_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
+            max_upgrade_attempts: 3,
+            retry_backoff: Duration::from_secs(1),
         }
     }
 }
@@ -220,6 +252,43 @@ impl Config {
         self
     }
 
+    /// Sets [`Config::auto_upgrade`].
+    pub fn with_auto_upgrade(mut self, on: bool) -> Self {
+        self.auto_upgrade = on;
+        self
+    }
+
+    /// Sets [`Config::max_signaling_message_size`].
+    pub fn with_max_signaling_message_size(mut self, bytes: usize) -> Self {
+        self.max_signaling_message_size = bytes;
+        self
+    }
+
+    /// Sets [`Config::max_concurrent_upgrades`].
+    pub fn with_max_concurrent_upgrades(mut self, n: usize) -> Self {
+        self.max_concurrent_upgrades = n;
+        self
+    }
+
+    /// Sets [`Config::upgrade_timeout`].
+    pub fn with_upgrade_timeout(mut self, timeout: Duration) -> Self {
+        self.upgrade_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::drain_timeout`].
+    pub fn with_drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::max_upgrade_attempts`] and [`Config::retry_backoff`].
+    pub fn with_retries(mut self, max_attempts: u32, backoff: Duration) -> Self {
+        self.max_upgrade_attempts = max_attempts;
+        self.retry_backoff = backoff;
+        self
+    }
+
     /// Checks that the values can be used; called when a session is created.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |msg: String| Err(Error::InvalidConfig(msg));
@@ -240,6 +309,15 @@ impl Config {
         }
         if self.ice_check_interval.is_zero() || self.ice_max_binding_requests == 0 {
             return bad("ICE check interval and binding requests must be non-zero".into());
+        }
+        if self.max_signaling_message_size < 1024 {
+            return bad("max_signaling_message_size below 1 KiB cannot carry an SDP".into());
+        }
+        if self.max_concurrent_upgrades == 0 || self.max_upgrade_attempts == 0 {
+            return bad("max_concurrent_upgrades and max_upgrade_attempts must be non-zero".into());
+        }
+        if self.upgrade_timeout.is_zero() {
+            return bad("upgrade_timeout is 0".into());
         }
         for server in &self.ice_servers {
             for url in &server.urls {
@@ -277,6 +355,10 @@ mod tests {
             Config::default().with_max_streams(0),
             Config::default().with_udp_bind_addrs(vec![]),
             Config::default().with_stream_send_buffer(0),
+            Config::default().with_max_signaling_message_size(100),
+            Config::default().with_max_concurrent_upgrades(0),
+            Config::default().with_retries(0, Duration::from_secs(1)),
+            Config::default().with_upgrade_timeout(Duration::ZERO),
             Config::default().with_ice_servers(vec![IceServer::stun("http://x")]),
             Config::default().with_ice_servers(vec![IceServer {
                 urls: vec!["turn:x:3478".into()],

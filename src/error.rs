@@ -31,6 +31,21 @@ pub enum Error {
     /// A method was called in a state where it makes no sense (e.g. an answer without an offer).
     #[error("invalid session state: {0}")]
     InvalidState(&'static str),
+    /// The signaling stream failed or ended before the upgrade completed.
+    #[error("signaling stream: {0}")]
+    Signaling(String),
+    /// The remote broke the signaling protocol (unexpected, malformed or oversized message).
+    #[error("signaling protocol violation: {0}")]
+    Protocol(String),
+    /// The upgrade did not complete within [`crate::Config::upgrade_timeout`].
+    #[error("upgrade timed out")]
+    Timeout,
+    /// [`crate::Config::max_concurrent_upgrades`] upgrades were already running.
+    #[error("too many concurrent upgrades")]
+    TooManyUpgrades,
+    /// The remote does not speak the signaling protocol.
+    #[error("remote does not support WebRTC signaling")]
+    Unsupported,
     /// The configuration is not usable.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),

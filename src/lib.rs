@@ -24,6 +24,7 @@
 #[cfg(test)]
 extern crate self as libp2p_webrtc_signal;
 
+mod behaviour;
 mod candidate;
 mod config;
 mod connection;
@@ -31,15 +32,35 @@ mod error;
 mod fingerprint;
 pub mod framing;
 mod generated;
+mod handler;
+mod protocol;
 mod runtime;
 mod session;
+mod slots;
 mod stream;
+mod transport;
+mod upgrade;
 #[cfg(test)]
 #[path = "../tests/common/mod.rs"]
 mod test_common;
 
+pub use behaviour::{Behaviour, Event};
 pub use config::{Config, IceServer};
+pub use handler::{Command, Handler, Report};
+pub use protocol::{PROTOCOL_NAME, SPEC_PROTOCOL_NAME};
+pub use transport::Transport;
 pub use connection::Connection;
 pub use error::Error;
 pub use session::{SdpRole, Session, SessionEvent};
 pub use stream::Stream;
+
+/// Creates the transport and the behaviour that upgrade relayed connections to WebRTC.
+///
+/// Add the [`Transport`] with `SwarmBuilder::with_other_transport` and the [`Behaviour`] as a
+/// field of your `#[derive(NetworkBehaviour)]`. An invalid `config` (see
+/// [`Config::validate`]) makes every upgrade fail with [`Error::InvalidConfig`].
+pub fn new(keypair: &libp2p_identity::Keypair, config: Config) -> (Transport, Behaviour) {
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    let local = keypair.public().to_peer_id();
+    (transport::Transport::new(rx), behaviour::Behaviour::new(local, config, tx))
+}

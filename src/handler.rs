@@ -1,0 +1,325 @@
+//! The connection handler: on relayed connections it opens or accepts the signaling stream
+//! and runs one upgrade attempt at a time; on other connections it does nothing.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use libp2p_identity::PeerId;
+use libp2p_swarm::handler::{
+    ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+};
+use libp2p_swarm::{
+    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, StreamUpgradeError,
+    SubstreamProtocol,
+};
+use tracing::Instrument;
+
+use crate::protocol::Upgrade;
+use crate::slots::{Slot, Slots};
+use crate::{upgrade, Config, Connection, Error, SdpRole};
+
+/// From the behaviour to a handler.
+#[derive(Debug)]
+pub enum Command {
+    /// Start an attempt as the offerer (`attempt` counts from 1).
+    Start {
+        /// The attempt number.
+        attempt: u32,
+    },
+    /// Abandon the running attempt (glare: the remote's offer wins, or vice versa).
+    Abort,
+    /// No more upgrades here: stop keeping the connection alive.
+    Idle,
+}
+
+/// From a handler to the behaviour.
+#[derive(Debug)]
+pub enum Report {
+    /// An attempt started (for the answerer: a signaling stream arrived).
+    Started {
+        /// Our role in it.
+        role: SdpRole,
+        /// The attempt number (always 1 for the answerer).
+        attempt: u32,
+    },
+    /// The attempt produced a verified direct connection.
+    Upgraded {
+        /// The direct connection, to be handed to the Swarm.
+        connection: Connection,
+        /// Our role.
+        role: SdpRole,
+        /// The attempt number.
+        attempt: u32,
+        /// How long the attempt took.
+        took: Duration,
+    },
+    /// The attempt failed.
+    Failed {
+        /// Our role.
+        role: SdpRole,
+        /// The attempt number.
+        attempt: u32,
+        /// Why.
+        error: Error,
+    },
+    /// Our offer was dropped because the remote's offer wins the glare tie-break.
+    Superseded {
+        /// The attempt number.
+        attempt: u32,
+    },
+}
+
+struct Running {
+    role: SdpRole,
+    attempt: u32,
+    started: Instant,
+    future: BoxFuture<'static, Result<Connection, Error>>,
+    _slot: Slot,
+}
+
+/// Handler of one connection; inert unless the connection is relayed.
+pub struct Handler {
+    relayed: bool,
+    config: Arc<Config>,
+    local: PeerId,
+    remote: PeerId,
+    connection: ConnectionId,
+    slots: Arc<Slots>,
+    keep_alive: bool,
+    /// An outbound signaling stream to request, for this attempt.
+    to_open: Option<u32>,
+    /// An outbound signaling stream requested, for this attempt.
+    opening: Option<u32>,
+    running: Option<Running>,
+    reports: VecDeque<Report>,
+    waker: Option<Waker>,
+}
+
+impl std::fmt::Debug for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Handler")
+            .field("relayed", &self.relayed)
+            .field("remote", &self.remote)
+            .field("connection", &self.connection)
+            .field("running", &self.running.as_ref().map(|r| (r.role, r.attempt)))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Handler {
+    pub(crate) fn new(
+        relayed: bool,
+        config: Arc<Config>,
+        local: PeerId,
+        remote: PeerId,
+        connection: ConnectionId,
+        slots: Arc<Slots>,
+    ) -> Self {
+        Self {
+            relayed,
+            config,
+            local,
+            remote,
+            connection,
+            slots,
+            keep_alive: relayed,
+            to_open: None,
+            opening: None,
+            running: None,
+            reports: VecDeque::new(),
+            waker: None,
+        }
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Starts an attempt on a negotiated stream, if a slot is free.
+    fn start(&mut self, stream: libp2p_swarm::Stream, role: SdpRole, attempt: u32) {
+        let Some(slot) = self.slots.try_acquire() else {
+            tracing::debug!(peer = %self.remote, "refusing upgrade: too many running");
+            self.reports.push_back(Report::Failed {
+                role,
+                attempt,
+                error: Error::TooManyUpgrades,
+            });
+            return;
+        };
+        let span = tracing::debug_span!(
+            "webrtc_upgrade",
+            peer = %self.remote,
+            connection = %self.connection,
+            ?role,
+            attempt
+        );
+        let future = upgrade::run(stream, role, self.config.clone())
+            .instrument(span)
+            .boxed();
+        self.reports.push_back(Report::Started { role, attempt });
+        self.running = Some(Running {
+            role,
+            attempt,
+            started: Instant::now(),
+            future,
+            _slot: slot,
+        });
+    }
+
+    /// Whether our offer loses a glare against the remote's: the smaller peer id offers.
+    fn remote_offer_wins(&self) -> bool {
+        self.remote.to_bytes() < self.local.to_bytes()
+    }
+}
+
+impl ConnectionHandler for Handler {
+    type FromBehaviour = Command;
+    type ToBehaviour = Report;
+    type InboundProtocol = Upgrade;
+    type OutboundProtocol = Upgrade;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = u32;
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Upgrade, ()> {
+        SubstreamProtocol::new(Upgrade, ()).with_timeout(Duration::from_secs(10))
+    }
+
+    fn connection_keep_alive(&self) -> bool {
+        self.relayed
+            && (self.keep_alive
+                || self.running.is_some()
+                || self.opening.is_some()
+                || self.to_open.is_some())
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Upgrade, u32, Report>> {
+        if let Some(report) = self.reports.pop_front() {
+            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(report));
+        }
+        if let Some(attempt) = self.to_open.take() {
+            self.opening = Some(attempt);
+            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                protocol: SubstreamProtocol::new(Upgrade, attempt)
+                    .with_timeout(Duration::from_secs(10)),
+            });
+        }
+        if let Some(mut running) = self.running.take() {
+            match running.future.poll_unpin(cx) {
+                Poll::Pending => self.running = Some(running),
+                Poll::Ready(result) => {
+                    let (role, attempt) = (running.role, running.attempt);
+                    let report = match result {
+                        Ok(connection) => Report::Upgraded {
+                            connection,
+                            role,
+                            attempt,
+                            took: running.started.elapsed(),
+                        },
+                        Err(error) => Report::Failed {
+                            role,
+                            attempt,
+                            error,
+                        },
+                    };
+                    return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(report));
+                }
+            }
+        }
+        self.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    fn on_behaviour_event(&mut self, command: Command) {
+        match command {
+            Command::Start { attempt } => {
+                self.keep_alive = true;
+                if self.running.is_none() && self.opening.is_none() {
+                    self.to_open = Some(attempt);
+                }
+            }
+            Command::Abort => {
+                self.to_open = None;
+                if let Some(running) = self.running.take() {
+                    tracing::debug!(peer = %self.remote, role = ?running.role, "upgrade aborted");
+                }
+            }
+            Command::Idle => self.keep_alive = false,
+        }
+        self.wake();
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<Upgrade, Upgrade, (), u32>,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol: stream,
+                info: attempt,
+            }) => {
+                self.opening = None;
+                if self.running.is_some() {
+                    // The remote's offer got here first and won the tie-break.
+                    return;
+                }
+                self.start(stream, SdpRole::Offerer, attempt);
+            }
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol: stream,
+                ..
+            }) => {
+                if !self.relayed {
+                    return;
+                }
+                let offering = self
+                    .running
+                    .as_ref()
+                    .map(|r| r.role == SdpRole::Offerer)
+                    .or(self.opening.map(|_| true));
+                match offering {
+                    Some(false) => return, // Already answering one offer here.
+                    Some(true) if !self.remote_offer_wins() => return, // Our offer wins.
+                    Some(true) => {
+                        let attempt = self
+                            .running
+                            .take()
+                            .map(|r| r.attempt)
+                            .or(self.opening.take())
+                            .unwrap_or(1);
+                        self.reports.push_back(Report::Superseded { attempt });
+                    }
+                    None => {}
+                }
+                self.to_open = None;
+                self.start(stream, SdpRole::Answerer, 1);
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
+                if self.opening.take().is_none() {
+                    return;
+                }
+                let error = match error {
+                    StreamUpgradeError::NegotiationFailed => Error::Unsupported,
+                    StreamUpgradeError::Timeout => Error::Timeout,
+                    StreamUpgradeError::Apply(never) => match never {},
+                    StreamUpgradeError::Io(e) => Error::Signaling(e.to_string()),
+                };
+                self.reports.push_back(Report::Failed {
+                    role: SdpRole::Offerer,
+                    attempt: info,
+                    error,
+                });
+            }
+            _ => {}
+        }
+        self.wake();
+    }
+}

@@ -1,0 +1,168 @@
+//! The signaling protocol: ids, the stream upgrade, and the message codec.
+//!
+//! Messages are varint length-prefixed `webrtc.signaling.pb.Message`s (see
+//! `proto/signaling.proto`): an SDP offer, an SDP answer, or an ICE candidate as the JSON of an
+//! `RTCIceCandidateInit` (missing, `""` or `"null"` data: end of candidates).
+
+use std::convert::Infallible;
+use std::iter;
+
+use asynchronous_codec::Framed;
+use futures::future::{ready, Ready};
+use libp2p_core::upgrade::{InboundUpgrade, OutboundUpgrade, UpgradeInfo};
+use libp2p_swarm::{Stream, StreamProtocol};
+
+use crate::generated::signaling_pb::{message::Type, Message};
+use crate::Error;
+
+/// This crate's signaling protocol id, proposed first.
+pub const PROTOCOL_NAME: StreamProtocol = StreamProtocol::new("/webrtc-signal/1.0.0");
+/// The libp2p spec's id for the same protocol (js-libp2p speaks it); accepted and proposed
+/// second.
+pub const SPEC_PROTOCOL_NAME: StreamProtocol = StreamProtocol::new("/webrtc-signaling/0.0.1");
+
+/// Negotiates one of the two signaling protocol ids on a stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Upgrade;
+
+impl UpgradeInfo for Upgrade {
+    type Info = StreamProtocol;
+    type InfoIter = iter::Chain<iter::Once<StreamProtocol>, iter::Once<StreamProtocol>>;
+
+    fn protocol_info(&self) -> Self::InfoIter {
+        iter::once(PROTOCOL_NAME).chain(iter::once(SPEC_PROTOCOL_NAME))
+    }
+}
+
+impl InboundUpgrade<Stream> for Upgrade {
+    type Output = Stream;
+    type Error = Infallible;
+    type Future = Ready<Result<Stream, Infallible>>;
+
+    fn upgrade_inbound(self, stream: Stream, _: StreamProtocol) -> Self::Future {
+        ready(Ok(stream))
+    }
+}
+
+impl OutboundUpgrade<Stream> for Upgrade {
+    type Output = Stream;
+    type Error = Infallible;
+    type Future = Ready<Result<Stream, Infallible>>;
+
+    fn upgrade_outbound(self, stream: Stream, _: StreamProtocol) -> Self::Future {
+        ready(Ok(stream))
+    }
+}
+
+/// A signaling message, decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Signal {
+    /// `SDP_OFFER` with its SDP text.
+    Offer(String),
+    /// `SDP_ANSWER` with its SDP text.
+    Answer(String),
+    /// `ICE_CANDIDATE`: the candidate JSON, or `None` for end-of-candidates.
+    Candidate(Option<String>),
+}
+
+impl Signal {
+    /// Decodes a received message. Offers and answers need their SDP text.
+    pub(crate) fn from_message(msg: Message) -> Result<Self, Error> {
+        let kind = msg
+            .r#type
+            .ok_or_else(|| Error::Protocol("message without a type".into()))?;
+        match Type::try_from(kind) {
+            Ok(Type::SdpOffer) => msg
+                .data
+                .map(Signal::Offer)
+                .ok_or_else(|| Error::Protocol("offer without SDP".into())),
+            Ok(Type::SdpAnswer) => msg
+                .data
+                .map(Signal::Answer)
+                .ok_or_else(|| Error::Protocol("answer without SDP".into())),
+            Ok(Type::IceCandidate) => Ok(Signal::Candidate(
+                msg.data.filter(|d| !d.is_empty() && d != "null"),
+            )),
+            Err(_) => Err(Error::Protocol(format!("unknown message type {kind}"))),
+        }
+    }
+
+    /// Encodes for sending. End-of-candidates goes out as an empty string, which js-libp2p
+    /// and this crate both read as the end.
+    pub(crate) fn into_message(self) -> Message {
+        let (kind, data) = match self {
+            Signal::Offer(sdp) => (Type::SdpOffer, sdp),
+            Signal::Answer(sdp) => (Type::SdpAnswer, sdp),
+            Signal::Candidate(json) => (Type::IceCandidate, json.unwrap_or_default()),
+        };
+        Message {
+            r#type: Some(kind as i32),
+            data: Some(data),
+        }
+    }
+}
+
+/// The signaling stream with its codec.
+pub(crate) type SignalingStream = Framed<Stream, prost_codec::Codec<Message>>;
+
+/// Wraps a negotiated stream; messages over `max_message_size` bytes are refused.
+pub(crate) fn framed(stream: Stream, max_message_size: usize) -> SignalingStream {
+    Framed::new(stream, prost_codec::Codec::new(max_message_size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_round_trip() {
+        for signal in [
+            Signal::Offer("v=0".into()),
+            Signal::Answer("v=0".into()),
+            Signal::Candidate(Some("{\"candidate\":\"candidate:1\"}".into())),
+            Signal::Candidate(None),
+        ] {
+            let msg = signal.clone().into_message();
+            assert_eq!(Signal::from_message(msg).unwrap(), signal);
+        }
+    }
+
+    #[test]
+    fn end_of_candidates_in_every_form() {
+        for data in [None, Some(String::new()), Some("null".to_owned())] {
+            let msg = Message {
+                r#type: Some(Type::IceCandidate as i32),
+                data,
+            };
+            assert_eq!(Signal::from_message(msg).unwrap(), Signal::Candidate(None));
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_protocol_errors() {
+        let cases = [
+            Message {
+                r#type: None,
+                data: Some("x".into()),
+            },
+            Message {
+                r#type: Some(7),
+                data: Some("x".into()),
+            },
+            Message {
+                r#type: Some(Type::SdpOffer as i32),
+                data: None,
+            },
+            Message {
+                r#type: Some(Type::SdpAnswer as i32),
+                data: None,
+            },
+        ];
+        for msg in cases {
+            assert!(matches!(
+                Signal::from_message(msg),
+                Err(Error::Protocol(_))
+            ));
+        }
+    }
+}

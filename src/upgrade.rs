@@ -1,0 +1,243 @@
+//! One upgrade attempt: the signaling exchange as a plain state machine ([`Exchange`],
+//! testable without sockets) and the task that drives it with a [`Session`] and the stream.
+
+use std::sync::Arc;
+
+use futures::future::{select, Either};
+use futures::{SinkExt, StreamExt};
+use libp2p_swarm::Stream;
+
+use crate::protocol::{framed, Signal, SignalingStream};
+use crate::{Config, Connection, Error, SdpRole, Session, SessionEvent};
+
+/// Where the exchange stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// Answerer: nothing received yet; the first message must be the offer.
+    AwaitingOffer,
+    /// Offerer: the offer is out; candidates may arrive before the answer.
+    AwaitingAnswer,
+    /// Both descriptions are set; candidates trickle until ICE connects.
+    Checking,
+}
+
+/// What the driver does with a received signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Apply the offer and send back the answer.
+    AcceptOffer(String),
+    /// Apply the answer.
+    AcceptAnswer(String),
+    /// Add a remote candidate (`None`: end of candidates).
+    AddCandidate(Option<String>),
+}
+
+/// The signaling exchange of one attempt, without I/O.
+#[derive(Debug, Clone)]
+pub(crate) struct Exchange {
+    phase: Phase,
+}
+
+impl Exchange {
+    /// A new exchange; the offerer has sent its offer by the time a message can arrive.
+    pub(crate) fn new(role: SdpRole) -> Self {
+        let phase = match role {
+            SdpRole::Offerer => Phase::AwaitingAnswer,
+            SdpRole::Answerer => Phase::AwaitingOffer,
+        };
+        Self { phase }
+    }
+
+    pub(crate) fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Checks a received signal against the protocol; says what to do with it.
+    pub(crate) fn on_signal(&mut self, signal: Signal) -> Result<Step, Error> {
+        match (self.phase, signal) {
+            (Phase::AwaitingOffer, Signal::Offer(sdp)) => {
+                self.phase = Phase::Checking;
+                Ok(Step::AcceptOffer(sdp))
+            }
+            (Phase::AwaitingAnswer, Signal::Answer(sdp)) => {
+                self.phase = Phase::Checking;
+                Ok(Step::AcceptAnswer(sdp))
+            }
+            (Phase::AwaitingAnswer | Phase::Checking, Signal::Candidate(c)) => {
+                Ok(Step::AddCandidate(c))
+            }
+            (Phase::AwaitingOffer, Signal::Candidate(_)) => {
+                Err(Error::Protocol("candidate before the offer".into()))
+            }
+            (_, Signal::Offer(_)) => Err(Error::Protocol("unexpected offer".into())),
+            (_, Signal::Answer(_)) => Err(Error::Protocol("unexpected answer".into())),
+        }
+    }
+}
+
+/// Runs one attempt on a negotiated signaling stream: sets up a [`Session`] in `role`,
+/// exchanges descriptions and candidates until ICE and DTLS connect, verifies the remote
+/// certificate, and returns the direct connection. Bounded by [`Config::upgrade_timeout`].
+pub(crate) async fn run(stream: Stream, role: SdpRole, config: Arc<Config>) -> Result<Connection, Error> {
+    let timeout = config.upgrade_timeout;
+    match tokio::time::timeout(timeout, run_inner(stream, role, config)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout),
+    }
+}
+
+async fn run_inner(stream: Stream, role: SdpRole, config: Arc<Config>) -> Result<Connection, Error> {
+    let mut framed = framed(stream, config.max_signaling_message_size);
+    let mut session = Session::new(&config, role).await?;
+    match exchange(&mut framed, &mut session, role).await {
+        Ok(()) => {}
+        Err(e) => {
+            session.close().await;
+            return Err(e);
+        }
+    }
+    // Connected. The signaling stream has done its job; the remote tolerates its end once
+    // it has our description.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), framed.close()).await;
+    session.into_connection().await
+}
+
+async fn send(framed: &mut SignalingStream, signal: Signal) -> Result<(), Error> {
+    framed
+        .send(signal.into_message())
+        .await
+        .map_err(|e| Error::Signaling(e.to_string()))
+}
+
+async fn exchange(framed: &mut SignalingStream, session: &mut Session, role: SdpRole) -> Result<(), Error> {
+    let mut exchange = Exchange::new(role);
+    if role == SdpRole::Offerer {
+        let offer = session.create_offer().await?;
+        send(framed, Signal::Offer(offer)).await?;
+    }
+    // Once both descriptions are set, a broken signaling stream no longer fails the attempt:
+    // the remote may have connected and closed it, and ICE may still succeed without more
+    // candidates (peer-reflexive).
+    let mut stream_open = true;
+    loop {
+        let step = {
+            let event = session.next_event();
+            futures::pin_mut!(event);
+            if stream_open {
+                match select(framed.next(), event).await {
+                    Either::Left((msg, _)) => Either::Left(msg),
+                    Either::Right((event, _)) => Either::Right(event),
+                }
+            } else {
+                Either::Right(event.await)
+            }
+        };
+        match step {
+            Either::Left(Some(Ok(msg))) => {
+                let signal = Signal::from_message(msg)?;
+                match exchange.on_signal(signal)? {
+                    Step::AcceptOffer(sdp) => {
+                        let answer = session.accept_offer(&sdp).await?;
+                        send(framed, Signal::Answer(answer)).await?;
+                    }
+                    Step::AcceptAnswer(sdp) => session.accept_answer(&sdp).await?,
+                    Step::AddCandidate(c) => session.add_remote_candidate(c.as_deref()).await?,
+                }
+            }
+            Either::Left(Some(Err(e))) => {
+                // Oversized or undecodable input is the remote's fault: a protocol error.
+                let e = std::io::Error::from(e);
+                let kind = e.kind();
+                let err = if kind == std::io::ErrorKind::InvalidData {
+                    Error::Protocol(e.to_string())
+                } else {
+                    Error::Signaling(e.to_string())
+                };
+                if exchange.phase() != Phase::Checking || matches!(err, Error::Protocol(_)) {
+                    return Err(err);
+                }
+                stream_open = false;
+            }
+            Either::Left(None) => {
+                if exchange.phase() != Phase::Checking {
+                    return Err(Error::Signaling("stream closed before the exchange".into()));
+                }
+                stream_open = false;
+            }
+            Either::Right(event) => match event? {
+                SessionEvent::LocalCandidate(json) => {
+                    if stream_open && send(framed, Signal::Candidate(Some(json))).await.is_err() {
+                        stream_open = false;
+                    }
+                }
+                SessionEvent::LocalCandidatesComplete => {
+                    if stream_open && send(framed, Signal::Candidate(None)).await.is_err() {
+                        stream_open = false;
+                    }
+                }
+                SessionEvent::Connected => return Ok(()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offerer_takes_candidates_before_and_after_the_answer() {
+        let mut x = Exchange::new(SdpRole::Offerer);
+        assert_eq!(
+            x.on_signal(Signal::Candidate(Some("c".into()))).unwrap(),
+            Step::AddCandidate(Some("c".into()))
+        );
+        assert_eq!(
+            x.on_signal(Signal::Answer("a".into())).unwrap(),
+            Step::AcceptAnswer("a".into())
+        );
+        assert_eq!(x.phase(), Phase::Checking);
+        assert_eq!(
+            x.on_signal(Signal::Candidate(None)).unwrap(),
+            Step::AddCandidate(None)
+        );
+    }
+
+    #[test]
+    fn answerer_needs_the_offer_first() {
+        let mut x = Exchange::new(SdpRole::Answerer);
+        assert!(matches!(
+            x.on_signal(Signal::Candidate(Some("c".into()))),
+            Err(Error::Protocol(_))
+        ));
+        let mut x = Exchange::new(SdpRole::Answerer);
+        assert!(matches!(
+            x.on_signal(Signal::Answer("a".into())),
+            Err(Error::Protocol(_))
+        ));
+        let mut x = Exchange::new(SdpRole::Answerer);
+        assert_eq!(
+            x.on_signal(Signal::Offer("o".into())).unwrap(),
+            Step::AcceptOffer("o".into())
+        );
+        assert!(matches!(
+            x.on_signal(Signal::Offer("o".into())),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn offerer_refuses_offers_and_second_answers() {
+        let mut x = Exchange::new(SdpRole::Offerer);
+        assert!(matches!(
+            x.on_signal(Signal::Offer("o".into())),
+            Err(Error::Protocol(_))
+        ));
+        let mut x = Exchange::new(SdpRole::Offerer);
+        x.on_signal(Signal::Answer("a".into())).unwrap();
+        assert!(matches!(
+            x.on_signal(Signal::Answer("a".into())),
+            Err(Error::Protocol(_))
+        ));
+    }
+}
