@@ -269,6 +269,14 @@ impl Behaviour {
         }
         let addr = match e.endpoint {
             libp2p_core::ConnectedPoint::Dialer { address, .. } => (address.clone(), true),
+            // An inbound circuit: the local address is `<relay>/p2p-circuit`, the remote
+            // address only `/p2p/<peer>`.
+            libp2p_core::ConnectedPoint::Listener {
+                local_addr,
+                send_back_addr,
+            } if !is_relayed(send_back_addr) && is_relayed(local_addr) => {
+                (local_addr.clone(), false)
+            }
             libp2p_core::ConnectedPoint::Listener { send_back_addr, .. } => {
                 (send_back_addr.clone(), false)
             }

@@ -1,0 +1,339 @@
+//! Real swarms in one process: a relay server on TCP 127.0.0.1, nodes that reach each other
+//! through it, and a raw-stream behaviour for tests that need byte-level access.
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::StreamExt;
+use libp2p::core::transport::PortUse;
+use libp2p::core::upgrade::ReadyUpgrade;
+use libp2p::core::Endpoint;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::handler::{
+    ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
+};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionHandler, ConnectionHandlerEvent, ConnectionId, FromSwarm,
+    NetworkBehaviour, NotifyHandler, Stream, StreamProtocol, SubstreamProtocol, SwarmEvent,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+use libp2p::{noise, ping, relay, request_response, tcp, yamux, Multiaddr, PeerId, Swarm};
+use libp2p_webrtc_signal::Config;
+use serde::{Deserialize, Serialize};
+
+pub const ECHO: StreamProtocol = StreamProtocol::new("/test/echo/1.0.0");
+
+/// A request/response protocol for the tests.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Req(pub String);
+/// Its response.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Resp(pub String);
+
+/// Opens and accepts raw streams of one protocol.
+pub struct Raw {
+    protocol: StreamProtocol,
+    inbound: mpsc::UnboundedSender<(PeerId, ConnectionId, Stream)>,
+    requests: VecDeque<(PeerId, ConnectionId, oneshot::Sender<Result<Stream, String>>)>,
+}
+
+impl Raw {
+    pub fn new(
+        protocol: StreamProtocol,
+    ) -> (Self, mpsc::UnboundedReceiver<(PeerId, ConnectionId, Stream)>) {
+        let (tx, rx) = mpsc::unbounded();
+        (
+            Self {
+                protocol,
+                inbound: tx,
+                requests: VecDeque::new(),
+            },
+            rx,
+        )
+    }
+
+    /// Opens a stream on one connection.
+    pub fn open(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+    ) -> oneshot::Receiver<Result<Stream, String>> {
+        let (tx, rx) = oneshot::channel();
+        self.requests.push_back((peer, connection, tx));
+        rx
+    }
+}
+
+pub struct RawHandler {
+    protocol: StreamProtocol,
+    peer: PeerId,
+    connection: ConnectionId,
+    inbound: mpsc::UnboundedSender<(PeerId, ConnectionId, Stream)>,
+    to_open: VecDeque<oneshot::Sender<Result<Stream, String>>>,
+}
+
+impl ConnectionHandler for RawHandler {
+    type FromBehaviour = oneshot::Sender<Result<Stream, String>>;
+    type ToBehaviour = std::convert::Infallible;
+    type InboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type OutboundProtocol = ReadyUpgrade<StreamProtocol>;
+    type InboundOpenInfo = ();
+    type OutboundOpenInfo = oneshot::Sender<Result<Stream, String>>;
+
+    fn listen_protocol(&self) -> SubstreamProtocol<Self::InboundProtocol, ()> {
+        SubstreamProtocol::new(ReadyUpgrade::new(self.protocol.clone()), ())
+    }
+
+    fn poll(
+        &mut self,
+        _cx: &mut Context<'_>,
+    ) -> Poll<
+        ConnectionHandlerEvent<Self::OutboundProtocol, Self::OutboundOpenInfo, Self::ToBehaviour>,
+    > {
+        if let Some(tx) = self.to_open.pop_front() {
+            return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                protocol: SubstreamProtocol::new(ReadyUpgrade::new(self.protocol.clone()), tx),
+            });
+        }
+        Poll::Pending
+    }
+
+    fn on_behaviour_event(&mut self, tx: Self::FromBehaviour) {
+        self.to_open.push_back(tx);
+    }
+
+    fn on_connection_event(
+        &mut self,
+        event: ConnectionEvent<
+            Self::InboundProtocol,
+            Self::OutboundProtocol,
+            Self::InboundOpenInfo,
+            Self::OutboundOpenInfo,
+        >,
+    ) {
+        match event {
+            ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
+                protocol, ..
+            }) => {
+                let _ = self
+                    .inbound
+                    .unbounded_send((self.peer, self.connection, protocol));
+            }
+            ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
+                protocol,
+                info,
+            }) => {
+                let _ = info.send(Ok(protocol));
+            }
+            ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
+                let _ = info.send(Err(error.to_string()));
+            }
+            _ => {}
+        }
+    }
+}
+
+impl NetworkBehaviour for Raw {
+    type ConnectionHandler = RawHandler;
+    type ToSwarm = std::convert::Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler(peer, connection))
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler(peer, connection))
+    }
+
+    fn on_swarm_event(&mut self, _: FromSwarm) {}
+
+    fn on_connection_handler_event(&mut self, _: PeerId, _: ConnectionId, e: THandlerOutEvent<Self>) {
+        match e {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        if let Some((peer, connection, tx)) = self.requests.pop_front() {
+            return Poll::Ready(ToSwarm::NotifyHandler {
+                peer_id: peer,
+                handler: NotifyHandler::One(connection),
+                event: tx,
+            });
+        }
+        Poll::Pending
+    }
+}
+
+impl Raw {
+    fn handler(&self, peer: PeerId, connection: ConnectionId) -> RawHandler {
+        RawHandler {
+            protocol: self.protocol.clone(),
+            peer,
+            connection,
+            inbound: self.inbound.clone(),
+            to_open: VecDeque::new(),
+        }
+    }
+}
+
+/// A node: relay client, the WebRTC upgrade (optional: a hostile node has none), ping,
+/// a request/response protocol and raw streams.
+#[derive(NetworkBehaviour)]
+pub struct Node {
+    pub relay: relay::client::Behaviour,
+    pub webrtc: libp2p::swarm::behaviour::toggle::Toggle<libp2p_webrtc_signal::Behaviour>,
+    pub ping: ping::Behaviour,
+    pub rr: request_response::json::Behaviour<Req, Resp>,
+    pub raw: Raw,
+}
+
+pub type NodeSwarm = Swarm<Node>;
+
+/// Builds a node. `webrtc: None` builds one without the upgrade (and without its transport).
+pub fn node(
+    webrtc: Option<Config>,
+    raw_protocol: StreamProtocol,
+) -> (NodeSwarm, mpsc::UnboundedReceiver<(PeerId, ConnectionId, Stream)>) {
+    let key = Keypair::generate_ed25519();
+    let (transport, behaviour) = match webrtc {
+        Some(config) => {
+            let (t, b) = libp2p_webrtc_signal::new(&key, config);
+            (Some(t), Some(b))
+        }
+        None => (None, None),
+    };
+    let (raw, raw_rx) = Raw::new(raw_protocol);
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_other_transport(move |_| {
+            match transport {
+                Some(t) => libp2p::core::transport::OptionalTransport::some(t),
+                None => libp2p::core::transport::OptionalTransport::none(),
+            }
+        })
+        .unwrap()
+        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(move |_, relay| Node {
+            relay,
+            webrtc: behaviour.into(),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_millis(500))),
+            rr: request_response::json::Behaviour::new(
+                [(StreamProtocol::new("/test/rr/1"), request_response::ProtocolSupport::Full)],
+                request_response::Config::default(),
+            ),
+            raw,
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    (swarm, raw_rx)
+}
+
+/// A relay server on TCP 127.0.0.1 with limits raised for the tests.
+pub async fn relay_server() -> (Swarm<relay::Behaviour>, Multiaddr) {
+    let key = Keypair::generate_ed25519();
+    let peer = key.public().to_peer_id();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| {
+            relay::Behaviour::new(
+                peer,
+                relay::Config {
+                    max_circuit_duration: Duration::from_secs(600),
+                    max_circuit_bytes: 64 * 1024 * 1024,
+                    ..Default::default()
+                },
+            )
+        })
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    swarm.add_external_address(addr.clone());
+    (swarm, addr.with(Protocol::P2p(peer)))
+}
+
+/// Drives a swarm until `f` returns `Some`, failing the test after `timeout`.
+pub async fn until<T>(
+    swarm: &mut NodeSwarm,
+    timeout: Duration,
+    mut f: impl FnMut(&mut NodeSwarm, SwarmEvent<NodeEvent>) -> Option<T>,
+) -> T {
+    tokio::time::timeout(timeout, async {
+        loop {
+            let event = swarm.select_next_some().await;
+            if let Some(t) = f(swarm, event) {
+                return t;
+            }
+        }
+    })
+    .await
+    .expect("timed out waiting for a swarm event")
+}
+
+/// Makes `swarm` reachable through the relay: a reservation, confirmed.
+pub async fn reserve(swarm: &mut NodeSwarm, relay: &Multiaddr) {
+    swarm
+        .listen_on(relay.clone().with(Protocol::P2pCircuit))
+        .unwrap();
+    until(swarm, Duration::from_secs(20), |_, e| match e {
+        SwarmEvent::Behaviour(NodeEvent::Relay(
+            relay::client::Event::ReservationReqAccepted { .. },
+        )) => Some(()),
+        _ => None,
+    })
+    .await;
+}
+
+/// Runs a swarm in the background until the returned sender is dropped or fires, then
+/// hands the swarm back; its events go to the receiver.
+pub fn spawn<S>(
+    mut swarm: S,
+) -> (
+    mpsc::UnboundedReceiver<String>,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<S>,
+)
+where
+    S: futures::Stream + futures::stream::FusedStream + Unpin + Send + 'static,
+    S::Item: std::fmt::Debug,
+{
+    let (tx, rx) = mpsc::unbounded();
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let handle = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                e = swarm.select_next_some() => { let _ = tx.unbounded_send(format!("{e:?}")); }
+                _ = &mut stop_rx => break,
+            }
+        }
+        swarm
+    });
+    (rx, stop_tx, handle)
+}
