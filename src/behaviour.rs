@@ -16,8 +16,8 @@ use libp2p_core::Endpoint;
 use libp2p_identity::PeerId;
 use libp2p_swarm::behaviour::{ConnectionClosed, ConnectionEstablished, FromSwarm};
 use libp2p_swarm::{
-    CloseConnection, ConnectionDenied, ConnectionId, ListenOpts,
-    NetworkBehaviour, NotifyHandler, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+    CloseConnection, ConnectionDenied, ConnectionId, ListenOpts, NetworkBehaviour, NotifyHandler,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 
 use crate::handler::{Command, Handler, Report};
@@ -93,8 +93,13 @@ struct Pending {
 
 #[derive(Debug, Clone, Copy)]
 enum Timer {
-    Retry { connection: ConnectionId, attempt: u32 },
-    Drain { connection: ConnectionId },
+    Retry {
+        connection: ConnectionId,
+        attempt: u32,
+    },
+    Drain {
+        connection: ConnectionId,
+    },
 }
 
 /// Upgrades relayed connections to direct WebRTC connections. Made by [`crate::new`]; add it
@@ -157,7 +162,11 @@ fn direct_addr(relayed: &Multiaddr, peer: PeerId) -> Multiaddr {
 }
 
 impl Behaviour {
-    pub(crate) fn new(local: PeerId, config: Config, handoffs: mpsc::UnboundedSender<Handoff>) -> Self {
+    pub(crate) fn new(
+        local: PeerId,
+        config: Config,
+        handoffs: mpsc::UnboundedSender<Handoff>,
+    ) -> Self {
         let slots = Slots::new(config.max_concurrent_upgrades);
         Self {
             config: Arc::new(config),
@@ -223,12 +232,13 @@ impl Behaviour {
             };
             let entry = self.direct.entry(peer).or_default();
             entry.push((e.connection_id, p.offerer));
-            self.events.push_back(ToSwarm::GenerateEvent(Event::Upgraded {
-                peer,
-                relayed_connection: p.relayed,
-                direct_connection: e.connection_id,
-                took: p.started.elapsed(),
-            }));
+            self.events
+                .push_back(ToSwarm::GenerateEvent(Event::Upgraded {
+                    peer,
+                    relayed_connection: p.relayed,
+                    direct_connection: e.connection_id,
+                    took: p.started.elapsed(),
+                }));
             // Glare safety net: keep one direct connection, the one the smaller peer id
             // offered (the same choice on both sides).
             if entry.len() > 1 {
@@ -334,14 +344,19 @@ impl Behaviour {
             return;
         }
         if let Some(r) = self.relayed.remove(&e.connection_id) {
-            if self.active.get(&peer).is_some_and(|(c, _, _)| *c == e.connection_id) {
+            if self
+                .active
+                .get(&peer)
+                .is_some_and(|(c, _, _)| *c == e.connection_id)
+            {
                 self.active.remove(&peer);
             }
             if r.draining {
-                self.events.push_back(ToSwarm::GenerateEvent(Event::RelayClosed {
-                    peer,
-                    relayed_connection: e.connection_id,
-                }));
+                self.events
+                    .push_back(ToSwarm::GenerateEvent(Event::RelayClosed {
+                        peer,
+                        relayed_connection: e.connection_id,
+                    }));
             }
         }
     }
@@ -371,19 +386,24 @@ impl Behaviour {
                     }
                     self.active.insert(peer, (connection, role, attempt));
                 }
-                self.events.push_back(ToSwarm::GenerateEvent(Event::UpgradeStarted {
-                    peer,
-                    relayed_connection: connection,
-                    role,
-                    attempt,
-                }));
+                self.events
+                    .push_back(ToSwarm::GenerateEvent(Event::UpgradeStarted {
+                        peer,
+                        relayed_connection: connection,
+                        role,
+                        attempt,
+                    }));
             }
             Report::Upgraded {
                 connection: direct,
                 role,
                 ..
             } => {
-                if self.active.get(&peer).is_some_and(|(c, _, _)| *c == connection) {
+                if self
+                    .active
+                    .get(&peer)
+                    .is_some_and(|(c, _, _)| *c == connection)
+                {
                     self.active.remove(&peer);
                 }
                 let Some(r) = self.relayed.get(&connection) else {
@@ -400,7 +420,7 @@ impl Behaviour {
                 });
                 let _ = self.handoffs.unbounded_send(Handoff {
                     peer,
-                    connection: direct,
+                    connection: *direct,
                     remote_addr: direct_addr(&r.remote_addr, peer),
                 });
             }
@@ -409,7 +429,11 @@ impl Behaviour {
                 attempt,
                 error,
             } => {
-                if self.active.get(&peer).is_some_and(|(c, _, _)| *c == connection) {
+                if self
+                    .active
+                    .get(&peer)
+                    .is_some_and(|(c, _, _)| *c == connection)
+                {
                     self.active.remove(&peer);
                 }
                 let will_retry = role == SdpRole::Offerer
@@ -420,13 +444,14 @@ impl Behaviour {
                         .get(&connection)
                         .is_some_and(|r| r.dialer && !r.draining);
                 tracing::debug!(%peer, %connection, attempt, will_retry, "upgrade failed: {error}");
-                self.events.push_back(ToSwarm::GenerateEvent(Event::UpgradeFailed {
-                    peer,
-                    relayed_connection: connection,
-                    error,
-                    attempt,
-                    will_retry,
-                }));
+                self.events
+                    .push_back(ToSwarm::GenerateEvent(Event::UpgradeFailed {
+                        peer,
+                        relayed_connection: connection,
+                        error,
+                        attempt,
+                        will_retry,
+                    }));
                 if will_retry {
                     let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
                     let delay = self.config.retry_backoff.saturating_mul(factor);
@@ -446,7 +471,11 @@ impl Behaviour {
                 }
             }
             Report::Superseded { .. } => {
-                if self.active.get(&peer).is_some_and(|(c, _, _)| *c == connection) {
+                if self
+                    .active
+                    .get(&peer)
+                    .is_some_and(|(c, _, _)| *c == connection)
+                {
                     self.active.remove(&peer);
                 }
             }
@@ -558,9 +587,10 @@ mod tests {
     #[test]
     fn addresses() {
         let peer = PeerId::random();
-        let relay: Multiaddr = "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
-            .parse()
-            .unwrap();
+        let relay: Multiaddr =
+            "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+                .parse()
+                .unwrap();
         let circuit = relay
             .clone()
             .with(Protocol::P2pCircuit)

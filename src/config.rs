@@ -68,6 +68,10 @@ pub struct Config {
     /// STUN/TURN servers. Default: none (host candidates only; no public servers are used
     /// unless you configure them).
     pub ice_servers: Vec<IceServer>,
+    /// Use only TURN relay candidates (no host or server-reflexive ones): hides this node's
+    /// addresses from the peer, at the cost of relaying all traffic. Without a TURN server in
+    /// [`Config::ice_servers`] no path can be found. Default: `false`.
+    pub relay_only: bool,
     /// Local UDP addresses to bind, one socket each. A wildcard address binds every
     /// non-loopback interface. Default: `0.0.0.0:0`.
     pub udp_bind_addrs: Vec<SocketAddr>,
@@ -138,6 +142,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             ice_servers: Vec::new(),
+            relay_only: false,
             udp_bind_addrs: vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))],
             allow_loopback_candidates: false,
             udp_socket_buffer: 4 * 1024 * 1024,
@@ -249,6 +254,12 @@ impl Config {
     /// Sets [`Config::stream_open_timeout`].
     pub fn with_stream_open_timeout(mut self, timeout: Duration) -> Self {
         self.stream_open_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::relay_only`].
+    pub fn with_relay_only(mut self, on: bool) -> Self {
+        self.relay_only = on;
         self
     }
 

@@ -13,8 +13,7 @@ use libp2p_swarm::handler::{
     ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
 };
 use libp2p_swarm::{
-    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, StreamUpgradeError,
-    SubstreamProtocol,
+    ConnectionHandler, ConnectionHandlerEvent, ConnectionId, StreamUpgradeError, SubstreamProtocol,
 };
 use tracing::Instrument;
 
@@ -49,7 +48,7 @@ pub enum Report {
     /// The attempt produced a verified direct connection.
     Upgraded {
         /// The direct connection, to be handed to the Swarm.
-        connection: Connection,
+        connection: Box<Connection>,
         /// Our role.
         role: SdpRole,
         /// The attempt number.
@@ -105,7 +104,10 @@ impl std::fmt::Debug for Handler {
             .field("relayed", &self.relayed)
             .field("remote", &self.remote)
             .field("connection", &self.connection)
-            .field("running", &self.running.as_ref().map(|r| (r.role, r.attempt)))
+            .field(
+                "running",
+                &self.running.as_ref().map(|r| (r.role, r.attempt)),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -198,10 +200,7 @@ impl ConnectionHandler for Handler {
                 || self.to_open.is_some())
     }
 
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<ConnectionHandlerEvent<Upgrade, u32, Report>> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionHandlerEvent<Upgrade, u32, Report>> {
         if let Some(report) = self.reports.pop_front() {
             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(report));
         }
@@ -219,7 +218,7 @@ impl ConnectionHandler for Handler {
                     let (role, attempt) = (running.role, running.attempt);
                     let report = match result {
                         Ok(connection) => Report::Upgraded {
-                            connection,
+                            connection: Box::new(connection),
                             role,
                             attempt,
                             took: running.started.elapsed(),
@@ -257,10 +256,7 @@ impl ConnectionHandler for Handler {
         self.wake();
     }
 
-    fn on_connection_event(
-        &mut self,
-        event: ConnectionEvent<Upgrade, Upgrade, (), u32>,
-    ) {
+    fn on_connection_event(&mut self, event: ConnectionEvent<Upgrade, Upgrade, (), u32>) {
         match event {
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: stream,

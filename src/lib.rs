@@ -38,21 +38,21 @@ mod runtime;
 mod session;
 mod slots;
 mod stream;
-mod transport;
-mod upgrade;
 #[cfg(test)]
 #[path = "../tests/common/mod.rs"]
 mod test_common;
+mod transport;
+mod upgrade;
 
 pub use behaviour::{Behaviour, Event};
 pub use config::{Config, IceServer};
-pub use handler::{Command, Handler, Report};
-pub use protocol::{PROTOCOL_NAME, SPEC_PROTOCOL_NAME};
-pub use transport::Transport;
 pub use connection::Connection;
 pub use error::Error;
+pub use handler::{Command, Handler, Report};
+pub use protocol::{PROTOCOL_NAME, SPEC_PROTOCOL_NAME};
 pub use session::{SdpRole, Session, SessionEvent};
 pub use stream::Stream;
+pub use transport::Transport;
 
 /// Creates the transport and the behaviour that upgrade relayed connections to WebRTC.
 ///
@@ -62,5 +62,8 @@ pub use stream::Stream;
 pub fn new(keypair: &libp2p_identity::Keypair, config: Config) -> (Transport, Behaviour) {
     let (tx, rx) = futures::channel::mpsc::unbounded();
     let local = keypair.public().to_peer_id();
-    (transport::Transport::new(rx), behaviour::Behaviour::new(local, config, tx))
+    (
+        transport::Transport::new(rx),
+        behaviour::Behaviour::new(local, config, tx),
+    )
 }

@@ -159,10 +159,7 @@ mod tests {
             },
         ];
         for msg in cases {
-            assert!(matches!(
-                Signal::from_message(msg),
-                Err(Error::Protocol(_))
-            ));
+            assert!(matches!(Signal::from_message(msg), Err(Error::Protocol(_))));
         }
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use futures::channel::mpsc;
 use futures::StreamExt;
 use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::configuration::RTCIceTransportPolicy;
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
@@ -154,8 +155,14 @@ impl Session {
                 credential: s.credential.clone().unwrap_or_default(),
             })
             .collect();
+        let policy = if config.relay_only {
+            RTCIceTransportPolicy::Relay
+        } else {
+            RTCIceTransportPolicy::All
+        };
         let rtc_config = RTCConfigurationBuilder::default()
             .with_ice_servers(ice_servers)
+            .with_ice_transport_policy(policy)
             .build();
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)

@@ -67,11 +67,7 @@ impl libp2p_core::Transport for Transport {
     type ListenerUpgrade = Ready<Result<Self::Output, Error>>;
     type Dial = Ready<Result<Self::Output, Error>>;
 
-    fn listen_on(
-        &mut self,
-        id: ListenerId,
-        addr: Multiaddr,
-    ) -> Result<(), TransportError<Error>> {
+    fn listen_on(&mut self, id: ListenerId, addr: Multiaddr) -> Result<(), TransportError<Error>> {
         if addr != listen_addr() {
             return Err(TransportError::MultiaddrNotSupported(addr));
         }

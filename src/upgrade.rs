@@ -78,7 +78,11 @@ impl Exchange {
 /// Runs one attempt on a negotiated signaling stream: sets up a [`Session`] in `role`,
 /// exchanges descriptions and candidates until ICE and DTLS connect, verifies the remote
 /// certificate, and returns the direct connection. Bounded by [`Config::upgrade_timeout`].
-pub(crate) async fn run(stream: Stream, role: SdpRole, config: Arc<Config>) -> Result<Connection, Error> {
+pub(crate) async fn run(
+    stream: Stream,
+    role: SdpRole,
+    config: Arc<Config>,
+) -> Result<Connection, Error> {
     let timeout = config.upgrade_timeout;
     match tokio::time::timeout(timeout, run_inner(stream, role, config)).await {
         Ok(result) => result,
@@ -86,7 +90,11 @@ pub(crate) async fn run(stream: Stream, role: SdpRole, config: Arc<Config>) -> R
     }
 }
 
-async fn run_inner(stream: Stream, role: SdpRole, config: Arc<Config>) -> Result<Connection, Error> {
+async fn run_inner(
+    stream: Stream,
+    role: SdpRole,
+    config: Arc<Config>,
+) -> Result<Connection, Error> {
     let mut framed = framed(stream, config.max_signaling_message_size);
     let mut session = Session::new(&config, role).await?;
     match exchange(&mut framed, &mut session, role).await {
@@ -109,7 +117,11 @@ async fn send(framed: &mut SignalingStream, signal: Signal) -> Result<(), Error>
         .map_err(|e| Error::Signaling(e.to_string()))
 }
 
-async fn exchange(framed: &mut SignalingStream, session: &mut Session, role: SdpRole) -> Result<(), Error> {
+async fn exchange(
+    framed: &mut SignalingStream,
+    session: &mut Session,
+    role: SdpRole,
+) -> Result<(), Error> {
     let mut exchange = Exchange::new(role);
     if role == SdpRole::Offerer {
         let offer = session.create_offer().await?;

@@ -48,30 +48,52 @@ fn is_webrtc(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::WebRTC)
 }
 
+type RawRx = futures::channel::mpsc::UnboundedReceiver<(
+    PeerId,
+    libp2p::swarm::ConnectionId,
+    libp2p::Stream,
+)>;
+
 struct Setup {
     a: NodeSwarm,
     b: NodeSwarm,
+    b_raw: RawRx,
     relay_addr: Multiaddr,
-    _relay: (futures::channel::oneshot::Sender<()>, tokio::task::JoinHandle<libp2p::Swarm<libp2p::relay::Behaviour>>),
+    _relay: (
+        futures::channel::oneshot::Sender<()>,
+        tokio::task::JoinHandle<libp2p::Swarm<libp2p::relay::Behaviour>>,
+    ),
 }
 
 /// A relay, node B reserved on it, node A (not yet connected).
 async fn setup(a_config: Option<Config>, b_config: Option<Config>) -> Setup {
+    setup_raw(a_config, b_config, ECHO).await
+}
+
+async fn setup_raw(
+    a_config: Option<Config>,
+    b_config: Option<Config>,
+    raw: libp2p::StreamProtocol,
+) -> Setup {
     let (relay, relay_addr) = relay_server().await;
     let (_events, stop, handle) = spawn(relay);
-    let (a, _) = node(a_config, ECHO);
-    let (mut b, _) = node(b_config, ECHO);
+    let (a, _) = node(a_config, raw.clone());
+    let (mut b, b_raw) = node(b_config, raw);
     reserve(&mut b, &relay_addr).await;
     Setup {
         a,
         b,
+        b_raw,
         relay_addr,
         _relay: (stop, handle),
     }
 }
 
 fn circuit(relay: &Multiaddr, peer: PeerId) -> Multiaddr {
-    relay.clone().with(Protocol::P2pCircuit).with(Protocol::P2p(peer))
+    relay
+        .clone()
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::P2p(peer))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -83,6 +105,7 @@ async fn relayed_connection_is_upgraded_without_app_code() {
         mut b,
         relay_addr,
         _relay,
+        ..
     } = setup(Some(config.clone()), Some(config)).await;
     let b_id = *b.local_peer_id();
     let a_id = *a.local_peer_id();
@@ -101,8 +124,7 @@ async fn relayed_connection_is_upgraded_without_app_code() {
                 relayed_at = Some(Instant::now());
             }
             SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::Upgraded {
-                direct_connection,
-                ..
+                direct_connection, ..
             })) => upgraded[i] = Some(direct_connection),
             SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::UpgradeFailed { error, .. })) => {
                 panic!("{side:?}: upgrade failed: {error}")
@@ -133,16 +155,26 @@ async fn relayed_connection_is_upgraded_without_app_code() {
     assert!(b.behaviour().webrtc.as_ref().unwrap().is_upgraded(&a_id));
 
     // Ping and a request/response protocol run over the direct connection.
-    let request = a.behaviour_mut().rr.send_request(&b_id, Req("hello".into()));
+    let request = a
+        .behaviour_mut()
+        .rr
+        .send_request(&b_id, Req("hello".into()));
     let channel = both(&mut a, &mut b, |side, e| match e {
         SwarmEvent::Behaviour(NodeEvent::Rr(request_response::Event::Message {
-            message: request_response::Message::Request { request, channel, .. },
+            message:
+                request_response::Message::Request {
+                    request, channel, ..
+                },
             connection_id,
             ..
         })) => {
             assert_eq!(side, Side::B);
             assert_eq!(request, Req("hello".into()));
-            assert_eq!(connection_id, upgraded[1].unwrap(), "request over the direct connection");
+            assert_eq!(
+                connection_id,
+                upgraded[1].unwrap(),
+                "request over the direct connection"
+            );
             Some(channel)
         }
         _ => None,
@@ -156,14 +188,21 @@ async fn relayed_connection_is_upgraded_without_app_code() {
     both(&mut a, &mut b, |side, e| {
         match e {
             SwarmEvent::Behaviour(NodeEvent::Ping(ping::Event {
-                connection, result, peer, ..
+                connection,
+                result,
+                peer,
+                ..
             })) if side == Side::A && peer == b_id => {
                 assert_eq!(connection, direct_a, "ping over another connection");
                 result.expect("ping over the direct connection");
                 pinged = true;
             }
             SwarmEvent::Behaviour(NodeEvent::Rr(request_response::Event::Message {
-                message: request_response::Message::Response { request_id, response },
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
                 connection_id,
                 ..
             })) => {
@@ -173,11 +212,469 @@ async fn relayed_connection_is_upgraded_without_app_code() {
                 answered = true;
             }
             SwarmEvent::Behaviour(NodeEvent::Rr(request_response::Event::OutboundFailure {
-                error, ..
+                error,
+                ..
             })) => panic!("request failed: {error}"),
             _ => {}
         }
         (pinged && answered).then_some(())
     })
     .await;
+}
+
+fn webrtc_event(e: &SwarmEvent<NodeEvent>) -> Option<&Event> {
+    match e {
+        SwarmEvent::Behaviour(NodeEvent::Webrtc(e)) => Some(e),
+        _ => None,
+    }
+}
+
+/// Waits until A pinged B successfully over `connection`, twice.
+async fn pings_over(a: &mut NodeSwarm, b: &mut NodeSwarm, connection: libp2p::swarm::ConnectionId) {
+    let mut n = 0;
+    both(a, b, |side, e| {
+        if let SwarmEvent::Behaviour(NodeEvent::Ping(ping::Event {
+            connection: c,
+            result: Ok(_),
+            ..
+        })) = e
+        {
+            if side == Side::A && c == connection {
+                n += 1;
+            }
+        }
+        (n >= 2).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_upgrade_keeps_the_relay_and_retries_are_bounded() {
+    init_tracing();
+    // Relay-only candidates and no TURN server, on both sides: ICE cannot find a path.
+    let a_config = loopback_config()
+        .with_relay_only(true)
+        .with_upgrade_timeout(Duration::from_secs(3))
+        .with_retries(2, Duration::from_millis(200));
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(a_config.clone()), Some(a_config)).await;
+    let b_id = *b.local_peer_id();
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    let mut relayed = None;
+    let mut failures = Vec::new();
+    let mut b_failed = false;
+    both(&mut a, &mut b, |side, e| {
+        if let SwarmEvent::ConnectionEstablished {
+            connection_id,
+            peer_id,
+            ..
+        } = &e
+        {
+            if side == Side::A && *peer_id == b_id {
+                relayed = Some(*connection_id);
+            }
+        }
+        match webrtc_event(&e) {
+            Some(Event::Upgraded { .. }) => panic!("upgrade cannot succeed here"),
+            Some(Event::UpgradeFailed {
+                attempt,
+                will_retry,
+                relayed_connection,
+                ..
+            }) => {
+                if side == Side::A {
+                    assert_eq!(Some(*relayed_connection), relayed);
+                    failures.push((*attempt, *will_retry));
+                } else {
+                    assert!(!will_retry, "the answering side does not retry");
+                    b_failed = true;
+                }
+            }
+            _ => {}
+        }
+        (failures.len() == 2 && b_failed).then_some(())
+    })
+    .await;
+    assert_eq!(failures, vec![(1, true), (2, false)]);
+    // The relayed connection still carries ping, and no third attempt starts.
+    let relayed = relayed.unwrap();
+    let mut started = 0;
+    let mut pinged = 0;
+    both(&mut a, &mut b, |side, e| {
+        match (&e, webrtc_event(&e)) {
+            (_, Some(Event::UpgradeStarted { .. })) if side == Side::A => started += 1,
+            (
+                SwarmEvent::Behaviour(NodeEvent::Ping(ping::Event {
+                    connection,
+                    result: Ok(_),
+                    ..
+                })),
+                _,
+            ) if side == Side::A && *connection == relayed => pinged += 1,
+            _ => {}
+        }
+        (pinged >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(started, 0, "retries must stop at max_upgrade_attempts");
+    assert!(a.is_connected(&b_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_upgrade_off_upgrades_only_explicit_webrtc_dials() {
+    init_tracing();
+    let config = loopback_config()
+        .with_auto_upgrade(false)
+        .with_drain_timeout(Duration::from_secs(2));
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(config.clone()), Some(config)).await;
+    let b_id = *b.local_peer_id();
+
+    // A plain relayed dial stays relayed.
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    let relayed = both(&mut a, &mut b, |side, e| match e {
+        SwarmEvent::ConnectionEstablished {
+            connection_id,
+            peer_id,
+            ..
+        } if side == Side::A && peer_id == b_id => Some(connection_id),
+        _ => None,
+    })
+    .await;
+    let mut started = false;
+    let mut pinged = 0;
+    both(&mut a, &mut b, |side, e| {
+        started |= matches!(webrtc_event(&e), Some(Event::UpgradeStarted { .. }));
+        if let SwarmEvent::Behaviour(NodeEvent::Ping(ping::Event {
+            connection,
+            result: Ok(_),
+            ..
+        })) = e
+        {
+            if side == Side::A && connection == relayed {
+                pinged += 1;
+            }
+        }
+        (pinged >= 3).then_some(())
+    })
+    .await;
+    assert!(!started, "auto-upgrade is off");
+
+    // An explicit `/p2p-circuit/webrtc` dial is upgraded.
+    let explicit = relay_addr
+        .clone()
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::WebRTC)
+        .with(Protocol::P2p(b_id));
+    a.dial(explicit).unwrap();
+    let mut upgraded = [false, false];
+    both(&mut a, &mut b, |side, e| {
+        match webrtc_event(&e) {
+            Some(Event::Upgraded { .. }) => upgraded[side as usize] = true,
+            Some(Event::UpgradeFailed { error, .. }) => panic!("{side:?}: {error}"),
+            _ => {}
+        }
+        upgraded.iter().all(|u| *u).then_some(())
+    })
+    .await;
+    assert!(a.behaviour().webrtc.as_ref().unwrap().is_upgraded(&b_id));
+}
+
+/// One signaling message, varint length-prefixed, encoded by hand.
+fn message(kind: u8, data: &[u8]) -> Vec<u8> {
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let mut body = vec![0x08, kind, 0x12];
+    varint(data.len(), &mut body);
+    body.extend_from_slice(data);
+    let mut out = Vec::new();
+    varint(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_signaling_input_fails_the_upgrade_not_the_relay() {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    // A is hostile: no WebRTC behaviour, raw access to the signaling protocol.
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup_raw(
+        None,
+        Some(loopback_config()),
+        libp2p_webrtc_signal::PROTOCOL_NAME,
+    )
+    .await;
+    let b_id = *b.local_peer_id();
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    let relayed = both(&mut a, &mut b, |side, e| match e {
+        SwarmEvent::ConnectionEstablished {
+            connection_id,
+            peer_id,
+            ..
+        } if side == Side::A && peer_id == b_id => Some(connection_id),
+        _ => None,
+    })
+    .await;
+
+    let offer = {
+        let mut s = libp2p_webrtc_signal::Session::new(
+            &loopback_config(),
+            libp2p_webrtc_signal::SdpRole::Offerer,
+        )
+        .await
+        .unwrap();
+        s.create_offer().await.unwrap()
+    };
+    let mut flood = message(0, offer.as_bytes());
+    for i in 0..100 {
+        let c = format!(
+            r#"{{"candidate":"candidate:{i} 1 udp 2130706431 127.0.0.1 {} typ host","sdpMid":"0"}}"#,
+            10000 + i
+        );
+        flood.extend(message(2, c.as_bytes()));
+    }
+    type Check = fn(&libp2p_webrtc_signal::Error) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
+        (
+            "oversized message",
+            message(0, &vec![b'v'; 1024 * 1024]),
+            |e| matches!(e, libp2p_webrtc_signal::Error::Protocol(_)),
+        ),
+        (
+            "garbage",
+            vec![0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            |e| matches!(e, libp2p_webrtc_signal::Error::Protocol(_)),
+        ),
+        (
+            "SDP that does not parse",
+            message(0, b"this is not SDP"),
+            |e| {
+                matches!(
+                    e,
+                    libp2p_webrtc_signal::Error::InvalidSdp(_)
+                        | libp2p_webrtc_signal::Error::NoFingerprint
+                )
+            },
+        ),
+        ("candidate flood", flood, |e| {
+            matches!(e, libp2p_webrtc_signal::Error::TooManyCandidates(64))
+        }),
+    ];
+    for (name, bytes, expected) in cases {
+        let rx = a.behaviour_mut().raw.open(b_id, relayed);
+        let mut stream = drive(&mut a, &mut b, rx)
+            .await
+            .expect("open")
+            .expect("negotiated");
+        let io = tokio::spawn(async move {
+            let _ = stream.write_all(&bytes).await;
+            let _ = stream.flush().await;
+            let mut buf = Vec::new();
+            // The victim resets or closes the stream: reading ends, it does not hang.
+            let _ = stream.read_to_end(&mut buf).await;
+        });
+        let error = both(&mut a, &mut b, |side, e| match webrtc_event(&e) {
+            Some(Event::UpgradeFailed {
+                error, will_retry, ..
+            }) => {
+                assert_eq!(side, Side::B);
+                assert!(!will_retry);
+                assert!(expected(error), "{name}: unexpected error {error}");
+                Some(error.to_string())
+            }
+            Some(Event::Upgraded { .. }) => panic!("{name}: upgraded"),
+            _ => None,
+        })
+        .await;
+        eprintln!("{name}: {error}");
+        tokio::time::timeout(T, io)
+            .await
+            .expect("stream not ended")
+            .unwrap();
+        // The relayed connection keeps working.
+        pings_over(&mut a, &mut b, relayed).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_times_out() {
+    init_tracing();
+    // B is silent: it accepts the signaling stream and never writes.
+    let a_config = loopback_config()
+        .with_upgrade_timeout(Duration::from_secs(2))
+        .with_retries(2, Duration::from_millis(100));
+    let Setup {
+        mut a,
+        mut b,
+        mut b_raw,
+        relay_addr,
+        _relay,
+        ..
+    } = setup_raw(Some(a_config), None, libp2p_webrtc_signal::PROTOCOL_NAME).await;
+    let b_id = *b.local_peer_id();
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    let mut held = Vec::new();
+    let mut failures = Vec::new();
+    both(&mut a, &mut b, |side, e| {
+        while let Ok(s) = b_raw.try_recv() {
+            held.push(s);
+        }
+        if let Some(Event::UpgradeFailed {
+            error,
+            attempt,
+            will_retry,
+            ..
+        }) = webrtc_event(&e)
+        {
+            assert_eq!(side, Side::A);
+            assert!(
+                matches!(error, libp2p_webrtc_signal::Error::Timeout),
+                "{error}"
+            );
+            failures.push((*attempt, *will_retry));
+        }
+        (failures.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(failures, vec![(1, true), (2, false)]);
+    assert!(
+        !held.is_empty(),
+        "the silent peer got the signaling streams"
+    );
+    assert!(a.is_connected(&b_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_on_the_relay_completes_across_the_migration() {
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    init_tracing();
+    let config = loopback_config().with_drain_timeout(Duration::from_secs(8));
+    let Setup {
+        mut a,
+        mut b,
+        mut b_raw,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(config.clone()), Some(config)).await;
+    let b_id = *b.local_peer_id();
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    let relayed = both(&mut a, &mut b, |side, e| match e {
+        SwarmEvent::ConnectionEstablished {
+            connection_id,
+            peer_id,
+            ..
+        } if side == Side::A && peer_id == b_id => Some(connection_id),
+        _ => None,
+    })
+    .await;
+    // B echoes every raw stream.
+    tokio::spawn(async move {
+        while let Some((_, _, mut s)) = b_raw.next().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = s.close().await;
+            });
+        }
+    });
+    let rx = a.behaviour_mut().raw.open(b_id, relayed);
+    let stream = drive(&mut a, &mut b, rx)
+        .await
+        .expect("open")
+        .expect("negotiated");
+    // 1 MiB each way, paced over about a second so it spans the upgrade.
+    let data = common::payload(1024 * 1024, 7);
+    let sent = data.clone();
+    let transfer = tokio::spawn(async move {
+        let (mut r, mut w) = stream.split();
+        let writer = async move {
+            for chunk in sent.chunks(16 * 1024) {
+                w.write_all(chunk).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            w.close().await.unwrap();
+        };
+        let reader = async move {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.unwrap();
+            got
+        };
+        let ((), got) = futures::join!(writer, reader);
+        got
+    });
+    let mut upgraded = [false, false];
+    let mut relay_closed = false;
+    let mut transfer = Some(transfer);
+    let mut echoed = None;
+    while !(upgraded.iter().all(|u| *u) && relay_closed) {
+        let ev = both(&mut a, &mut b, |side, e| Some((side, e))).await;
+        match webrtc_event(&ev.1) {
+            Some(Event::Upgraded { .. }) => upgraded[ev.0 as usize] = true,
+            Some(Event::RelayClosed { .. }) if ev.0 == Side::A => {
+                // Nothing in flight is lost: the stream finished before the relay closed.
+                let t = transfer.take().expect("relay closed twice");
+                assert!(
+                    t.is_finished(),
+                    "relay closed while its stream was still running"
+                );
+                echoed = Some(t.await.unwrap());
+                relay_closed = true;
+            }
+            Some(Event::UpgradeFailed { error, .. }) => panic!("{error}"),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        echoed.unwrap(),
+        data,
+        "1 MiB echoed byte-exact across the migration"
+    );
+}
+
+/// Drives both swarms (their events are dropped) until `fut` completes.
+async fn drive<F: std::future::Future>(a: &mut NodeSwarm, b: &mut NodeSwarm, fut: F) -> F::Output {
+    use futures::StreamExt;
+    tokio::pin!(fut);
+    tokio::time::timeout(T, async {
+        loop {
+            tokio::select! {
+                r = &mut fut => return r,
+                _ = a.select_next_some() => {}
+                _ = b.select_next_some() => {}
+            }
+        }
+    })
+    .await
+    .expect("timed out (hang)")
 }

@@ -25,6 +25,9 @@ use libp2p::{noise, ping, relay, request_response, tcp, yamux, Multiaddr, PeerId
 use libp2p_webrtc_signal::Config;
 use serde::{Deserialize, Serialize};
 
+/// Where an opened raw stream is delivered.
+pub type OpenReply = oneshot::Sender<Result<Stream, String>>;
+
 pub const ECHO: StreamProtocol = StreamProtocol::new("/test/echo/1.0.0");
 
 /// A request/response protocol for the tests.
@@ -38,13 +41,16 @@ pub struct Resp(pub String);
 pub struct Raw {
     protocol: StreamProtocol,
     inbound: mpsc::UnboundedSender<(PeerId, ConnectionId, Stream)>,
-    requests: VecDeque<(PeerId, ConnectionId, oneshot::Sender<Result<Stream, String>>)>,
+    requests: VecDeque<(PeerId, ConnectionId, OpenReply)>,
 }
 
 impl Raw {
     pub fn new(
         protocol: StreamProtocol,
-    ) -> (Self, mpsc::UnboundedReceiver<(PeerId, ConnectionId, Stream)>) {
+    ) -> (
+        Self,
+        mpsc::UnboundedReceiver<(PeerId, ConnectionId, Stream)>,
+    ) {
         let (tx, rx) = mpsc::unbounded();
         (
             Self {
@@ -164,7 +170,12 @@ impl NetworkBehaviour for Raw {
 
     fn on_swarm_event(&mut self, _: FromSwarm) {}
 
-    fn on_connection_handler_event(&mut self, _: PeerId, _: ConnectionId, e: THandlerOutEvent<Self>) {
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        e: THandlerOutEvent<Self>,
+    ) {
         match e {}
     }
 
@@ -209,7 +220,10 @@ pub type NodeSwarm = Swarm<Node>;
 pub fn node(
     webrtc: Option<Config>,
     raw_protocol: StreamProtocol,
-) -> (NodeSwarm, mpsc::UnboundedReceiver<(PeerId, ConnectionId, Stream)>) {
+) -> (
+    NodeSwarm,
+    mpsc::UnboundedReceiver<(PeerId, ConnectionId, Stream)>,
+) {
     let key = Keypair::generate_ed25519();
     let (transport, behaviour) = match webrtc {
         Some(config) => {
@@ -221,13 +235,15 @@ pub fn node(
     let (raw, raw_rx) = Raw::new(raw_protocol);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .unwrap()
-        .with_other_transport(move |_| {
-            match transport {
-                Some(t) => libp2p::core::transport::OptionalTransport::some(t),
-                None => libp2p::core::transport::OptionalTransport::none(),
-            }
+        .with_other_transport(move |_| match transport {
+            Some(t) => libp2p::core::transport::OptionalTransport::some(t),
+            None => libp2p::core::transport::OptionalTransport::none(),
         })
         .unwrap()
         .with_relay_client(noise::Config::new, yamux::Config::default)
@@ -235,9 +251,14 @@ pub fn node(
         .with_behaviour(move |_, relay| Node {
             relay,
             webrtc: behaviour.into(),
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_millis(500))),
+            ping: ping::Behaviour::new(
+                ping::Config::new().with_interval(Duration::from_millis(500)),
+            ),
             rr: request_response::json::Behaviour::new(
-                [(StreamProtocol::new("/test/rr/1"), request_response::ProtocolSupport::Full)],
+                [(
+                    StreamProtocol::new("/test/rr/1"),
+                    request_response::ProtocolSupport::Full,
+                )],
                 request_response::Config::default(),
             ),
             raw,
@@ -254,7 +275,11 @@ pub async fn relay_server() -> (Swarm<relay::Behaviour>, Multiaddr) {
     let peer = key.public().to_peer_id();
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .unwrap()
         .with_behaviour(|_| {
             relay::Behaviour::new(
@@ -269,7 +294,9 @@ pub async fn relay_server() -> (Swarm<relay::Behaviour>, Multiaddr) {
         .unwrap()
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
-    swarm.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap()).unwrap();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
     let addr = loop {
         if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
             break address;
@@ -303,9 +330,9 @@ pub async fn reserve(swarm: &mut NodeSwarm, relay: &Multiaddr) {
         .listen_on(relay.clone().with(Protocol::P2pCircuit))
         .unwrap();
     until(swarm, Duration::from_secs(20), |_, e| match e {
-        SwarmEvent::Behaviour(NodeEvent::Relay(
-            relay::client::Event::ReservationReqAccepted { .. },
-        )) => Some(()),
+        SwarmEvent::Behaviour(NodeEvent::Relay(relay::client::Event::ReservationReqAccepted {
+            ..
+        })) => Some(()),
         _ => None,
     })
     .await;
