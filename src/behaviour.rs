@@ -212,11 +212,26 @@ impl Behaviour {
         }
         self.active
             .insert(peer, (connection, SdpRole::Offerer, attempt));
+        self.notify(peer, connection, Command::Start { attempt });
+    }
+
+    fn notify(&mut self, peer: PeerId, connection: ConnectionId, command: Command) {
         self.events.push_back(ToSwarm::NotifyHandler {
             peer_id: peer,
             handler: NotifyHandler::One(connection),
-            event: Command::Start { attempt },
+            event: command,
         });
+    }
+
+    /// Forgets the peer's running upgrade if it is the one on `connection`.
+    fn clear_active(&mut self, peer: PeerId, connection: ConnectionId) {
+        if self
+            .active
+            .get(&peer)
+            .is_some_and(|(c, _, _)| *c == connection)
+        {
+            self.active.remove(&peer);
+        }
     }
 
     fn schedule(&mut self, at: Instant, timer: Timer) {
@@ -268,16 +283,12 @@ impl Behaviour {
                 })
                 .collect();
             for connection in drain {
-                self.events.push_back(ToSwarm::NotifyHandler {
-                    peer_id: peer,
-                    handler: NotifyHandler::One(connection),
-                    event: Command::Idle,
-                });
+                self.notify(peer, connection, Command::Idle);
                 self.schedule(now + self.config.drain_timeout, Timer::Drain { connection });
             }
             return;
         }
-        let addr = match e.endpoint {
+        let (remote_addr, dialer) = match e.endpoint {
             libp2p_core::ConnectedPoint::Dialer { address, .. } => (address.clone(), true),
             // An inbound circuit: the local address is `<relay>/p2p-circuit`, the remote
             // address only `/p2p/<peer>`.
@@ -291,7 +302,6 @@ impl Behaviour {
                 (send_back_addr.clone(), false)
             }
         };
-        let (remote_addr, dialer) = addr;
         if !is_relayed(&remote_addr) {
             return;
         }
@@ -307,11 +317,7 @@ impl Behaviour {
             },
         );
         if upgraded {
-            self.events.push_back(ToSwarm::NotifyHandler {
-                peer_id: peer,
-                handler: NotifyHandler::One(e.connection_id),
-                event: Command::Idle,
-            });
+            self.notify(peer, e.connection_id, Command::Idle);
             let at = Instant::now() + self.config.drain_timeout;
             self.schedule(
                 at,
@@ -324,11 +330,7 @@ impl Behaviour {
         if dialer && (self.config.auto_upgrade || explicit) {
             self.start(e.connection_id, 1);
         } else {
-            self.events.push_back(ToSwarm::NotifyHandler {
-                peer_id: peer,
-                handler: NotifyHandler::One(e.connection_id),
-                event: Command::Idle,
-            });
+            self.notify(peer, e.connection_id, Command::Idle);
         }
     }
 
@@ -344,13 +346,7 @@ impl Behaviour {
             return;
         }
         if let Some(r) = self.relayed.remove(&e.connection_id) {
-            if self
-                .active
-                .get(&peer)
-                .is_some_and(|(c, _, _)| *c == e.connection_id)
-            {
-                self.active.remove(&peer);
-            }
+            self.clear_active(peer, e.connection_id);
             if r.draining {
                 self.events
                     .push_back(ToSwarm::GenerateEvent(Event::RelayClosed {
@@ -370,18 +366,10 @@ impl Behaviour {
                             // Glare across two relayed connections: the smaller peer id's
                             // offer wins, on both sides.
                             if self.local < peer {
-                                self.events.push_back(ToSwarm::NotifyHandler {
-                                    peer_id: peer,
-                                    handler: NotifyHandler::One(connection),
-                                    event: Command::Abort,
-                                });
+                                self.notify(peer, connection, Command::Abort);
                                 return;
                             }
-                            self.events.push_back(ToSwarm::NotifyHandler {
-                                peer_id: peer,
-                                handler: NotifyHandler::One(other),
-                                event: Command::Abort,
-                            });
+                            self.notify(peer, other, Command::Abort);
                         }
                     }
                     self.active.insert(peer, (connection, role, attempt));
@@ -397,15 +385,10 @@ impl Behaviour {
             Report::Upgraded {
                 connection: direct,
                 role,
+                took,
                 ..
             } => {
-                if self
-                    .active
-                    .get(&peer)
-                    .is_some_and(|(c, _, _)| *c == connection)
-                {
-                    self.active.remove(&peer);
-                }
+                self.clear_active(peer, connection);
                 let Some(r) = self.relayed.get(&connection) else {
                     return;
                 };
@@ -416,7 +399,10 @@ impl Behaviour {
                 self.pending.entry(peer).or_default().push_back(Pending {
                     relayed: connection,
                     offerer,
-                    started: Instant::now(),
+                    // The attempt started `took` ago: `Event::Upgraded` counts from there.
+                    started: Instant::now()
+                        .checked_sub(took)
+                        .unwrap_or_else(Instant::now),
                 });
                 let _ = self.handoffs.unbounded_send(Handoff {
                     peer,
@@ -429,13 +415,7 @@ impl Behaviour {
                 attempt,
                 error,
             } => {
-                if self
-                    .active
-                    .get(&peer)
-                    .is_some_and(|(c, _, _)| *c == connection)
-                {
-                    self.active.remove(&peer);
-                }
+                self.clear_active(peer, connection);
                 let will_retry = role == SdpRole::Offerer
                     && attempt < self.config.max_upgrade_attempts
                     && !self.is_upgraded(&peer)
@@ -463,21 +443,11 @@ impl Behaviour {
                         },
                     );
                 } else if role == SdpRole::Offerer {
-                    self.events.push_back(ToSwarm::NotifyHandler {
-                        peer_id: peer,
-                        handler: NotifyHandler::One(connection),
-                        event: Command::Idle,
-                    });
+                    self.notify(peer, connection, Command::Idle);
                 }
             }
             Report::Superseded { .. } => {
-                if self
-                    .active
-                    .get(&peer)
-                    .is_some_and(|(c, _, _)| *c == connection)
-                {
-                    self.active.remove(&peer);
-                }
+                self.clear_active(peer, connection);
             }
         }
     }

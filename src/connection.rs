@@ -16,7 +16,8 @@ use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 
 use crate::framing;
 use crate::session::{DriverEvent, INIT_CHANNEL_LABEL};
-use crate::stream::{SlotGuard, Stream, StreamContext, StreamSlots};
+use crate::slots::{Slot, Slots};
+use crate::stream::{Stream, StreamContext};
 use crate::{Config, Error};
 
 /// Creating an outbound data channel.
@@ -40,14 +41,14 @@ pub struct Connection {
     arriving: Vec<Stream>,
     /// Inbound streams ready to be handed out.
     inbound: VecDeque<Stream>,
-    outbound: Option<(OpenChannel, SlotGuard)>,
+    outbound: Option<(OpenChannel, Slot)>,
     /// Waits out the stream id reuse guard before the next outbound channel.
     reuse_wait: Option<Pin<Box<tokio::time::Sleep>>>,
     /// When the current open started waiting for the guard.
     reuse_wait_started: Option<Instant>,
     closing: Option<BoxFuture<'static, ()>>,
     closed: bool,
-    slots: Arc<StreamSlots>,
+    slots: Arc<Slots>,
     ctx: Arc<StreamContext>,
     handle: tokio::runtime::Handle,
 }
@@ -55,7 +56,7 @@ pub struct Connection {
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Connection")
-            .field("streams", &self.slots.live())
+            .field("streams", &self.slots.used())
             .field("closed", &self.closed)
             .finish_non_exhaustive()
     }
@@ -93,7 +94,7 @@ impl Connection {
             reuse_wait_started: None,
             closing: None,
             closed: false,
-            slots: StreamSlots::new(config.max_streams),
+            slots: Slots::new(config.max_streams),
             ctx,
             handle,
         };
@@ -105,7 +106,7 @@ impl Connection {
 
     /// Number of open streams.
     pub fn num_streams(&self) -> usize {
-        self.slots.live()
+        self.slots.used()
     }
 
     fn on_remote_channel(&mut self, dc: Arc<dyn DataChannel>) {
@@ -165,7 +166,7 @@ impl Connection {
                 self.arriving.push(stream);
             } else {
                 tracing::debug!(
-                    limit = self.slots.live(),
+                    limit = self.slots.used(),
                     "too many streams; refusing an inbound data channel"
                 );
                 self.close_channel(dc);

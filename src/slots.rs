@@ -1,13 +1,19 @@
-//! A counting limit whose permits free themselves on drop.
+//! A counting limit whose permits free themselves on drop: streams per connection, upgrades
+//! per node.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Waker;
+
+use futures::task::AtomicWaker;
 
 /// At most `max` permits out at once.
 #[derive(Debug)]
 pub(crate) struct Slots {
     used: AtomicUsize,
     max: usize,
+    /// Woken when a permit frees, for a task waiting for one.
+    waker: AtomicWaker,
 }
 
 impl Slots {
@@ -15,6 +21,7 @@ impl Slots {
         Arc::new(Self {
             used: AtomicUsize::new(0),
             max,
+            waker: AtomicWaker::new(),
         })
     }
 
@@ -28,8 +35,12 @@ impl Slots {
             .map(|_| Slot(self.clone()))
     }
 
+    /// Wakes `waker` when a permit frees next.
+    pub(crate) fn register(&self, waker: &Waker) {
+        self.waker.register(waker);
+    }
+
     /// Permits out now.
-    #[cfg(test)]
     pub(crate) fn used(&self) -> usize {
         self.used.load(Ordering::Acquire)
     }
@@ -42,6 +53,7 @@ pub(crate) struct Slot(Arc<Slots>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.used.fetch_sub(1, Ordering::AcqRel);
+        self.0.waker.wake();
     }
 }
 
@@ -55,6 +67,7 @@ mod tests {
         let a = slots.try_acquire().unwrap();
         let _b = slots.try_acquire().unwrap();
         assert!(slots.try_acquire().is_none());
+        assert_eq!(slots.used(), 2);
         drop(a);
         assert_eq!(slots.used(), 1);
         assert!(slots.try_acquire().is_some());

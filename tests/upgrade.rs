@@ -89,6 +89,25 @@ async fn setup_raw(
     }
 }
 
+/// A dials B through the relay; returns A's id of the relayed connection once established.
+async fn dial_relayed(
+    a: &mut NodeSwarm,
+    b: &mut NodeSwarm,
+    relay_addr: &Multiaddr,
+) -> libp2p::swarm::ConnectionId {
+    let b_id = *b.local_peer_id();
+    a.dial(circuit(relay_addr, b_id)).unwrap();
+    both(a, b, |side, e| match e {
+        SwarmEvent::ConnectionEstablished {
+            connection_id,
+            peer_id,
+            ..
+        } if side == Side::A && peer_id == b_id => Some(connection_id),
+        _ => None,
+    })
+    .await
+}
+
 fn circuit(relay: &Multiaddr, peer: PeerId) -> Multiaddr {
     relay
         .clone()
@@ -341,16 +360,7 @@ async fn auto_upgrade_off_upgrades_only_explicit_webrtc_dials() {
     let b_id = *b.local_peer_id();
 
     // A plain relayed dial stays relayed.
-    a.dial(circuit(&relay_addr, b_id)).unwrap();
-    let relayed = both(&mut a, &mut b, |side, e| match e {
-        SwarmEvent::ConnectionEstablished {
-            connection_id,
-            peer_id,
-            ..
-        } if side == Side::A && peer_id == b_id => Some(connection_id),
-        _ => None,
-    })
-    .await;
+    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
     let mut started = false;
     let mut pinged = 0;
     both(&mut a, &mut b, |side, e| {
@@ -426,16 +436,7 @@ async fn hostile_signaling_input_fails_the_upgrade_not_the_relay() {
     )
     .await;
     let b_id = *b.local_peer_id();
-    a.dial(circuit(&relay_addr, b_id)).unwrap();
-    let relayed = both(&mut a, &mut b, |side, e| match e {
-        SwarmEvent::ConnectionEstablished {
-            connection_id,
-            peer_id,
-            ..
-        } if side == Side::A && peer_id == b_id => Some(connection_id),
-        _ => None,
-    })
-    .await;
+    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
 
     let offer = {
         let mut s = libp2p_webrtc_signal::Session::new(
@@ -579,16 +580,7 @@ async fn a_stream_on_the_relay_completes_across_the_migration() {
         ..
     } = setup(Some(config.clone()), Some(config)).await;
     let b_id = *b.local_peer_id();
-    a.dial(circuit(&relay_addr, b_id)).unwrap();
-    let relayed = both(&mut a, &mut b, |side, e| match e {
-        SwarmEvent::ConnectionEstablished {
-            connection_id,
-            peer_id,
-            ..
-        } if side == Side::A && peer_id == b_id => Some(connection_id),
-        _ => None,
-    })
-    .await;
+    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
     // B echoes every raw stream.
     tokio::spawn(async move {
         while let Some((_, _, mut s)) = b_raw.next().await {

@@ -14,7 +14,6 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -22,12 +21,12 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::channel::mpsc;
 use futures::future::BoxFuture;
-use futures::task::AtomicWaker;
 use futures::{AsyncRead, AsyncWrite, FutureExt, StreamExt};
 use webrtc::data_channel::{DataChannel, DataChannelEvent};
 use webrtc::peer_connection::PeerConnection;
 
 use crate::framing::{self, Flag, FrameDecoder};
+use crate::slots::Slot;
 use state::{State, WriteHalf};
 
 /// What all streams of a connection share: limits and the [`ReuseGuard`].
@@ -39,53 +38,6 @@ pub(crate) struct StreamContext {
     pub(crate) fin_ack_timeout: Duration,
     pub(crate) open_timeout: Duration,
     pub(crate) reuse: ReuseGuard,
-}
-
-/// Counts a connection's live streams against `max_streams`.
-#[derive(Debug)]
-pub(crate) struct StreamSlots {
-    live: AtomicUsize,
-    max: usize,
-    /// Woken when a slot frees, for an outbound stream waiting for one.
-    waker: AtomicWaker,
-}
-
-impl StreamSlots {
-    pub(crate) fn new(max: usize) -> Arc<Self> {
-        Arc::new(Self {
-            live: AtomicUsize::new(0),
-            max,
-            waker: AtomicWaker::new(),
-        })
-    }
-
-    pub(crate) fn try_acquire(self: &Arc<Self>) -> Option<SlotGuard> {
-        self.live
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| SlotGuard(self.clone()))
-    }
-
-    pub(crate) fn register(&self, waker: &Waker) {
-        self.waker.register(waker);
-    }
-
-    pub(crate) fn live(&self) -> usize {
-        self.live.load(Ordering::Acquire)
-    }
-}
-
-/// One occupied stream slot; frees it on drop.
-#[derive(Debug)]
-pub(crate) struct SlotGuard(Arc<StreamSlots>);
-
-impl Drop for SlotGuard {
-    fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::AcqRel);
-        self.0.waker.wake();
-    }
 }
 
 /// How often an outbound stream replaces a channel that died unused (see [`pump`]).
@@ -153,7 +105,7 @@ pub struct Stream {
     fin_ack_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     ctx: Arc<StreamContext>,
     outbound: bool,
-    _slot: SlotGuard,
+    _slot: Slot,
 }
 
 impl std::fmt::Debug for Stream {
@@ -174,7 +126,7 @@ impl Stream {
         dc: Arc<dyn DataChannel>,
         pc: Option<Arc<dyn PeerConnection>>,
         ctx: Arc<StreamContext>,
-        slot: SlotGuard,
+        slot: Slot,
         handle: &tokio::runtime::Handle,
     ) -> Self {
         let shared = Arc::new(Mutex::new(Shared {
@@ -693,16 +645,5 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(60), run)
             .await
             .expect("hang");
-    }
-
-    #[test]
-    fn slots_are_bounded_and_freed() {
-        let slots = StreamSlots::new(2);
-        let a = slots.try_acquire().unwrap();
-        let _b = slots.try_acquire().unwrap();
-        assert!(slots.try_acquire().is_none());
-        assert_eq!(slots.live(), 2);
-        drop(a);
-        assert!(slots.try_acquire().is_some());
     }
 }
