@@ -567,6 +567,95 @@ async fn a_peer_that_never_answers_times_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrent_upgrade_limit_is_enforced() {
+    use futures::AsyncWriteExt;
+    init_tracing();
+    // B allows one upgrade at a time. H (hostile) holds that slot with an offer that never
+    // completes; A's upgrade is refused until B's attempt with H times out, then succeeds.
+    let b_config = loopback_config()
+        .with_max_concurrent_upgrades(1)
+        .with_upgrade_timeout(Duration::from_secs(3));
+    let a_config = loopback_config().with_retries(6, Duration::from_millis(250));
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(a_config), Some(b_config)).await;
+    let b_id = *b.local_peer_id();
+    let a_id = *a.local_peer_id();
+    let (mut h, _) = node(None, libp2p_webrtc_signal::PROTOCOL_NAME);
+    let h_id = *h.local_peer_id();
+
+    let relayed = dial_relayed(&mut h, &mut b, &relay_addr).await;
+    let mut rx = h.behaviour_mut().raw.open(b_id, relayed);
+    // B may negotiate the stream (and start answering) before H's side reports it open.
+    let mut stream = None;
+    let mut b_started = false;
+    both(&mut h, &mut b, |side, e| {
+        if let Some(Event::UpgradeStarted { peer, .. }) = webrtc_event(&e) {
+            assert_eq!((side, *peer), (Side::B, h_id));
+            b_started = true;
+        }
+        if let Ok(Some(s)) = rx.try_recv() {
+            stream = Some(s.expect("negotiated"));
+        }
+        (b_started && stream.is_some()).then_some(())
+    })
+    .await;
+    let mut stream = stream.expect("stream");
+    // The start of a 100-byte message: B's answerer waits for the rest, holding its slot.
+    let holder = tokio::spawn(async move {
+        let _ = stream.write_all(&[100, 0x0a]).await;
+        let _ = stream.flush().await;
+        futures::future::pending::<()>().await;
+        drop(stream);
+    });
+    let (_h_events, _h_stop, _h_task) = spawn(h);
+
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    let started = Instant::now();
+    let mut refused = 0;
+    let mut h_timed_out = None;
+    let upgraded = both(&mut a, &mut b, |side, e| match (side, webrtc_event(&e)) {
+        (Side::B, Some(Event::UpgradeFailed { peer, error, .. })) if *peer == a_id => {
+            assert!(
+                matches!(error, libp2p_webrtc_signal::Error::TooManyUpgrades),
+                "{error}"
+            );
+            refused += 1;
+            None
+        }
+        (Side::B, Some(Event::UpgradeFailed { peer, error, .. })) if *peer == h_id => {
+            assert!(
+                matches!(error, libp2p_webrtc_signal::Error::Timeout),
+                "{error}"
+            );
+            h_timed_out = Some(started.elapsed());
+            None
+        }
+        (Side::B, Some(Event::UpgradeStarted { peer, .. })) if *peer == a_id => {
+            assert!(
+                h_timed_out.is_some(),
+                "a second upgrade ran beside the first"
+            );
+            None
+        }
+        (_, Some(Event::Upgraded { peer, .. })) if *peer == b_id => Some(started.elapsed()),
+        _ => None,
+    })
+    .await;
+    holder.abort();
+    assert!(refused >= 1, "B never refused A's upgrade");
+    let h_timed_out = h_timed_out.expect("H's attempt ended before A's upgrade");
+    assert!(upgraded >= h_timed_out);
+    eprintln!(
+        "refused {refused} times; H timed out at {h_timed_out:?}; A upgraded at {upgraded:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_on_the_relay_completes_across_the_migration() {
     use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
     init_tracing();
