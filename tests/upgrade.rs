@@ -743,6 +743,67 @@ async fn a_stream_on_the_relay_completes_across_the_migration() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_timeout_closes_a_relay_whose_stream_never_ends() {
+    use futures::AsyncWriteExt;
+    init_tracing();
+    let drain = Duration::from_secs(2);
+    let config = loopback_config().with_drain_timeout(drain);
+    let Setup {
+        mut a,
+        mut b,
+        mut b_raw,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(config.clone()), Some(config)).await;
+    let b_id = *b.local_peer_id();
+    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
+    // A stream on the relayed connection that neither side ever closes.
+    let rx = a.behaviour_mut().raw.open(b_id, relayed);
+    let mut stream = drive(&mut a, &mut b, rx)
+        .await
+        .expect("open")
+        .expect("negotiated");
+    stream.write_all(b"hold").await.unwrap();
+    stream.flush().await.unwrap();
+    let mut upgraded_at = None;
+    let mut b_ends = Vec::new(); // B holds its end open too.
+    let closed_at = both(&mut a, &mut b, |side, e| {
+        while let Ok(s) = b_raw.try_recv() {
+            b_ends.push(s);
+        }
+        match (side, webrtc_event(&e)) {
+            (Side::A, Some(Event::Upgraded { .. })) => {
+                upgraded_at = Some(Instant::now());
+                None
+            }
+            (Side::A, Some(Event::RelayClosed { .. })) => Some(Instant::now()),
+            (_, Some(Event::UpgradeFailed { error, .. })) => panic!("{error}"),
+            _ => None,
+        }
+    })
+    .await;
+    let waited = closed_at - upgraded_at.expect("relay closed before the upgrade");
+    eprintln!("relay closed {waited:?} after the upgrade (drain timeout {drain:?})");
+    assert!(
+        waited >= drain - Duration::from_millis(100),
+        "relay closed after {waited:?}, before the drain timeout, with a stream open"
+    );
+    // The held stream is closed with the relay: writing to it fails. (Reading would hang:
+    // yamux does not wake readers on a graceful connection close, libp2p/rust-yamux#216.)
+    let write = async {
+        loop {
+            if stream.write_all(b"more").await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    drive(&mut a, &mut b, write).await;
+    assert!(a.behaviour().webrtc.as_ref().unwrap().is_upgraded(&b_id));
+}
+
 /// Drives both swarms (their events are dropped) until `fut` completes.
 async fn drive<F: std::future::Future>(a: &mut NodeSwarm, b: &mut NodeSwarm, fut: F) -> F::Output {
     use futures::StreamExt;
