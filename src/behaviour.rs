@@ -190,6 +190,39 @@ impl Behaviour {
         self.direct.get(peer).is_some_and(|c| !c.is_empty())
     }
 
+    /// Starts an upgrade of the relayed connection to `peer` now, with this side offering.
+    ///
+    /// For nodes with [`Config::with_auto_upgrade`] off, or to try again after the retries
+    /// ran out. Returns `false`, doing nothing, when there is no relayed connection to `peer`
+    /// (or only ones being drained), when `peer` is already upgraded, or when an upgrade
+    /// with `peer` is running. The outcome comes as [`Event::Upgraded`] or
+    /// [`Event::UpgradeFailed`], with retries as for automatic upgrades.
+    ///
+    /// ```no_run
+    /// # fn f(behaviour: &mut libp2p_webrtc_signal::Behaviour, peer: libp2p_identity::PeerId) {
+    /// if !behaviour.upgrade(peer) {
+    ///     // Nothing to upgrade, or already done / under way.
+    /// }
+    /// # }
+    /// ```
+    pub fn upgrade(&mut self, peer: PeerId) -> bool {
+        if self.is_upgraded(&peer) || self.active.contains_key(&peer) {
+            return false;
+        }
+        // Prefer a connection we dialed: that is the one the remote expects an offer on.
+        let Some(connection) = self
+            .relayed
+            .iter()
+            .filter(|(_, r)| r.peer == peer && !r.draining)
+            .max_by_key(|(id, r)| (r.dialer, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id)
+        else {
+            return false;
+        };
+        self.start(connection, 1);
+        self.active.contains_key(&peer)
+    }
+
     fn handler(&self, relayed: bool, peer: PeerId, connection: ConnectionId) -> Handler {
         Handler::new(
             relayed,
@@ -419,10 +452,7 @@ impl Behaviour {
                 let will_retry = role == SdpRole::Offerer
                     && attempt < self.config.max_upgrade_attempts
                     && !self.is_upgraded(&peer)
-                    && self
-                        .relayed
-                        .get(&connection)
-                        .is_some_and(|r| r.dialer && !r.draining);
+                    && self.relayed.get(&connection).is_some_and(|r| !r.draining);
                 tracing::debug!(%peer, %connection, attempt, will_retry, "upgrade failed: {error}");
                 self.events
                     .push_back(ToSwarm::GenerateEvent(Event::UpgradeFailed {

@@ -400,6 +400,52 @@ async fn auto_upgrade_off_upgrades_only_explicit_webrtc_dials() {
     assert!(a.behaviour().webrtc.as_ref().unwrap().is_upgraded(&b_id));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_on_request_from_either_side() {
+    init_tracing();
+    let config = loopback_config()
+        .with_auto_upgrade(false)
+        .with_drain_timeout(Duration::from_secs(2));
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(config.clone()), Some(config)).await;
+    let a_id = *a.local_peer_id();
+    let b_id = *b.local_peer_id();
+    fn webrtc(s: &mut NodeSwarm) -> &mut libp2p_webrtc_signal::Behaviour {
+        s.behaviour_mut().webrtc.as_mut().unwrap()
+    }
+    assert!(
+        !webrtc(&mut a).upgrade(b_id),
+        "no connection to upgrade yet"
+    );
+    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
+    pings_over(&mut a, &mut b, relayed).await;
+
+    // B, the side that accepted the circuit, asks for the upgrade: it offers.
+    assert!(webrtc(&mut b).upgrade(a_id));
+    assert!(!webrtc(&mut b).upgrade(a_id), "one upgrade at a time");
+    let mut upgraded = [false, false];
+    both(&mut a, &mut b, |side, e| {
+        match webrtc_event(&e) {
+            Some(Event::UpgradeStarted { role, .. }) => {
+                let offers = *role == libp2p_webrtc_signal::SdpRole::Offerer;
+                assert_eq!(offers, side == Side::B, "{side:?} {role:?}");
+            }
+            Some(Event::Upgraded { .. }) => upgraded[side as usize] = true,
+            Some(Event::UpgradeFailed { error, .. }) => panic!("{side:?}: {error}"),
+            _ => {}
+        }
+        upgraded.iter().all(|u| *u).then_some(())
+    })
+    .await;
+    assert!(!webrtc(&mut a).upgrade(b_id), "already upgraded");
+    assert!(!webrtc(&mut b).upgrade(a_id), "already upgraded");
+}
+
 /// One signaling message, varint length-prefixed, encoded by hand.
 fn message(kind: u8, data: &[u8]) -> Vec<u8> {
     fn varint(mut n: usize, out: &mut Vec<u8>) {
