@@ -23,6 +23,7 @@ use libp2p_swarm::{
 use crate::handler::{Command, Handler, Report};
 use crate::slots::Slots;
 use crate::transport::{listen_addr, Handoff};
+use crate::upgrade::Timings;
 use crate::{Config, Error, SdpRole};
 
 /// What the behaviour reports.
@@ -50,6 +51,8 @@ pub enum Event {
         direct_connection: ConnectionId,
         /// From the start of the successful attempt to the direct connection in the Swarm.
         took: Duration,
+        /// Where that time went, and what the signaling cost.
+        timings: Timings,
     },
     /// An upgrade attempt failed; the relayed connection is untouched.
     UpgradeFailed {
@@ -88,7 +91,9 @@ struct Relayed {
 struct Pending {
     relayed: ConnectionId,
     offerer: PeerId,
-    started: Instant,
+    /// When the connection was handed to the transport.
+    handed: Instant,
+    timings: Timings,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -280,12 +285,17 @@ impl Behaviour {
             };
             let entry = self.direct.entry(peer).or_default();
             entry.push((e.connection_id, p.offerer));
+            let timings = Timings {
+                handoff: p.handed.elapsed(),
+                ..p.timings
+            };
             self.events
                 .push_back(ToSwarm::GenerateEvent(Event::Upgraded {
                     peer,
                     relayed_connection: p.relayed,
                     direct_connection: e.connection_id,
-                    took: p.started.elapsed(),
+                    took: timings.total(),
+                    timings,
                 }));
             // Glare safety net: keep one direct connection, the one the smaller peer id
             // offered (the same choice on both sides).
@@ -418,7 +428,7 @@ impl Behaviour {
             Report::Upgraded {
                 connection: direct,
                 role,
-                took,
+                timings,
                 ..
             } => {
                 self.clear_active(peer, connection);
@@ -432,10 +442,8 @@ impl Behaviour {
                 self.pending.entry(peer).or_default().push_back(Pending {
                     relayed: connection,
                     offerer,
-                    // The attempt started `took` ago: `Event::Upgraded` counts from there.
-                    started: Instant::now()
-                        .checked_sub(took)
-                        .unwrap_or_else(Instant::now),
+                    handed: Instant::now(),
+                    timings,
                 });
                 let _ = self.handoffs.unbounded_send(Handoff {
                     peer,

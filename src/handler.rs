@@ -19,6 +19,7 @@ use tracing::Instrument;
 
 use crate::protocol::Upgrade;
 use crate::slots::{Slot, Slots};
+use crate::upgrade::Timings;
 use crate::{upgrade, Config, Connection, Error, SdpRole};
 
 /// From the behaviour to a handler.
@@ -53,8 +54,8 @@ pub enum Report {
         role: SdpRole,
         /// The attempt number.
         attempt: u32,
-        /// How long the attempt took.
-        took: Duration,
+        /// Where the time went (all but `handoff`, which the behaviour measures).
+        timings: Timings,
     },
     /// The attempt failed.
     Failed {
@@ -75,8 +76,9 @@ pub enum Report {
 struct Running {
     role: SdpRole,
     attempt: u32,
-    started: Instant,
-    future: BoxFuture<'static, Result<Connection, Error>>,
+    /// How long opening the signaling stream took (offerer).
+    stream: Duration,
+    future: BoxFuture<'static, Result<(Connection, Timings), Error>>,
     _slot: Slot,
 }
 
@@ -93,6 +95,8 @@ pub struct Handler {
     to_open: Option<u32>,
     /// An outbound signaling stream requested, for this attempt.
     opening: Option<u32>,
+    /// When the current outbound signaling stream was asked for.
+    open_started: Option<Instant>,
     running: Option<Running>,
     reports: VecDeque<Report>,
     waker: Option<Waker>,
@@ -131,6 +135,7 @@ impl Handler {
             keep_alive: relayed,
             to_open: None,
             opening: None,
+            open_started: None,
             running: None,
             reports: VecDeque::new(),
             waker: None,
@@ -165,10 +170,14 @@ impl Handler {
             .instrument(span)
             .boxed();
         self.reports.push_back(Report::Started { role, attempt });
+        let stream_time = match role {
+            SdpRole::Offerer => self.open_started.take().map(|t| t.elapsed()),
+            SdpRole::Answerer => None,
+        };
         self.running = Some(Running {
             role,
             attempt,
-            started: Instant::now(),
+            stream: stream_time.unwrap_or_default(),
             future,
             _slot: slot,
         });
@@ -217,11 +226,14 @@ impl ConnectionHandler for Handler {
                 Poll::Ready(result) => {
                     let (role, attempt) = (running.role, running.attempt);
                     let report = match result {
-                        Ok(connection) => Report::Upgraded {
+                        Ok((connection, timings)) => Report::Upgraded {
                             connection: Box::new(connection),
                             role,
                             attempt,
-                            took: running.started.elapsed(),
+                            timings: Timings {
+                                stream: running.stream,
+                                ..timings
+                            },
                         },
                         Err(error) => Report::Failed {
                             role,
@@ -243,6 +255,7 @@ impl ConnectionHandler for Handler {
                 self.keep_alive = true;
                 if self.running.is_none() && self.opening.is_none() {
                     self.to_open = Some(attempt);
+                    self.open_started = Some(Instant::now());
                 }
             }
             Command::Abort => {

@@ -57,6 +57,7 @@ pub use protocol::{PROTOCOL_NAME, SPEC_PROTOCOL_NAME};
 pub use session::{SdpRole, Session, SessionEvent};
 pub use stream::Stream;
 pub use transport::Transport;
+pub use upgrade::Timings;
 
 /// Creates the transport and the behaviour that upgrade relayed connections to WebRTC.
 ///

@@ -15,8 +15,8 @@ use rtc::peer_connection::configuration::RTCIceTransportPolicy;
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
-    RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+    RTCIceCandidateInit, RTCIceConnectionState, RTCIceGatheringState, RTCIceServer,
+    RTCPeerConnectionIceEvent, RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
 };
 
 use crate::candidate::{self, RemoteCandidate};
@@ -53,6 +53,8 @@ pub enum SessionEvent {
 pub(crate) enum DriverEvent {
     LocalCandidate(RTCIceCandidateInit),
     GatheringComplete,
+    /// ICE found a working candidate pair, at this instant.
+    IceConnected(std::time::Instant),
     State(RTCPeerConnectionState),
     DataChannel(Arc<dyn DataChannel>),
 }
@@ -76,6 +78,13 @@ impl PeerConnectionEventHandler for Handler {
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
             let _ = self.tx.unbounded_send(DriverEvent::GatheringComplete);
+        }
+    }
+
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        if state == RTCIceConnectionState::Connected {
+            let now = std::time::Instant::now();
+            let _ = self.tx.unbounded_send(DriverEvent::IceConnected(now));
         }
     }
 
@@ -123,6 +132,8 @@ pub struct Session {
     local_ufrag: Option<String>,
     /// Data channels the remote opened before the connection was handed out.
     early_channels: VecDeque<Arc<dyn DataChannel>>,
+    /// When ICE connected (a candidate pair works), before DTLS.
+    ice_connected_at: Option<std::time::Instant>,
     connected: bool,
 }
 
@@ -210,6 +221,7 @@ impl Session {
             local_mid: None,
             local_ufrag: None,
             early_channels: VecDeque::new(),
+            ice_connected_at: None,
             connected: false,
         })
     }
@@ -342,6 +354,9 @@ impl Session {
                 DriverEvent::State(RTCPeerConnectionState::Closed) => return Err(Error::Closed),
                 DriverEvent::State(state) => tracing::trace!(?state, "peer connection state"),
                 DriverEvent::DataChannel(dc) => self.early_channels.push_back(dc),
+                DriverEvent::IceConnected(at) => {
+                    self.ice_connected_at.get_or_insert(at);
+                }
             }
         }
     }
@@ -387,6 +402,11 @@ impl Session {
         } else {
             Err(Error::FingerprintMismatch)
         }
+    }
+
+    /// When ICE found a working candidate pair (DTLS comes after), if it has.
+    pub fn ice_connected_at(&self) -> Option<std::time::Instant> {
+        self.ice_connected_at
     }
 
     /// Closes the peer connection.

@@ -75,14 +75,60 @@ impl Exchange {
     }
 }
 
+/// Where the time of a successful upgrade went, and what its signaling cost.
+///
+/// Each phase is measured from the end of the previous one, on the side that reports it;
+/// their sum is [`Event::Upgraded`](crate::Event::Upgraded)'s `took`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Timings {
+    /// Opening and negotiating the signaling stream on the relayed connection (the offering
+    /// side; zero on the answering side, whose attempt starts with the negotiated stream).
+    pub stream: std::time::Duration,
+    /// Until both descriptions were set: offer out and answer in, or offer in and answer out.
+    pub descriptions: std::time::Duration,
+    /// Until ICE found a working candidate pair.
+    pub ice: std::time::Duration,
+    /// Until the DTLS handshake completed and the remote certificate was verified.
+    pub dtls: std::time::Duration,
+    /// Until the Swarm established the direct connection.
+    pub handoff: std::time::Duration,
+    /// Signaling bytes this side sent over the relayed connection (framing included,
+    /// multistream-select negotiation not).
+    pub signaling_bytes_sent: u64,
+    /// Signaling bytes this side received.
+    pub signaling_bytes_received: u64,
+}
+
+impl Timings {
+    /// The sum of the phases.
+    pub fn total(&self) -> std::time::Duration {
+        self.stream + self.descriptions + self.ice + self.dtls + self.handoff
+    }
+}
+
+/// Byte counts of one attempt's signaling.
+#[derive(Debug, Default)]
+struct Counters {
+    sent: u64,
+    received: u64,
+}
+
+/// The length of a message on the wire: varint length prefix plus body.
+fn wire_len(msg: &crate::generated::signaling_pb::Message) -> u64 {
+    let body = prost::Message::encoded_len(msg);
+    (prost::length_delimiter_len(body) + body) as u64
+}
+
 /// Runs one attempt on a negotiated signaling stream: sets up a [`Session`] in `role`,
 /// exchanges descriptions and candidates until ICE and DTLS connect, verifies the remote
-/// certificate, and returns the direct connection. Bounded by [`Config::upgrade_timeout`].
+/// certificate, and returns the direct connection with the attempt's [`Timings`] (all but
+/// `stream` and `handoff`, which the caller knows). Bounded by [`Config::upgrade_timeout`].
 pub(crate) async fn run(
     stream: Stream,
     role: SdpRole,
     config: Arc<Config>,
-) -> Result<Connection, Error> {
+) -> Result<(Connection, Timings), Error> {
     let timeout = config.upgrade_timeout;
     match tokio::time::timeout(timeout, run_inner(stream, role, config)).await {
         Ok(result) => result,
@@ -94,38 +140,65 @@ async fn run_inner(
     stream: Stream,
     role: SdpRole,
     config: Arc<Config>,
-) -> Result<Connection, Error> {
+) -> Result<(Connection, Timings), Error> {
+    let started = std::time::Instant::now();
     let mut framed = framed(stream, config.max_signaling_message_size);
     let mut session = Session::new(&config, role).await?;
-    match exchange(&mut framed, &mut session, role).await {
-        Ok(()) => {}
+    let mut counters = Counters::default();
+    let described = match exchange(&mut framed, &mut session, role, &mut counters).await {
+        Ok(at) => at,
         Err(e) => {
             session.close().await;
             return Err(e);
         }
-    }
+    };
+    let connected = std::time::Instant::now();
+    // ICE connects before DTLS; without the report, count it all as ICE.
+    let ice_at = session
+        .ice_connected_at()
+        .unwrap_or(connected)
+        .clamp(described, connected);
     // Connected. The signaling stream has done its job; the remote tolerates its end once
     // it has our description.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), framed.close()).await;
-    session.into_connection().await
+    let connection = session.into_connection().await?;
+    let timings = Timings {
+        descriptions: described.saturating_duration_since(started),
+        ice: ice_at.saturating_duration_since(described),
+        dtls: std::time::Instant::now().saturating_duration_since(ice_at),
+        signaling_bytes_sent: counters.sent,
+        signaling_bytes_received: counters.received,
+        ..Timings::default()
+    };
+    Ok((connection, timings))
 }
 
-async fn send(framed: &mut SignalingStream, signal: Signal) -> Result<(), Error> {
+async fn send(
+    framed: &mut SignalingStream,
+    signal: Signal,
+    counters: &mut Counters,
+) -> Result<(), Error> {
+    let msg = signal.into_message();
+    counters.sent += wire_len(&msg);
     framed
-        .send(signal.into_message())
+        .send(msg)
         .await
         .map_err(|e| Error::Signaling(e.to_string()))
 }
 
+/// Exchanges descriptions and candidates until connected; returns when both descriptions
+/// were set.
 async fn exchange(
     framed: &mut SignalingStream,
     session: &mut Session,
     role: SdpRole,
-) -> Result<(), Error> {
+    counters: &mut Counters,
+) -> Result<std::time::Instant, Error> {
     let mut exchange = Exchange::new(role);
+    let mut described = None;
     if role == SdpRole::Offerer {
         let offer = session.create_offer().await?;
-        send(framed, Signal::Offer(offer)).await?;
+        send(framed, Signal::Offer(offer), counters).await?;
     }
     // Once both descriptions are set, a broken signaling stream no longer fails the attempt:
     // the remote may have connected and closed it, and ICE may still succeed without more
@@ -146,13 +219,18 @@ async fn exchange(
         };
         match step {
             Either::Left(Some(Ok(msg))) => {
+                counters.received += wire_len(&msg);
                 let signal = Signal::from_message(msg)?;
                 match exchange.on_signal(signal)? {
                     Step::AcceptOffer(sdp) => {
                         let answer = session.accept_offer(&sdp).await?;
-                        send(framed, Signal::Answer(answer)).await?;
+                        send(framed, Signal::Answer(answer), counters).await?;
+                        described = Some(std::time::Instant::now());
                     }
-                    Step::AcceptAnswer(sdp) => session.accept_answer(&sdp).await?,
+                    Step::AcceptAnswer(sdp) => {
+                        session.accept_answer(&sdp).await?;
+                        described = Some(std::time::Instant::now());
+                    }
                     Step::AddCandidate(c) => session.add_remote_candidate(c.as_deref()).await?,
                 }
             }
@@ -178,16 +256,23 @@ async fn exchange(
             }
             Either::Right(event) => match event? {
                 SessionEvent::LocalCandidate(json) => {
-                    if stream_open && send(framed, Signal::Candidate(Some(json))).await.is_err() {
+                    let signal = Signal::Candidate(Some(json));
+                    if stream_open && send(framed, signal, counters).await.is_err() {
                         stream_open = false;
                     }
                 }
                 SessionEvent::LocalCandidatesComplete => {
-                    if stream_open && send(framed, Signal::Candidate(None)).await.is_err() {
+                    if stream_open
+                        && send(framed, Signal::Candidate(None), counters)
+                            .await
+                            .is_err()
+                    {
                         stream_open = false;
                     }
                 }
-                SessionEvent::Connected => return Ok(()),
+                SessionEvent::Connected => {
+                    return Ok(described.unwrap_or_else(std::time::Instant::now))
+                }
             },
         }
     }

@@ -143,8 +143,22 @@ async fn relayed_connection_is_upgraded_without_app_code() {
                 relayed_at = Some(Instant::now());
             }
             SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::Upgraded {
-                direct_connection, ..
-            })) => upgraded[i] = Some(direct_connection),
+                direct_connection,
+                took,
+                timings,
+                ..
+            })) => {
+                assert_eq!(took, timings.total());
+                assert!(timings.signaling_bytes_sent > 0 && timings.signaling_bytes_received > 0);
+                assert!(timings.ice > Duration::ZERO && timings.dtls > Duration::ZERO);
+                if side == Side::A {
+                    assert!(timings.stream > Duration::ZERO, "A opened the stream");
+                } else {
+                    assert_eq!(timings.stream, Duration::ZERO, "B answered");
+                }
+                eprintln!("{side:?}: {timings:?}");
+                upgraded[i] = Some(direct_connection)
+            }
             SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::UpgradeFailed { error, .. })) => {
                 panic!("{side:?}: upgrade failed: {error}")
             }
