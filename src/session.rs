@@ -371,12 +371,13 @@ impl Session {
         if !self.connected {
             return Err(Error::InvalidState("not connected yet"));
         }
-        match self.verify_fingerprint().await {
-            Ok(()) => {}
-            Err(e) => {
-                let _ = self.pc.close().await;
-                return Err(e);
-            }
+        let ready = async {
+            self.verify_fingerprint().await?;
+            self.wait_for_sctp().await
+        };
+        if let Err(e) = ready.await {
+            let _ = self.pc.close().await;
+            return Err(e);
         }
         // The init channel is closed by the answerer (the side that accepted it).
         Ok(Connection::new(
@@ -386,6 +387,48 @@ impl Session {
             self.init_channel,
             &self.config,
         ))
+    }
+
+    /// Waits until the SCTP association is established (bounded by
+    /// [`Config::stream_open_timeout`]). Connected is reported when DTLS is up; SCTP's
+    /// handshake follows, and webrtc-rs 0.21.1 loses the open message of a data channel
+    /// created while it runs (the channel never opens; streams stalled until replaced,
+    /// ~2 s), so no stream is opened before.
+    pub(crate) async fn wait_for_sctp(&self) -> Result<(), Error> {
+        use rtc::peer_connection::transport::RTCSctpTransportState;
+        let sctp = self
+            .pc
+            .sctp()
+            .await
+            .ok_or(Error::InvalidState("no SCTP transport"))?;
+        let deadline = tokio::time::Instant::now() + self.config.stream_open_timeout;
+        let mut pause = std::time::Duration::from_micros(250);
+        let mut kicked = false;
+        loop {
+            let state = sctp.state().await?;
+            // Not `Closed` as a failure: the accepting side's association reports it until
+            // the COOKIE-ECHO arrives. A dead connection ends in the deadline.
+            if state == RTCSctpTransportState::Connected {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            if !kicked {
+                // webrtc-rs 0.21.1 queues the SCTP INIT when DTLS completes but sends it only
+                // on the driver's next wake-up, up to 200 ms later. Any call that wakes the
+                // driver flushes it; re-applying the unchanged configuration is one without
+                // side effects.
+                kicked = true;
+                let configuration = self.pc.get_configuration().await;
+                if let Err(e) = self.pc.set_configuration(configuration).await {
+                    tracing::debug!("could not wake the WebRTC driver: {e}");
+                }
+            }
+            // No event reports the association's state: poll, backing off to 10 ms.
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(std::time::Duration::from_millis(10));
+        }
     }
 
     async fn verify_fingerprint(&self) -> Result<(), Error> {

@@ -89,8 +89,11 @@ pub struct Timings {
     pub descriptions: std::time::Duration,
     /// Until ICE found a working candidate pair.
     pub ice: std::time::Duration,
-    /// Until the DTLS handshake completed and the remote certificate was verified.
+    /// Until the DTLS handshake completed.
     pub dtls: std::time::Duration,
+    /// Until the SCTP association was up and the remote certificate verified: streams can
+    /// be opened from here on.
+    pub sctp: std::time::Duration,
     /// Until the Swarm established the direct connection.
     pub handoff: std::time::Duration,
     /// Signaling bytes this side sent over the relayed connection (framing included,
@@ -103,7 +106,7 @@ pub struct Timings {
 impl Timings {
     /// The sum of the phases.
     pub fn total(&self) -> std::time::Duration {
-        self.stream + self.descriptions + self.ice + self.dtls + self.handoff
+        self.stream + self.descriptions + self.ice + self.dtls + self.sctp + self.handoff
     }
 }
 
@@ -165,7 +168,8 @@ async fn run_inner(
     let timings = Timings {
         descriptions: described.saturating_duration_since(started),
         ice: ice_at.saturating_duration_since(described),
-        dtls: std::time::Instant::now().saturating_duration_since(ice_at),
+        dtls: connected.saturating_duration_since(ice_at),
+        sctp: connected.elapsed(),
         signaling_bytes_sent: counters.sent,
         signaling_bytes_received: counters.received,
         ..Timings::default()

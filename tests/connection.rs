@@ -576,3 +576,31 @@ async fn measure_stream_churn() {
         last = now;
     }
 }
+
+/// The first streams, opened by both sides the moment the connection is handed out, open
+/// at once. (webrtc-rs loses the open message of a data channel created during the SCTP
+/// handshake; such a channel would only be replaced after `stream_open_timeout`, set far
+/// beyond this test's hang timeout here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_opened_right_after_connecting_open_at_once() {
+    init_tracing();
+    for _ in 0..3 {
+        let config = loopback_config().with_stream_open_timeout(Duration::from_secs(300));
+        let (mut a, mut b) = driven_pair(config).await;
+        tokio::time::timeout(Duration::from_secs(20), async {
+            let (mut from_a, mut from_b) = futures::join!(a.open(), b.open());
+            from_a.write_all(b"a").await.unwrap();
+            from_a.flush().await.unwrap();
+            from_b.write_all(b"b").await.unwrap();
+            from_b.flush().await.unwrap();
+            let (mut at_b, mut at_a) = futures::join!(b.accept(), a.accept());
+            let mut buf = [0u8; 1];
+            at_b.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"a");
+            at_a.read_exact(&mut buf).await.unwrap();
+            assert_eq!(&buf, b"b");
+        })
+        .await
+        .expect("a first stream did not open");
+    }
+}
