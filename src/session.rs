@@ -187,9 +187,13 @@ impl Session {
                 Some(config.ice_failed_timeout),
                 Some(config.ice_keepalive_interval),
             )
-            .with_host_acceptance_min_wait(None)
-            .with_prflx_acceptance_min_wait(None)
-            .with_srflx_acceptance_min_wait(None)
+            // Nominate the first working direct pair at once. `None` here would mean the
+            // defaults (host 0, srflx 500 ms, prflx 1 s): a pair first seen as
+            // peer-reflexive (the remote's check arriving before its candidate) would wait a
+            // second. TURN-relayed pairs keep their default wait, so a direct pair wins.
+            .with_host_acceptance_min_wait(Some(std::time::Duration::ZERO))
+            .with_prflx_acceptance_min_wait(Some(std::time::Duration::ZERO))
+            .with_srflx_acceptance_min_wait(Some(std::time::Duration::ZERO))
             .build();
         let runtime = BufferedRuntime::tokio(config.udp_socket_buffer)
             .ok_or_else(|| Error::InvalidConfig("no async runtime available".into()))?;
@@ -247,11 +251,16 @@ impl Session {
             .map_err(|e| Error::InvalidSdp(e.to_string()))?;
         self.remote_fingerprints = fingerprints;
         self.remote_description_set = true;
-        for init in std::mem::take(&mut self.pending_remote) {
+        let pending = std::mem::take(&mut self.pending_remote);
+        let added = !pending.is_empty();
+        for init in pending {
             self.pc
                 .add_ice_candidate(init)
                 .await
                 .map_err(|e| Error::InvalidCandidate(e.to_string()))?;
+        }
+        if added {
+            self.wake_driver().await;
         }
         Ok(())
     }
@@ -315,7 +324,11 @@ impl Session {
             self.pc
                 .add_ice_candidate(init)
                 .await
-                .map_err(|e| Error::InvalidCandidate(e.to_string()))
+                .map_err(|e| Error::InvalidCandidate(e.to_string()))?;
+            // webrtc-rs 0.21.1 does not wake its driver for a new remote candidate: the first
+            // check of the new pair waits for the agent's next timer, up to a second.
+            self.wake_driver().await;
+            Ok(())
         } else {
             self.pending_remote.push(init);
             Ok(())
@@ -416,18 +429,23 @@ impl Session {
             }
             if !kicked {
                 // webrtc-rs 0.21.1 queues the SCTP INIT when DTLS completes but sends it only
-                // on the driver's next wake-up, up to 200 ms later. Any call that wakes the
-                // driver flushes it; re-applying the unchanged configuration is one without
-                // side effects.
+                // on the driver's next wake-up, up to 200 ms later.
                 kicked = true;
-                let configuration = self.pc.get_configuration().await;
-                if let Err(e) = self.pc.set_configuration(configuration).await {
-                    tracing::debug!("could not wake the WebRTC driver: {e}");
-                }
+                self.wake_driver().await;
             }
             // No event reports the association's state: poll, backing off to 10 ms.
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// Makes the webrtc-rs driver run one loop iteration: it then flushes what its state
+    /// machines queued and re-arms its timers. Re-applying the unchanged configuration is
+    /// the one public call that does this without side effects (webrtc-rs 0.21.1).
+    async fn wake_driver(&self) {
+        let configuration = self.pc.get_configuration().await;
+        if let Err(e) = self.pc.set_configuration(configuration).await {
+            tracing::debug!("could not wake the WebRTC driver: {e}");
         }
     }
 

@@ -1,0 +1,619 @@
+//! One binary, three roles: a circuit relay server, a listener reachable through it, and a
+//! dialer that reaches the listener, waits for the upgrade to a direct WebRTC connection and
+//! checks it with pings and an echo. For real deployments and for scripted tests.
+//!
+//! ```text
+//! node relay  --listen /ip4/0.0.0.0/tcp/4001 [--seed N]
+//! node listen --relay /ip4/<relay ip>/tcp/4001/p2p/<relay id> [--seed N] [--stun stun:host:3478]
+//! node dial   /ip4/<relay ip>/tcp/4001/p2p/<relay id>/p2p-circuit/p2p/<listener id> --ping 5 --send-bytes 1048576
+//! ```
+//!
+//! stdout carries one JSON object per line, each with an `"event"` field; human logs go to
+//! stderr (`RUST_LOG`). Run `node --help` for every flag.
+
+mod support;
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _};
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{ConnectionId, SwarmEvent};
+use libp2p::{ping, relay, Multiaddr, PeerId, Swarm};
+use libp2p_webrtc_signal::{Config, Event, IceServer};
+use serde_json::json;
+use support::{Peer, PeerEvent};
+
+const USAGE: &str = "\
+usage:
+  node relay  --listen <multiaddr>... [--external <multiaddr>]... [relay limits] [common]
+  node listen --relay <relay multiaddr with /p2p/ID> [common]
+  node dial   <multiaddr> [--ping N] [--send-bytes N] [--allow-relayed] [common]
+
+  <multiaddr> for dial: <relay>/p2p-circuit/p2p/<id> (upgraded automatically) or
+  <relay>/p2p-circuit/webrtc/p2p/<id> (explicit WebRTC dial).
+
+common:
+  --seed <u64>             deterministic Ed25519 identity (secret key = seed, little endian,
+                           zero-padded to 32 bytes), so scripts know peer ids in advance
+  --listen <multiaddr>     also listen here (repeatable)
+  --stun <url>             STUN server, e.g. stun:192.0.2.1:3478 (repeatable; none by default)
+  --turn <url>             TURN server, e.g. turn:192.0.2.1:3478?transport=udp (repeatable)
+  --turn-user <name>       TURN username, for every --turn
+  --turn-pass <password>   TURN password, for every --turn
+  --no-upgrade             no WebRTC: stay on the relayed connection
+  --loopback               allow loopback ICE candidates (everything on one machine)
+  --upgrade-timeout <s>    bound of one upgrade attempt (default 30)
+  --max-attempts <n>       upgrade attempts before giving up (default 3)
+  --timeout <s>            dial: give up after this long (default 120); relay and listen:
+                           exit 0 after this long (default: run until killed)
+
+relay limits:
+  --max-reservations <n>   (default 128)
+  --max-circuits <n>       (default 16)
+  --max-circuit-duration <s>  (default 120)
+  --max-circuit-bytes <n>     (default 131072)
+
+dial:
+  --ping <n>               pings to the listener after the upgrade (default 3)
+  --send-bytes <n>         echo n bytes over a new stream, checked byte for byte (default 0)
+  --allow-relayed          exit 0 also when pings and echo succeeded over the relay after a
+                           failed (or disabled) upgrade
+
+events (stdout, one JSON object per line): listening, reserved, connected, upgrade_started,
+upgraded, upgrade_failed, relay_closed, ping, transfer, done, error.
+exit status: 0 success, 1 a check failed or an error, 2 bad usage.";
+
+/// Parsed command line.
+#[derive(Debug, Default)]
+struct Args {
+    role: String,
+    target: Option<Multiaddr>,
+    relay: Option<Multiaddr>,
+    listen: Vec<Multiaddr>,
+    external: Vec<Multiaddr>,
+    seed: Option<u64>,
+    stun: Vec<String>,
+    turn: Vec<String>,
+    turn_user: Option<String>,
+    turn_pass: Option<String>,
+    no_upgrade: bool,
+    loopback: bool,
+    upgrade_timeout: Option<u64>,
+    max_attempts: Option<u32>,
+    timeout: Option<u64>,
+    pings: usize,
+    send_bytes: usize,
+    allow_relayed: bool,
+    max_reservations: Option<usize>,
+    max_circuits: Option<usize>,
+    max_circuit_duration: Option<u64>,
+    max_circuit_bytes: Option<u64>,
+}
+
+fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
+    let mut args = Args {
+        pings: 3,
+        ..Args::default()
+    };
+    let mut it = raw.into_iter();
+    args.role = it.next().ok_or_else(|| anyhow!("missing role"))?;
+    if !matches!(args.role.as_str(), "relay" | "listen" | "dial") {
+        bail!("unknown role {:?}", args.role);
+    }
+    fn value<T: std::str::FromStr>(
+        flag: &str,
+        it: &mut impl Iterator<Item = String>,
+    ) -> anyhow::Result<T>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let v = it.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
+        v.parse().map_err(|e| anyhow!("{flag} {v:?}: {e}"))
+    }
+    while let Some(arg) = it.next() {
+        let it = &mut it;
+        match arg.as_str() {
+            "--listen" => args.listen.push(value(&arg, it)?),
+            "--external" => args.external.push(value(&arg, it)?),
+            "--relay" => args.relay = Some(value(&arg, it)?),
+            "--seed" => args.seed = Some(value(&arg, it)?),
+            "--stun" => args.stun.push(value(&arg, it)?),
+            "--turn" => args.turn.push(value(&arg, it)?),
+            "--turn-user" => args.turn_user = Some(value(&arg, it)?),
+            "--turn-pass" => args.turn_pass = Some(value(&arg, it)?),
+            "--no-upgrade" => args.no_upgrade = true,
+            "--loopback" => args.loopback = true,
+            "--upgrade-timeout" => args.upgrade_timeout = Some(value(&arg, it)?),
+            "--max-attempts" => args.max_attempts = Some(value(&arg, it)?),
+            "--timeout" => args.timeout = Some(value(&arg, it)?),
+            "--ping" => args.pings = value(&arg, it)?,
+            "--send-bytes" => args.send_bytes = value(&arg, it)?,
+            "--allow-relayed" => args.allow_relayed = true,
+            "--max-reservations" => args.max_reservations = Some(value(&arg, it)?),
+            "--max-circuits" => args.max_circuits = Some(value(&arg, it)?),
+            "--max-circuit-duration" => args.max_circuit_duration = Some(value(&arg, it)?),
+            "--max-circuit-bytes" => args.max_circuit_bytes = Some(value(&arg, it)?),
+            flag if flag.starts_with("--") => bail!("unknown flag {flag}"),
+            target if args.role == "dial" && args.target.is_none() => {
+                args.target = Some(target.parse().map_err(|e| anyhow!("{target:?}: {e}"))?)
+            }
+            other => bail!("unexpected argument {other:?}"),
+        }
+    }
+    match args.role.as_str() {
+        "relay" if args.listen.is_empty() => bail!("relay needs --listen"),
+        "listen" if args.relay.is_none() => bail!("listen needs --relay"),
+        "dial" if args.target.is_none() => bail!("dial needs a multiaddr"),
+        _ => {}
+    }
+    if !args.turn.is_empty() && (args.turn_user.is_none() || args.turn_pass.is_none()) {
+        bail!("--turn needs --turn-user and --turn-pass");
+    }
+    Ok(args)
+}
+
+/// One event on stdout.
+fn emit(value: serde_json::Value) {
+    println!("{value}");
+}
+
+fn identity(seed: Option<u64>) -> anyhow::Result<Keypair> {
+    Ok(match seed {
+        Some(seed) => {
+            let mut bytes = [0u8; 32];
+            bytes[..8].copy_from_slice(&seed.to_le_bytes());
+            Keypair::ed25519_from_bytes(bytes)?
+        }
+        None => Keypair::generate_ed25519(),
+    })
+}
+
+fn webrtc_config(args: &Args) -> anyhow::Result<Config> {
+    let mut servers: Vec<IceServer> = args.stun.iter().map(IceServer::stun).collect();
+    if let (Some(user), Some(pass)) = (&args.turn_user, &args.turn_pass) {
+        servers.extend(
+            args.turn
+                .iter()
+                .map(|url| IceServer::turn(url.clone(), user.clone(), pass.clone())),
+        );
+    }
+    let mut config = Config::default()
+        .with_ice_servers(servers)
+        .with_loopback_candidates(args.loopback);
+    if args.loopback {
+        config = config.with_udp_bind_addrs(vec!["127.0.0.1:0".parse()?]);
+    }
+    if let Some(s) = args.upgrade_timeout {
+        config = config.with_upgrade_timeout(Duration::from_secs(s));
+    }
+    if let Some(n) = args.max_attempts {
+        config = config.with_retries(n, Duration::from_secs(1));
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,rtc_dtls=error,rtc_ice=error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.is_empty() || raw.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return if raw.is_empty() {
+            ExitCode::from(2)
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let args = match parse_args(raw) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("node: {e}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match args.role.as_str() {
+        "relay" => run_relay(&args).await,
+        "listen" => run_listen(&args).await,
+        _ => run_dial(&args).await,
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            emit(json!({"event": "error", "reason": format!("{e:#}")}));
+            eprintln!("node: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Sleeps for `--timeout` seconds, or forever.
+async fn run_for(timeout: Option<u64>) {
+    match timeout {
+        Some(s) => tokio::time::sleep(Duration::from_secs(s)).await,
+        None => futures::future::pending().await,
+    }
+}
+
+async fn run_relay(args: &Args) -> anyhow::Result<bool> {
+    let defaults = relay::Config::default();
+    let config = relay::Config {
+        max_reservations: args.max_reservations.unwrap_or(defaults.max_reservations),
+        max_circuits: args.max_circuits.unwrap_or(defaults.max_circuits),
+        max_circuit_duration: args
+            .max_circuit_duration
+            .map(Duration::from_secs)
+            .unwrap_or(defaults.max_circuit_duration),
+        max_circuit_bytes: args.max_circuit_bytes.unwrap_or(defaults.max_circuit_bytes),
+        ..defaults
+    };
+    let mut swarm = support::relay_server(identity(args.seed)?, config)?;
+    let id = *swarm.local_peer_id();
+    for addr in &args.listen {
+        swarm.listen_on(addr.clone())?;
+    }
+    for addr in &args.external {
+        swarm.add_external_address(addr.clone());
+    }
+    let deadline = run_for(args.timeout);
+    tokio::pin!(deadline);
+    loop {
+        let event = tokio::select! {
+            e = swarm.select_next_some() => e,
+            _ = &mut deadline => return Ok(true),
+        };
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                // Without --external, the listen addresses are the ones given out.
+                if args.external.is_empty() {
+                    swarm.add_external_address(address.clone());
+                }
+                let addr = address.with(Protocol::P2p(id));
+                emit(
+                    json!({"event": "listening", "addr": addr.to_string(), "peer": id.to_string()}),
+                );
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => emit(json!({
+                "event": "connected",
+                "peer": peer_id.to_string(),
+                "addr": endpoint.get_remote_address().to_string(),
+                "relayed": false,
+            })),
+            SwarmEvent::Behaviour(relay::Event::ReservationReqAccepted { src_peer_id, .. }) => {
+                emit(json!({"event": "reservation_accepted", "peer": src_peer_id.to_string()}))
+            }
+            SwarmEvent::Behaviour(relay::Event::CircuitReqAccepted {
+                src_peer_id,
+                dst_peer_id,
+            }) => emit(json!({
+                "event": "circuit_accepted",
+                "src": src_peer_id.to_string(),
+                "dst": dst_peer_id.to_string(),
+            })),
+            SwarmEvent::Behaviour(relay::Event::CircuitClosed {
+                src_peer_id,
+                dst_peer_id,
+                ..
+            }) => emit(json!({
+                "event": "circuit_closed",
+                "src": src_peer_id.to_string(),
+                "dst": dst_peer_id.to_string(),
+            })),
+            _ => {}
+        }
+    }
+}
+
+fn peer_swarm(args: &Args) -> anyhow::Result<(Swarm<Peer>, support::Inbound)> {
+    let webrtc = if args.no_upgrade {
+        None
+    } else {
+        Some(webrtc_config(args)?)
+    };
+    let (mut swarm, inbound) =
+        support::peer(identity(args.seed)?, webrtc, Duration::from_millis(250))?;
+    for addr in &args.listen {
+        swarm.listen_on(addr.clone())?;
+    }
+    Ok((swarm, inbound))
+}
+
+/// Emits the events both listen and dial report; returns the ones the caller acts on.
+fn report(event: &SwarmEvent<PeerEvent>) {
+    match event {
+        SwarmEvent::NewListenAddr { address, .. } => {
+            emit(json!({"event": "listening", "addr": address.to_string()}))
+        }
+        SwarmEvent::ConnectionEstablished {
+            peer_id, endpoint, ..
+        } => emit(json!({
+            "event": "connected",
+            "peer": peer_id.to_string(),
+            "addr": endpoint.get_remote_address().to_string(),
+            "relayed": support::is_relayed(endpoint.get_remote_address()),
+            "direct": support::is_webrtc(endpoint.get_remote_address()),
+        })),
+        SwarmEvent::Behaviour(PeerEvent::Webrtc(event)) => match event {
+            Event::UpgradeStarted {
+                peer,
+                role,
+                attempt,
+                ..
+            } => emit(json!({
+                "event": "upgrade_started",
+                "peer": peer.to_string(),
+                "role": format!("{role:?}").to_lowercase(),
+                "attempt": attempt,
+            })),
+            Event::Upgraded {
+                peer,
+                took,
+                timings,
+                ..
+            } => emit(json!({
+                "event": "upgraded",
+                "peer": peer.to_string(),
+                "ms": took.as_secs_f64() * 1000.0,
+                "phases_ms": {
+                    "stream": timings.stream.as_secs_f64() * 1000.0,
+                    "descriptions": timings.descriptions.as_secs_f64() * 1000.0,
+                    "ice": timings.ice.as_secs_f64() * 1000.0,
+                    "dtls": timings.dtls.as_secs_f64() * 1000.0,
+                    "sctp": timings.sctp.as_secs_f64() * 1000.0,
+                    "handoff": timings.handoff.as_secs_f64() * 1000.0,
+                },
+                "signaling_bytes_sent": timings.signaling_bytes_sent,
+                "signaling_bytes_received": timings.signaling_bytes_received,
+            })),
+            Event::UpgradeFailed {
+                peer,
+                error,
+                attempt,
+                will_retry,
+                ..
+            } => emit(json!({
+                "event": "upgrade_failed",
+                "peer": peer.to_string(),
+                "reason": error.to_string(),
+                "attempt": attempt,
+                "will_retry": will_retry,
+            })),
+            Event::RelayClosed { peer, .. } => {
+                emit(json!({"event": "relay_closed", "peer": peer.to_string()}))
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+}
+
+async fn run_listen(args: &Args) -> anyhow::Result<bool> {
+    let (mut swarm, mut echo_requests) = peer_swarm(args)?;
+    let id = *swarm.local_peer_id();
+    let relay_addr = args.relay.clone().context("--relay")?;
+    if !relay_addr.iter().any(|p| matches!(p, Protocol::P2p(_))) {
+        bail!("--relay {relay_addr} has no /p2p/<relay id>");
+    }
+    swarm.listen_on(relay_addr.clone().with(Protocol::P2pCircuit))?;
+    let deadline = run_for(args.timeout);
+    tokio::pin!(deadline);
+    loop {
+        let event = tokio::select! {
+            e = swarm.select_next_some() => e,
+            Some((_, _, stream)) = echo_requests.next() => {
+                tokio::spawn(support::serve_echo(stream));
+                continue;
+            }
+            _ = &mut deadline => return Ok(true),
+        };
+        report(&event);
+        match event {
+            SwarmEvent::Behaviour(PeerEvent::Relay(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => emit(json!({
+                "event": "reserved",
+                "relay": relay_peer_id.to_string(),
+                "addr": relay_addr
+                    .clone()
+                    .with(Protocol::P2pCircuit)
+                    .with(Protocol::P2p(id))
+                    .to_string(),
+            })),
+            SwarmEvent::ListenerClosed { reason: Err(e), .. } => {
+                bail!("reservation on {relay_addr} failed: {e}")
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!("listener error: {error}")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The dialer's progress.
+#[derive(Default)]
+struct Dial {
+    relayed: Option<ConnectionId>,
+    direct: Option<ConnectionId>,
+    /// The connection the checks run on, once chosen.
+    checked: Option<ConnectionId>,
+    /// Connections that are direct WebRTC.
+    webrtc: HashSet<ConnectionId>,
+    upgrade_gave_up: bool,
+    pings: usize,
+    ping_failures: usize,
+    transfer: Option<tokio::task::JoinHandle<anyhow::Result<Duration>>>,
+    transfer_ok: Option<bool>,
+}
+
+async fn run_dial(args: &Args) -> anyhow::Result<bool> {
+    let (mut swarm, _) = peer_swarm(args)?;
+    let target = args.target.clone().context("target")?;
+    let Some(Protocol::P2p(peer)) = target.iter().last() else {
+        bail!("{target} does not end in /p2p/<peer id>");
+    };
+    let started = Instant::now();
+    swarm.dial(target.clone())?;
+    let deadline = tokio::time::sleep(Duration::from_secs(args.timeout.unwrap_or(120)));
+    tokio::pin!(deadline);
+    let mut d = Dial::default();
+    // Re-checks progress while no swarm event comes (a transfer finishing).
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    loop {
+        let event = tokio::select! {
+            e = swarm.select_next_some() => Some(e),
+            _ = tick.tick() => None,
+            _ = &mut deadline => bail!("not done within the timeout"),
+        };
+        if let Some(event) = event {
+            report(&event);
+            on_dial_event(args, peer, &target, &mut d, event)?;
+        }
+        // Choose the connection to check: the direct one, or the relay once the upgrade is
+        // off the table.
+        if d.checked.is_none() {
+            d.checked = d.direct.or(d.relayed.filter(|_| d.upgrade_gave_up));
+        }
+        let Some(checked) = d.checked else { continue };
+        if d.pings >= args.pings && d.transfer.is_none() && d.transfer_ok.is_none() {
+            if args.send_bytes == 0 {
+                d.transfer_ok = Some(true);
+            } else {
+                let open = swarm.behaviour_mut().echo.open(peer, checked);
+                let len = args.send_bytes;
+                d.transfer = Some(tokio::spawn(async move {
+                    let stream = open.await?.map_err(anyhow::Error::msg)?;
+                    support::echo_transfer(stream, len).await
+                }));
+            }
+        }
+        if let Some(t) = d.transfer.as_mut().filter(|t| t.is_finished()) {
+            let result = t.await?;
+            d.transfer = None;
+            let direct = d.webrtc.contains(&checked);
+            let ok = result.is_ok();
+            let mut event = json!({
+                "event": "transfer",
+                "peer": peer.to_string(),
+                "bytes": args.send_bytes,
+                "direct": direct,
+                "ok": ok,
+            });
+            match result {
+                Ok(took) => event["ms"] = json!(took.as_secs_f64() * 1000.0),
+                Err(e) => event["error"] = json!(format!("{e:#}")),
+            }
+            emit(event);
+            d.transfer_ok = Some(ok);
+        }
+        if let Some(transfer_ok) = d.transfer_ok {
+            let direct = d.webrtc.contains(&checked);
+            let ok = transfer_ok && (direct || args.allow_relayed);
+            emit(json!({
+                "event": "done",
+                "peer": peer.to_string(),
+                "direct": direct,
+                "ok": ok,
+                "ms": started.elapsed().as_secs_f64() * 1000.0,
+            }));
+            return Ok(ok);
+        }
+    }
+}
+
+/// Applies one swarm event to the dialer's progress.
+fn on_dial_event(
+    args: &Args,
+    peer: PeerId,
+    target: &Multiaddr,
+    d: &mut Dial,
+    event: SwarmEvent<PeerEvent>,
+) -> anyhow::Result<()> {
+    match event {
+        SwarmEvent::ConnectionEstablished {
+            peer_id,
+            connection_id,
+            endpoint,
+            ..
+        } if peer_id == peer => {
+            if support::is_webrtc(endpoint.get_remote_address()) {
+                d.webrtc.insert(connection_id);
+            } else if d.relayed.is_none() {
+                d.relayed = Some(connection_id);
+                if args.no_upgrade {
+                    d.upgrade_gave_up = true;
+                }
+            }
+        }
+        SwarmEvent::OutgoingConnectionError {
+            peer_id: Some(p),
+            error,
+            ..
+        } if p == peer => bail!("dialing {target} failed: {error}"),
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            connection_id,
+            cause,
+            ..
+        } if peer_id == peer && Some(connection_id) == d.checked => {
+            bail!("the connection under test closed: {cause:?}")
+        }
+        SwarmEvent::Behaviour(PeerEvent::Webrtc(Event::Upgraded {
+            peer: p,
+            direct_connection,
+            ..
+        })) if p == peer => d.direct = Some(direct_connection),
+        SwarmEvent::Behaviour(PeerEvent::Webrtc(Event::UpgradeFailed {
+            peer: p,
+            will_retry: false,
+            ..
+        })) if p == peer => d.upgrade_gave_up = true,
+        SwarmEvent::Behaviour(PeerEvent::Ping(ping::Event {
+            peer: p,
+            connection,
+            result,
+        })) if p == peer && Some(connection) == d.checked && d.pings < args.pings => {
+            let direct = d.webrtc.contains(&connection);
+            match result {
+                Ok(rtt) => {
+                    d.pings += 1;
+                    emit(json!({
+                        "event": "ping",
+                        "peer": peer.to_string(),
+                        "rtt_ms": rtt.as_secs_f64() * 1000.0,
+                        "direct": direct,
+                        "ok": true,
+                    }));
+                }
+                Err(e) => {
+                    d.ping_failures += 1;
+                    emit(json!({
+                        "event": "ping",
+                        "peer": peer.to_string(),
+                        "direct": direct,
+                        "ok": false,
+                        "error": e.to_string(),
+                    }));
+                    if d.ping_failures >= 3 {
+                        bail!("pings keep failing: {e}");
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
