@@ -13,7 +13,7 @@
 
 mod support;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -331,21 +331,34 @@ fn peer_swarm(args: &Args) -> anyhow::Result<(Swarm<Peer>, support::Inbound)> {
     Ok((swarm, inbound))
 }
 
-/// Emits the events both listen and dial report; returns the ones the caller acts on.
-fn report(event: &SwarmEvent<PeerEvent>) {
+/// Remote addresses of the open connections, for the `upgraded` event.
+type Addrs = HashMap<ConnectionId, Multiaddr>;
+
+/// Emits the events both listen and dial report.
+fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
     match event {
+        SwarmEvent::ConnectionClosed { connection_id, .. } => {
+            addrs.remove(connection_id);
+        }
         SwarmEvent::NewListenAddr { address, .. } => {
             emit(json!({"event": "listening", "addr": address.to_string()}))
         }
         SwarmEvent::ConnectionEstablished {
-            peer_id, endpoint, ..
-        } => emit(json!({
-            "event": "connected",
-            "peer": peer_id.to_string(),
-            "addr": endpoint.get_remote_address().to_string(),
-            "relayed": support::is_relayed(endpoint.get_remote_address()),
-            "direct": support::is_webrtc(endpoint.get_remote_address()),
-        })),
+            peer_id,
+            endpoint,
+            connection_id,
+            ..
+        } => {
+            let addr = endpoint.get_remote_address();
+            addrs.insert(*connection_id, addr.clone());
+            emit(json!({
+                "event": "connected",
+                "peer": peer_id.to_string(),
+                "addr": addr.to_string(),
+                "relayed": support::is_relayed(addr),
+                "direct": support::is_webrtc(addr),
+            }))
+        }
         SwarmEvent::Behaviour(PeerEvent::Webrtc(event)) => match event {
             Event::UpgradeStarted {
                 peer,
@@ -362,10 +375,12 @@ fn report(event: &SwarmEvent<PeerEvent>) {
                 peer,
                 took,
                 timings,
+                direct_connection,
                 ..
             } => emit(json!({
                 "event": "upgraded",
                 "peer": peer.to_string(),
+                "addr": addrs.get(direct_connection).map(|a| a.to_string()),
                 "ms": took.as_secs_f64() * 1000.0,
                 "phases_ms": {
                     "stream": timings.stream.as_secs_f64() * 1000.0,
@@ -408,6 +423,7 @@ async fn run_listen(args: &Args) -> anyhow::Result<bool> {
         bail!("--relay {relay_addr} has no /p2p/<relay id>");
     }
     swarm.listen_on(relay_addr.clone().with(Protocol::P2pCircuit))?;
+    let mut addrs = Addrs::new();
     let deadline = run_for(args.timeout);
     tokio::pin!(deadline);
     loop {
@@ -419,7 +435,7 @@ async fn run_listen(args: &Args) -> anyhow::Result<bool> {
             }
             _ = &mut deadline => return Ok(true),
         };
-        report(&event);
+        report(&mut addrs, &event);
         match event {
             SwarmEvent::Behaviour(PeerEvent::Relay(
                 relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
@@ -470,6 +486,7 @@ async fn run_dial(args: &Args) -> anyhow::Result<bool> {
     let deadline = tokio::time::sleep(Duration::from_secs(args.timeout.unwrap_or(120)));
     tokio::pin!(deadline);
     let mut d = Dial::default();
+    let mut addrs = Addrs::new();
     // Re-checks progress while no swarm event comes (a transfer finishing).
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     loop {
@@ -479,7 +496,7 @@ async fn run_dial(args: &Args) -> anyhow::Result<bool> {
             _ = &mut deadline => bail!("not done within the timeout"),
         };
         if let Some(event) = event {
-            report(&event);
+            report(&mut addrs, &event);
             on_dial_event(args, peer, &target, &mut d, event)?;
         }
         // Choose the connection to check: the direct one, or the relay once the upgrade is

@@ -12,7 +12,10 @@ use serde_json::Value;
 /// Hang guard for one wait; generous, the steps take milliseconds to a few seconds.
 const T: Duration = Duration::from_secs(60);
 
-/// The path of a built example, building it if `cargo test` did not.
+/// The path of a built example. `cargo test` builds the examples before running any test;
+/// `cargo test --test examples` alone does not rebuild them (run `cargo build --examples`
+/// first). Built here only if missing: a nested cargo run would not share the outer one's
+/// build fingerprints and would rebuild dependencies.
 fn example(name: &str) -> PathBuf {
     let dir = std::env::current_exe()
         .ok()
@@ -174,6 +177,12 @@ fn node_dial_upgrades_then_pings_and_echoes_over_webrtc() {
     );
     let upgraded = events(&all, "upgraded").next().expect("upgraded");
     assert_eq!(upgraded["peer"], listener_id);
+    assert!(
+        upgraded["addr"]
+            .as_str()
+            .is_some_and(|a| a.contains("/p2p-circuit/webrtc/p2p/")),
+        "{upgraded}"
+    );
     assert!(upgraded["ms"].as_f64().expect("ms") > 0.0);
     assert!(
         events(&all, "connected").any(|e| e["direct"] == true
