@@ -588,6 +588,14 @@ fn on_dial_event(
         } if peer_id == peer && Some(connection_id) == d.checked => {
             bail!("the connection under test closed: {cause:?}")
         }
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            connection_id,
+            cause,
+            ..
+        } if peer_id == peer && Some(connection_id) == d.relayed && d.direct.is_none() => {
+            bail!("the relayed connection closed before the upgrade: {cause:?}")
+        }
         SwarmEvent::Behaviour(PeerEvent::Webrtc(Event::Upgraded {
             peer: p,
             direct_connection,

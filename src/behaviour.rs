@@ -389,7 +389,20 @@ impl Behaviour {
             return;
         }
         if let Some(r) = self.relayed.remove(&e.connection_id) {
-            self.clear_active(peer, e.connection_id);
+            if let Some(&(connection, _, attempt)) = self.active.get(&peer) {
+                if connection == e.connection_id {
+                    // The attempt went with its connection (the handler is gone).
+                    self.active.remove(&peer);
+                    self.events
+                        .push_back(ToSwarm::GenerateEvent(Event::UpgradeFailed {
+                            peer,
+                            relayed_connection: connection,
+                            error: Error::RelayLost,
+                            attempt,
+                            will_retry: false,
+                        }));
+                }
+            }
             if r.draining {
                 self.events
                     .push_back(ToSwarm::GenerateEvent(Event::RelayClosed {

@@ -43,6 +43,9 @@ pub enum Error {
     /// [`crate::Config::max_concurrent_upgrades`] upgrades were already running.
     #[error("too many concurrent upgrades")]
     TooManyUpgrades,
+    /// The relayed connection carrying the signaling closed before the upgrade completed.
+    #[error("the relayed connection closed during the upgrade")]
+    RelayLost,
     /// The remote does not speak the signaling protocol.
     #[error("remote does not support WebRTC signaling")]
     Unsupported,

@@ -1,116 +1,12 @@
 //! The examples as users run them: the `demo`, and the `node` binary as separate processes
 //! (relay, listener, dialer) on 127.0.0.1, checked through their JSON events.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod procs;
 
+use std::process::{Command, Stdio};
+
+use procs::{events, example, Node};
 use serde_json::Value;
-
-/// Hang guard for one wait; generous, the steps take milliseconds to a few seconds.
-const T: Duration = Duration::from_secs(60);
-
-/// The path of a built example. `cargo test` builds the examples before running any test;
-/// `cargo test --test examples` alone does not rebuild them (run `cargo build --examples`
-/// first). Built here only if missing: a nested cargo run would not share the outer one's
-/// build fingerprints and would rebuild dependencies.
-fn example(name: &str) -> PathBuf {
-    let dir = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("examples")))
-        .expect("target dir");
-    let path = dir.join(name);
-    if !path.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", name])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building example {name} failed");
-    }
-    path
-}
-
-/// A running `node`; killed when dropped. Its stdout lines arrive as JSON values.
-struct Node {
-    child: Child,
-    events: mpsc::Receiver<Value>,
-    seen: Vec<Value>,
-}
-
-impl Node {
-    fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(example("node"))
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn node");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let value: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|e| panic!("not a JSON line: {line:?}: {e}"));
-                assert!(value["event"].is_string(), "no \"event\" in {line}");
-                if tx.send(value).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            events,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next event called `name` (events before it are kept in `seen`).
-    fn wait(&mut self, name: &str) -> Value {
-        let deadline = Instant::now() + T;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let event = self
-                .events
-                .recv_timeout(left)
-                .unwrap_or_else(|e| panic!("no {name:?} event ({e}); saw {:#?}", self.seen));
-            self.seen.push(event.clone());
-            if event["event"] == name {
-                return event;
-            }
-        }
-    }
-
-    /// Waits for the process to exit; returns its status code and all its events.
-    fn finish(mut self) -> (i32, Vec<Value>) {
-        let deadline = Instant::now() + T * 2;
-        let code = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "node did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        while let Ok(event) = self.events.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(event);
-        }
-        (code, std::mem::take(&mut self.seen))
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn events<'a>(all: &'a [Value], name: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
-    all.iter().filter(move |e| e["event"] == name)
-}
 
 /// A relay and a listener with a reservation on it; returns them and the listener's
 /// circuit address.

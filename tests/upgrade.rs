@@ -627,6 +627,54 @@ async fn a_peer_that_never_answers_times_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_relay_mid_upgrade_fails_the_attempt() {
+    init_tracing();
+    // B is silent (it takes the signaling stream and never answers), so A's attempt is
+    // still running when the relay server goes away.
+    let Setup {
+        mut a,
+        mut b,
+        mut b_raw,
+        relay_addr,
+        _relay,
+        ..
+    } = setup_raw(
+        Some(loopback_config()),
+        None,
+        libp2p_webrtc_signal::PROTOCOL_NAME,
+    )
+    .await;
+    let b_id = *b.local_peer_id();
+    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
+    let mut held = Vec::new();
+    both(&mut a, &mut b, |side, e| {
+        while let Ok(s) = b_raw.try_recv() {
+            held.push(s);
+        }
+        (side == Side::A && matches!(webrtc_event(&e), Some(Event::UpgradeStarted { .. })))
+            .then_some(())
+    })
+    .await;
+    let (stop, relay_task) = _relay;
+    let _ = stop.send(());
+    drop(relay_task.await.expect("relay task"));
+    let (error, will_retry, connection) = both(&mut a, &mut b, |side, e| match webrtc_event(&e) {
+        Some(Event::UpgradeFailed {
+            error,
+            will_retry,
+            relayed_connection,
+            ..
+        }) if side == Side::A => Some((error.to_string(), *will_retry, *relayed_connection)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(connection, relayed);
+    assert!(!will_retry);
+    assert_eq!(error, libp2p_webrtc_signal::Error::RelayLost.to_string());
+    assert!(!a.is_connected(&b_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_concurrent_upgrade_limit_is_enforced() {
     use futures::AsyncWriteExt;
     init_tracing();

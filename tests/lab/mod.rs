@@ -1,0 +1,292 @@
+//! The NAT lab: network namespaces joined by veth links, all on this machine.
+//!
+//! ```text
+//!                 relay 198.51.100.2        stun/turn 198.51.101.2
+//!                          \                   /
+//!                           core (router; delay and loss in userspace, NFQUEUE)
+//!                          /                   \
+//!          203.0.113.2 r1 (NAT + firewall)    r2 (NAT + firewall) 192.0.2.2
+//!                      |                       |
+//!               p1 10.0.1.2                 p2 10.0.2.2
+//! ```
+//!
+//! Each home router does NAT per [`Nat`] and drops unsolicited inbound traffic. The core
+//! router knows no private range (with [`Nat::None`] it routes that LAN as public), so
+//! without a working NAT traversal nothing reaches a LAN. [`Lab::up`] first removes what a
+//! previous run may have left; dropping the [`Lab`] removes it all, whatever happened.
+#![allow(dead_code)]
+
+use std::process::{Child, Command, Stdio};
+
+use std::io::{BufRead, BufReader};
+
+/// Namespace names start with this, so cleaning up cannot touch anything else.
+pub const PREFIX: &str = "wsl-";
+
+/// A home router's NAT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Nat {
+    /// Routing only (the LAN is reachable, the firewall still drops unsolicited inbound).
+    None,
+    /// `MASQUERADE`: endpoint-independent mapping, port preserving.
+    Cone,
+    /// `MASQUERADE --random-fully`: a new port per destination.
+    Symmetric,
+}
+
+/// Conditions on each link of the core router.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Links {
+    /// One-way delay per link, in milliseconds.
+    pub delay_ms: u32,
+    /// Loss per link, in percent.
+    pub loss_pct: f64,
+}
+
+/// The TURN credentials coturn is started with.
+pub const TURN_USER: &str = "lab";
+pub const TURN_PASS: &str = "labpass";
+
+/// Addresses.
+pub const RELAY_IP: &str = "198.51.100.2";
+pub const STUN_IP: &str = "198.51.101.2";
+pub const R1_WAN: &str = "203.0.113.2";
+pub const R2_WAN: &str = "192.0.2.2";
+pub const P1_IP: &str = "10.0.1.2";
+pub const P2_IP: &str = "10.0.2.2";
+
+/// Why the lab cannot run here, if it cannot.
+pub fn unavailable() -> Option<String> {
+    let euid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&euid.stdout).trim() != "0" {
+        return Some("needs root (network namespaces, iptables)".into());
+    }
+    for tool in ["ip", "iptables", "conntrack", "turnserver"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        if !found {
+            return Some(format!(
+                "needs {tool} (apt-get install -y iproute2 iptables conntrack coturn)"
+            ));
+        }
+    }
+    None
+}
+
+fn ns(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+/// Runs a command, panicking with its output if it fails.
+fn sh(cmd: &str) {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "lab command failed: {cmd}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs a command in a namespace.
+fn nsx(name: &str, cmd: &str) {
+    sh(&format!("ip netns exec {} {cmd}", ns(name)));
+}
+
+/// Removes every namespace of the lab (idempotent; its links and processes go with it).
+pub fn clean() {
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "for n in $(ip netns list | awk '{{print $1}}' | grep '^{PREFIX}'); do \
+                 ip netns pids $n | xargs -r kill -9; ip netns del $n; done"
+            ),
+        ])
+        .status();
+}
+
+/// A running lab; removed on drop.
+pub struct Lab {
+    turn: Option<Child>,
+    netem: Option<Child>,
+}
+
+impl Lab {
+    /// Builds the topology with these NATs and link conditions, and starts coturn.
+    pub fn up(r1: Nat, r2: Nat, links: Links) -> Self {
+        clean();
+        let mut lab = Lab {
+            turn: None,
+            netem: None,
+        };
+        for n in ["core", "relay", "stun", "r1", "r2", "p1", "p2"] {
+            sh(&format!("ip netns add {}", ns(n)));
+            nsx(n, "ip link set lo up");
+        }
+        // (a, a's interface, a's address, b, b's interface, b's address), /24 each.
+        let links_: [(&str, &str, &str, &str, &str, &str); 6] = [
+            ("core", "relay", "198.51.100.1", "relay", "eth0", RELAY_IP),
+            ("core", "stun", "198.51.101.1", "stun", "eth0", STUN_IP),
+            ("core", "r1", "203.0.113.1", "r1", "wan", R1_WAN),
+            ("core", "r2", "192.0.2.1", "r2", "wan", R2_WAN),
+            ("r1", "lan", "10.0.1.1", "p1", "eth0", P1_IP),
+            ("r2", "lan", "10.0.2.1", "p2", "eth0", P2_IP),
+        ];
+        for (i, (a, ai, aip, b, bi, bip)) in links_.iter().enumerate() {
+            let (va, vb) = (format!("wsl{i}a"), format!("wsl{i}b"));
+            sh(&format!("ip link add {va} type veth peer name {vb}"));
+            sh(&format!("ip link set {va} netns {} name {ai}", ns(a)));
+            sh(&format!("ip link set {vb} netns {} name {bi}", ns(b)));
+            nsx(a, &format!("ip addr add {aip}/24 dev {ai}"));
+            nsx(b, &format!("ip addr add {bip}/24 dev {bi}"));
+            nsx(a, &format!("ip link set {ai} up"));
+            nsx(b, &format!("ip link set {bi} up"));
+        }
+        for (host, gw) in [
+            ("relay", "198.51.100.1"),
+            ("stun", "198.51.101.1"),
+            ("r1", "203.0.113.1"),
+            ("r2", "192.0.2.1"),
+            ("p1", "10.0.1.1"),
+            ("p2", "10.0.2.1"),
+        ] {
+            nsx(host, &format!("ip route add default via {gw}"));
+        }
+        for router in ["core", "r1", "r2"] {
+            nsx(router, "sysctl -qw net.ipv4.ip_forward=1");
+        }
+        for (router, nat, lan, wan_ip) in [
+            ("r1", r1, "10.0.1.0/24", R1_WAN),
+            ("r2", r2, "10.0.2.0/24", R2_WAN),
+        ] {
+            match nat {
+                Nat::None => nsx("core", &format!("ip route add {lan} via {wan_ip}")),
+                Nat::Cone => nsx(
+                    router,
+                    "iptables -t nat -A POSTROUTING -o wan -j MASQUERADE",
+                ),
+                Nat::Symmetric => nsx(
+                    router,
+                    "iptables -t nat -A POSTROUTING -o wan -j MASQUERADE --random-fully",
+                ),
+            }
+            // A home router's stateful firewall: replies in, nothing unsolicited.
+            nsx(
+                router,
+                "iptables -A FORWARD -i wan -o lan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            );
+            nsx(router, "iptables -A FORWARD -i wan -o lan -j DROP");
+            nsx(
+                router,
+                "iptables -A INPUT -i wan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+            );
+            nsx(router, "iptables -A INPUT -i wan -j DROP");
+        }
+        if links.delay_ms > 0 || links.loss_pct > 0.0 {
+            // A forwarded packet crosses two links of the core router.
+            let loss_two = 100.0 * (1.0 - (1.0 - links.loss_pct / 100.0).powi(2));
+            let mut netem = Command::new("ip")
+                .args(["netns", "exec", &ns("core")])
+                .arg(super::procs::example("lab-netem"))
+                .args([
+                    "--queue",
+                    "0",
+                    "--delay-ms",
+                    &(2 * links.delay_ms).to_string(),
+                    "--loss",
+                    &format!("{loss_two:.4}"),
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start lab-netem");
+            let mut ready = String::new();
+            if let Some(out) = netem.stdout.take() {
+                let _ = BufReader::new(out).read_line(&mut ready);
+            }
+            assert_eq!(ready.trim(), "ready", "lab-netem did not start");
+            lab.netem = Some(netem);
+            nsx(
+                "core",
+                "iptables -t mangle -A FORWARD -j NFQUEUE --queue-num 0",
+            );
+        }
+        // STUN and TURN (long-term credentials), no config file.
+        let turn = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns("stun"),
+                "turnserver",
+                "-n",
+                "--no-cli",
+                "--no-tls",
+            ])
+            .args(["--no-dtls", "-L", STUN_IP, "-E", STUN_IP, "--lt-cred-mech"])
+            .args([
+                "--realm",
+                "lab",
+                "--user",
+                &format!("{TURN_USER}:{TURN_PASS}"),
+            ])
+            .args([
+                "--userdb",
+                &format!("/tmp/{PREFIX}turndb"),
+                "--log-file",
+                "stdout",
+            ])
+            .args([
+                "--min-port",
+                "49152",
+                "--max-port",
+                "49999",
+                "--no-multicast-peers",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start turnserver");
+        lab.turn = Some(turn);
+        wait_for_udp(&ns("stun"), 3478);
+        lab
+    }
+
+    /// The namespace of a host: `relay`, `stun`, `p1`, `p2`.
+    pub fn ns(&self, host: &str) -> String {
+        ns(host)
+    }
+}
+
+/// Waits until something listens on this UDP port in the namespace.
+fn wait_for_udp(netns: &str, port: u16) {
+    for _ in 0..200 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", netns, "ss", "-uln"])
+            .output()
+            .expect("ss");
+        if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("nothing listens on udp {port} in {netns}");
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in [self.turn.as_mut(), self.netem.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        clean();
+    }
+}
