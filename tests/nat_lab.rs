@@ -239,11 +239,12 @@ fn nat_matrix() {
             Ice::Stun => "STUN",
             Ice::StunTurn => "STUN + TURN",
         };
-        let links = match (row.links.delay_ms, row.links.loss_pct) {
-            (0, l) if l == 0.0 => String::new(),
-            (d, l) if l == 0.0 => format!(", {d} ms per link"),
-            (0, l) => format!(", {l}% loss per link"),
-            (d, l) => format!(", {d} ms, {l}% loss per link"),
+        let (delay, loss) = (row.links.delay_ms, row.links.loss_pct);
+        let links = match (delay > 0, loss > 0.0) {
+            (false, false) => String::new(),
+            (true, false) => format!(", {delay} ms per link"),
+            (false, true) => format!(", {loss}% loss per link"),
+            (true, true) => format!(", {delay} ms, {loss}% loss per link"),
         };
         let result = match outcome.upgrade_ms {
             Some(ms) if row.links.delay_ms > 0 => {

@@ -106,7 +106,9 @@ pub fn clean() {
             "-c",
             &format!(
                 "for n in $(ip netns list | awk '{{print $1}}' | grep '^{PREFIX}'); do \
-                 ip netns pids $n | xargs -r kill -9; ip netns del $n; done"
+                 ip netns pids $n | xargs -r kill -9; ip netns del $n; done; \
+                 for l in $(ip -o link show | awk -F': ' '{{print $2}}' | cut -d@ -f1 | grep '^wsl[0-9]'); do \
+                 ip link del $l; done"
             ),
         ])
         .status();
