@@ -61,15 +61,7 @@ async fn run(out: Output) -> anyhow::Result<()> {
     // The relay server, with the default circuit limits (2 minutes, 128 KiB): the signaling
     // and the pings over the relay fit in them.
     out.waiting("starting the relay");
-    let mut relay = support::relay_server(Keypair::generate_ed25519(), relay::Config::default())?;
-    relay.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
-    let relay_addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = relay.select_next_some().await {
-            break address;
-        }
-    };
-    relay.add_external_address(relay_addr.clone());
-    let relay_addr = relay_addr.with(Protocol::P2p(*relay.local_peer_id()));
+    let (mut relay, relay_addr) = support::loopback_relay(relay::Config::default()).await?;
     out.step("relay", format!("listening on {relay_addr}"));
     tokio::spawn(async move {
         loop {

@@ -13,7 +13,7 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -466,8 +466,6 @@ struct Dial {
     direct: Option<ConnectionId>,
     /// The connection the checks run on, once chosen.
     checked: Option<ConnectionId>,
-    /// Connections that are direct WebRTC.
-    webrtc: HashSet<ConnectionId>,
     upgrade_gave_up: bool,
     pings: usize,
     ping_failures: usize,
@@ -520,7 +518,7 @@ async fn run_dial(args: &Args) -> anyhow::Result<bool> {
         if let Some(t) = d.transfer.as_mut().filter(|t| t.is_finished()) {
             let result = t.await?;
             d.transfer = None;
-            let direct = d.webrtc.contains(&checked);
+            let direct = d.direct == Some(checked);
             let ok = result.is_ok();
             let mut event = json!({
                 "event": "transfer",
@@ -537,7 +535,7 @@ async fn run_dial(args: &Args) -> anyhow::Result<bool> {
             d.transfer_ok = Some(ok);
         }
         if let Some(transfer_ok) = d.transfer_ok {
-            let direct = d.webrtc.contains(&checked);
+            let direct = d.direct == Some(checked);
             let ok = transfer_ok && (direct || args.allow_relayed);
             emit(json!({
                 "event": "done",
@@ -565,14 +563,13 @@ fn on_dial_event(
             connection_id,
             endpoint,
             ..
-        } if peer_id == peer => {
-            if support::is_webrtc(endpoint.get_remote_address()) {
-                d.webrtc.insert(connection_id);
-            } else if d.relayed.is_none() {
-                d.relayed = Some(connection_id);
-                if args.no_upgrade {
-                    d.upgrade_gave_up = true;
-                }
+        } if peer_id == peer
+            && d.relayed.is_none()
+            && support::is_relayed(endpoint.get_remote_address()) =>
+        {
+            d.relayed = Some(connection_id);
+            if args.no_upgrade {
+                d.upgrade_gave_up = true;
             }
         }
         SwarmEvent::OutgoingConnectionError {
@@ -611,7 +608,7 @@ fn on_dial_event(
             connection,
             result,
         })) if p == peer && Some(connection) == d.checked && d.pings < args.pings => {
-            let direct = d.webrtc.contains(&connection);
+            let direct = d.direct == Some(connection);
             match result {
                 Ok(rtt) => {
                     d.pings += 1;

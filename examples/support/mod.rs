@@ -6,11 +6,12 @@ pub mod streams;
 
 use std::time::{Duration, Instant};
 
-use futures::{AsyncReadExt, AsyncWriteExt};
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::core::transport::OptionalTransport;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::{NetworkBehaviour, StreamProtocol};
+use libp2p::swarm::{NetworkBehaviour, StreamProtocol, SwarmEvent};
 use libp2p::{noise, ping, relay, tcp, yamux, Multiaddr, Stream, Swarm};
 
 pub use streams::Raw;
@@ -41,13 +42,7 @@ pub fn peer(
     webrtc: Option<libp2p_webrtc_signal::Config>,
     ping_interval: Duration,
 ) -> anyhow::Result<(Swarm<Peer>, Inbound)> {
-    let (transport, behaviour) = match webrtc {
-        Some(config) => {
-            let (t, b) = libp2p_webrtc_signal::new(&key, config);
-            (Some(t), Some(b))
-        }
-        None => (None, None),
-    };
+    let (transport, webrtc) = upgrade(&key, webrtc);
     let (echo, inbound) = Raw::new(ECHO);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -56,20 +51,51 @@ pub fn peer(
             noise::Config::new,
             yamux::Config::default,
         )?
-        .with_other_transport(move |_| match transport {
-            Some(t) => libp2p::core::transport::OptionalTransport::some(t),
-            None => libp2p::core::transport::OptionalTransport::none(),
-        })?
+        .with_other_transport(move |_| transport)?
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(move |_, relay| Peer {
             relay,
-            webrtc: behaviour.into(),
+            webrtc,
             ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_interval)),
             echo,
         })?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
         .build();
     Ok((swarm, inbound))
+}
+
+/// The upgrade's transport and behaviour for a swarm, or (with `None`) neither.
+pub fn upgrade(
+    key: &Keypair,
+    config: Option<libp2p_webrtc_signal::Config>,
+) -> (
+    OptionalTransport<libp2p_webrtc_signal::Transport>,
+    Toggle<libp2p_webrtc_signal::Behaviour>,
+) {
+    match config {
+        Some(config) => {
+            let (t, b) = libp2p_webrtc_signal::new(key, config);
+            (OptionalTransport::some(t), Some(b).into())
+        }
+        None => (OptionalTransport::none(), None.into()),
+    }
+}
+
+/// A relay server listening on a free TCP port of 127.0.0.1; returns it with its address
+/// (`/p2p/<id>` included), once listening.
+pub async fn loopback_relay(
+    config: relay::Config,
+) -> anyhow::Result<(Swarm<relay::Behaviour>, Multiaddr)> {
+    let mut relay = relay_server(Keypair::generate_ed25519(), config)?;
+    relay.listen_on("/ip4/127.0.0.1/tcp/0".parse()?)?;
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = relay.select_next_some().await {
+            break address;
+        }
+    };
+    relay.add_external_address(addr.clone());
+    let addr = addr.with(Protocol::P2p(*relay.local_peer_id()));
+    Ok((relay, addr))
 }
 
 /// Builds a circuit relay v2 server over TCP.

@@ -22,9 +22,9 @@ pub struct Req(pub String);
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Resp(pub String);
 
-#[path = "../../examples/support/streams.rs"]
-mod streams;
-pub use streams::*;
+#[path = "../../examples/support/mod.rs"]
+mod support;
+pub use support::streams::*;
 
 /// A node: relay client, the WebRTC upgrade (optional: a hostile node has none), ping,
 /// a request/response protocol and raw streams.
@@ -48,13 +48,7 @@ pub fn node(
     mpsc::UnboundedReceiver<(PeerId, ConnectionId, Stream)>,
 ) {
     let key = Keypair::generate_ed25519();
-    let (transport, behaviour) = match webrtc {
-        Some(config) => {
-            let (t, b) = libp2p_webrtc_signal::new(&key, config);
-            (Some(t), Some(b))
-        }
-        None => (None, None),
-    };
+    let (transport, webrtc) = support::upgrade(&key, webrtc);
     let (raw, raw_rx) = Raw::new(raw_protocol);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
@@ -64,16 +58,13 @@ pub fn node(
             yamux::Config::default,
         )
         .unwrap()
-        .with_other_transport(move |_| match transport {
-            Some(t) => libp2p::core::transport::OptionalTransport::some(t),
-            None => libp2p::core::transport::OptionalTransport::none(),
-        })
+        .with_other_transport(move |_| transport)
         .unwrap()
         .with_relay_client(noise::Config::new, yamux::Config::default)
         .unwrap()
         .with_behaviour(move |_, relay| Node {
             relay,
-            webrtc: behaviour.into(),
+            webrtc,
             ping: ping::Behaviour::new(
                 ping::Config::new().with_interval(Duration::from_millis(500)),
             ),
@@ -94,39 +85,13 @@ pub fn node(
 
 /// A relay server on TCP 127.0.0.1 with limits raised for the tests.
 pub async fn relay_server() -> (Swarm<relay::Behaviour>, Multiaddr) {
-    let key = Keypair::generate_ed25519();
-    let peer = key.public().to_peer_id();
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| {
-            relay::Behaviour::new(
-                peer,
-                relay::Config {
-                    max_circuit_duration: Duration::from_secs(600),
-                    max_circuit_bytes: 64 * 1024 * 1024,
-                    ..Default::default()
-                },
-            )
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    swarm
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
-        .unwrap();
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-            break address;
-        }
-    };
-    swarm.add_external_address(addr.clone());
-    (swarm, addr.with(Protocol::P2p(peer)))
+    support::loopback_relay(relay::Config {
+        max_circuit_duration: Duration::from_secs(600),
+        max_circuit_bytes: 64 * 1024 * 1024,
+        ..Default::default()
+    })
+    .await
+    .expect("relay server")
 }
 
 /// Drives a swarm until `f` returns `Some`, failing the test after `timeout`.
