@@ -87,13 +87,17 @@ impl Signal {
         }
     }
 
-    /// Encodes for sending. End-of-candidates goes out as an empty string, which js-libp2p
-    /// and this crate both read as the end.
+    /// Encodes for sending. End-of-candidates goes out as the JSON `null`: js-libp2p runs
+    /// `JSON.parse` on every candidate's data and stops reading candidates at one that does
+    /// not parse (an empty string did not).
     pub(crate) fn into_message(self) -> Message {
         let (kind, data) = match self {
             Signal::Offer(sdp) => (Type::SdpOffer, sdp),
             Signal::Answer(sdp) => (Type::SdpAnswer, sdp),
-            Signal::Candidate(json) => (Type::IceCandidate, json.unwrap_or_default()),
+            Signal::Candidate(json) => (
+                Type::IceCandidate,
+                json.unwrap_or_else(|| "null".to_owned()),
+            ),
         };
         Message {
             r#type: Some(kind as i32),
@@ -124,6 +128,21 @@ mod tests {
         ] {
             let msg = signal.clone().into_message();
             assert_eq!(Signal::from_message(msg).unwrap(), signal);
+        }
+    }
+
+    #[test]
+    fn candidate_data_is_always_json() {
+        // What js-libp2p does with it: `JSON.parse(message.data ?? 'null')`.
+        for signal in [
+            Signal::Candidate(Some("{\"candidate\":\"candidate:1\"}".into())),
+            Signal::Candidate(None),
+        ] {
+            let data = signal.into_message().data.unwrap_or_default();
+            assert!(
+                serde_json::from_str::<serde_json::Value>(&data).is_ok(),
+                "{data:?}"
+            );
         }
     }
 

@@ -178,6 +178,8 @@ impl Session {
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_include_loopback_candidate(config.allow_loopback_candidates)
+            .with_sctp_mtu(config.sctp_mtu)
+            .with_sctp_max_receive_buffer_size(config.sctp_receive_window)
             .with_ice_connection_attempts(
                 Some(config.ice_check_interval),
                 Some(config.ice_max_binding_requests),

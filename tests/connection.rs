@@ -304,6 +304,35 @@ async fn closing_the_connection_is_seen_by_the_remote() {
     assert!(within(s.read_to_end(&mut rest)).await.is_err());
 }
 
+/// Echoes 256 KiB through a UDP proxy; returns the largest datagram it saw.
+async fn largest_datagram(config: Config) -> usize {
+    let proxy = UdpProxy::start().await;
+    let (a, b) = within(connect(config.clone(), config, proxy.tamper()))
+        .await
+        .unwrap();
+    let (client, server) = (Driver::new(a), spawn_echo(Driver::new(b)));
+    let data = payload(256 * 1024, 7);
+    let mut s = within(client.open()).await;
+    within(s.write_all(&data)).await.unwrap();
+    within(s.close()).await.unwrap();
+    let mut got = Vec::new();
+    within(s.read_to_end(&mut got)).await.unwrap();
+    assert_eq!(checksum(&got), checksum(&data));
+    server.abort();
+    proxy.largest.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_mtu_bounds_the_datagrams() {
+    init_tracing();
+    // DTLS adds ~37 bytes per record (header, explicit nonce, GCM tag).
+    let default = largest_datagram(loopback_config()).await;
+    assert!((1191..=1191 + 64).contains(&default), "{default}");
+    let raised = largest_datagram(loopback_config().with_sctp_mtu(1400)).await;
+    assert!((1400 - 16..=1400 + 64).contains(&raised), "{raised}");
+    eprintln!("largest datagram: {default} B by default, {raised} B with sctp_mtu 1400");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_remote_is_detected_within_the_ice_timeouts() {
     init_tracing();

@@ -25,6 +25,7 @@ pub struct Peer {
     pub relay: relay::client::Behaviour,
     pub webrtc: Toggle<libp2p_webrtc_signal::Behaviour>,
     pub ping: ping::Behaviour,
+    /// Raw streams: [`ECHO`] (or another protocol, see [`peer_with`]).
     pub echo: Raw,
 }
 
@@ -42,8 +43,19 @@ pub fn peer(
     webrtc: Option<libp2p_webrtc_signal::Config>,
     ping_interval: Duration,
 ) -> anyhow::Result<(Swarm<Peer>, Inbound)> {
+    peer_with(key, webrtc, ping_interval, ECHO)
+}
+
+/// [`peer`] whose raw streams speak `protocol` instead of [`ECHO`]; it also has QUIC, for
+/// side-by-side comparisons.
+pub fn peer_with(
+    key: Keypair,
+    webrtc: Option<libp2p_webrtc_signal::Config>,
+    ping_interval: Duration,
+    protocol: StreamProtocol,
+) -> anyhow::Result<(Swarm<Peer>, Inbound)> {
     let (transport, webrtc) = upgrade(&key, webrtc);
-    let (echo, inbound) = Raw::new(ECHO);
+    let (echo, inbound) = Raw::new(protocol);
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
@@ -51,6 +63,7 @@ pub fn peer(
             noise::Config::new,
             yamux::Config::default,
         )?
+        .with_quic()
         .with_other_transport(move |_| transport)?
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(move |_, relay| Peer {

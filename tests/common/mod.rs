@@ -106,6 +106,8 @@ pub struct UdpProxy {
     /// The address shown to the offerer as the answerer's.
     pub for_answerer: SocketAddr,
     real: Arc<std::sync::Mutex<(Option<SocketAddr>, Option<SocketAddr>)>>,
+    /// The largest datagram forwarded, in bytes.
+    pub largest: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -119,18 +121,23 @@ impl UdpProxy {
         let real: Arc<std::sync::Mutex<(Option<SocketAddr>, Option<SocketAddr>)>> =
             Default::default();
         let r = real.clone();
+        let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let l = largest.clone();
         let task = tokio::spawn(async move {
             let mut ba = vec![0u8; 65536];
             let mut bb = vec![0u8; 65536];
             loop {
                 let (offerer, answerer) = *r.lock().unwrap();
+                let seen = |n: usize| l.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
                 tokio::select! {
                     // From the answerer to the offerer's stand-in: forward to the offerer.
                     Ok((n, _)) = pa.recv_from(&mut ba) => if let Some(to) = offerer {
+                        seen(n);
                         let _ = pb.send_to(&ba[..n], to).await;
                     },
                     // From the offerer to the answerer's stand-in: forward to the answerer.
                     Ok((n, _)) = pb.recv_from(&mut bb) => if let Some(to) = answerer {
+                        seen(n);
                         let _ = pa.send_to(&bb[..n], to).await;
                     },
                 }
@@ -140,6 +147,7 @@ impl UdpProxy {
             for_offerer,
             for_answerer,
             real,
+            largest,
             task,
         }
     }
