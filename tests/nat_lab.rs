@@ -333,3 +333,66 @@ fn remote_killed_after_the_upgrade_is_noticed() {
         noticed.as_secs_f64()
     );
 }
+
+/// Upgrade latency across two cone NATs with 25 ms per link, in RTTs of the direct path
+/// (BENCHMARKS.md). `cargo test --release --test nat_lab measure -- --ignored --nocapture`
+/// (root, with the lab's packages).
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_upgrade_in_rtts() {
+    let Some(_lock) = lab_lock() else { return };
+    const DELAY_MS: u32 = 25;
+    // The direct path crosses two delayed links each way; the relayed one four.
+    let rtt = 4.0 * f64::from(DELAY_MS);
+    let runs: usize = std::env::var("RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let lab = Lab::up(
+        Nat::Cone,
+        Nat::Cone,
+        Links {
+            delay_ms: DELAY_MS,
+            loss_pct: 0.0,
+        },
+    );
+    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, &[]);
+    let phases = ["stream", "descriptions", "ice", "dtls", "sctp", "handoff"];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); phases.len() + 1];
+    for run in 0..runs {
+        let seed = (100 + run).to_string();
+        let mut args: Vec<String> = vec!["dial".into(), addr.clone(), "--seed".into(), seed];
+        args.extend(ice_flags(Ice::Stun));
+        args.extend(["--ping", "1", "--timeout", "60"].map(String::from));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, all) = Node::start_in(&lab.ns("p2"), &args).finish();
+        assert_eq!(code, 0, "run {run}: {all:#?}");
+        let upgraded = events(&all, "upgraded").next().expect("upgraded");
+        let ms = upgraded["ms"].as_f64().expect("ms");
+        eprintln!("run {run}: {ms:.0} ms = {:.1} RTT", ms / rtt);
+        samples[0].push(ms);
+        for (i, phase) in phases.iter().enumerate() {
+            samples[i + 1].push(upgraded["phases_ms"][phase].as_f64().unwrap_or(f64::NAN));
+        }
+    }
+    let pct = |v: &mut Vec<f64>, p: usize| {
+        v.sort_by(f64::total_cmp);
+        let rank = (p * v.len()).div_ceil(100).clamp(1, v.len());
+        v[rank - 1]
+    };
+    eprintln!(
+        "\n### Upgrade latency, NAT lab (cone/cone, STUN, {DELAY_MS} ms per link, direct RTT \
+         {rtt:.0} ms, relayed RTT {:.0} ms), {runs} runs\n",
+        2.0 * rtt
+    );
+    eprintln!("| phase | p50 ms | p50 RTT | p90 ms | p90 RTT |\n|---|---|---|---|---|");
+    let names = std::iter::once("attempt start → direct established").chain(phases);
+    for (name, v) in names.zip(samples.iter_mut()) {
+        let (p50, p90) = (pct(v, 50), pct(v, 90));
+        eprintln!(
+            "| {name} | {p50:.0} | {:.1} | {p90:.0} | {:.1} |",
+            p50 / rtt,
+            p90 / rtt
+        );
+    }
+}

@@ -1,0 +1,359 @@
+// What node.mjs (Node.js) and browser/main.js (Chromium) share: arguments, identity, the echo
+// protocol of examples/support/mod.rs, pings over one chosen connection, and the listen and
+// dial roles. Platform specifics (transports, where events go) are passed in.
+
+import { generateKeyPairFromSeed } from '@libp2p/crypto/keys'
+import { multiaddr } from '@multiformats/multiaddr'
+import { pEvent } from 'p-event'
+
+/** The echo protocol of examples/support/mod.rs: everything written is sent back until the writer closes. */
+export const ECHO = '/webrtc-signal-example/echo/1.0.0'
+/** libp2p ping. */
+export const PING = '/ipfs/ping/1.0.0'
+
+export const USAGE = `usage:
+  node.mjs relay  --listen <multiaddr>... [--external <multiaddr>]... [relay limits] [common]
+  node.mjs listen --relay <relay multiaddr with /p2p/ID> [common]
+  node.mjs dial   <multiaddr> [--ping N] [--send-bytes N] [--allow-relayed] [common]
+
+  <multiaddr> for dial: <relay>/p2p-circuit/p2p/<id> or <relay>/p2p-circuit/webrtc/p2p/<id>;
+  js-libp2p does not upgrade by itself, so the dialer first dials the relayed address, then
+  <relay>/p2p-circuit/webrtc/p2p/<id> (signaling /webrtc-signaling/0.0.1 on the relayed
+  connection), unless --no-upgrade.
+
+common:
+  --seed <u64>             deterministic Ed25519 identity, same peer id as examples/node.rs --seed
+  --listen <multiaddr>     also listen here (repeatable)
+  --stun <url>             STUN server (repeatable; none by default: rtcConfiguration.iceServers = [])
+  --turn <url>             TURN server (repeatable), with --turn-user and --turn-pass
+  --no-upgrade             no WebRTC: stay on the relayed connection
+  --upgrade-timeout <s>    bound of the WebRTC dial (default 30)
+  --timeout <s>            dial: give up after this long (default 120); relay and listen:
+                           exit 0 after this long (default: run until killed)
+
+relay limits (js-libp2p circuit relay v2 server):
+  --max-reservations <n>   (default 128)
+  --max-circuits <n>       maxInboundHopStreams (default 16)
+  --max-circuit-duration <s>  (default 120)
+  --max-circuit-bytes <n>     (default 131072)
+
+dial:
+  --ping <n>               pings over the checked connection (default 3)
+  --send-bytes <n>         echo n bytes over a new stream, checked byte for byte (default 0)
+  --allow-relayed          exit 0 also when the checks succeeded over the relay
+
+events (stdout, one JSON object per line): listening, reserved, connected, upgrade_started,
+upgraded, upgrade_failed, ping, transfer, done, error.
+exit status: 0 success, 1 a check failed or an error, 2 bad usage.`
+
+export class UsageError extends Error {}
+
+/** Parses the command line of examples/node.rs (the subset that makes sense here). */
+export function parseArgs (raw) {
+  const args = { pings: 3, sendBytes: 0, listen: [], external: [], stun: [], turn: [] }
+  const it = raw[Symbol.iterator]()
+  const next = () => it.next().value
+  args.role = next()
+  if (!['relay', 'listen', 'dial'].includes(args.role)) throw new UsageError(`unknown role ${JSON.stringify(args.role)}`)
+  const value = (flag, parse = (v) => v) => {
+    const v = next()
+    if (v == null) throw new UsageError(`${flag} needs a value`)
+    return parse(v)
+  }
+  const num = (flag) => value(flag, (v) => {
+    const n = Number(v)
+    if (!Number.isInteger(n) || n < 0) throw new UsageError(`${flag} ${JSON.stringify(v)}: not a number`)
+    return n
+  })
+  const ma = (flag) => value(flag, (v) => {
+    try { return multiaddr(v) } catch (e) { throw new UsageError(`${flag} ${JSON.stringify(v)}: ${e.message}`) }
+  })
+  for (let arg = next(); arg != null; arg = next()) {
+    switch (arg) {
+      case '--listen': args.listen.push(ma(arg)); break
+      case '--external': args.external.push(ma(arg)); break
+      case '--relay': args.relay = ma(arg); break
+      case '--seed': args.seed = value(arg, (v) => BigInt.asUintN(64, BigInt(v))); break
+      case '--stun': args.stun.push(value(arg)); break
+      case '--turn': args.turn.push(value(arg)); break
+      case '--turn-user': args.turnUser = value(arg); break
+      case '--turn-pass': args.turnPass = value(arg); break
+      case '--no-upgrade': args.noUpgrade = true; break
+      case '--loopback': args.loopback = true; break // accepted for parity; node-datachannel decides
+      case '--upgrade-timeout': args.upgradeTimeout = num(arg); break
+      case '--max-attempts': args.maxAttempts = num(arg); break // accepted for parity, unused
+      case '--timeout': args.timeout = num(arg); break
+      case '--ping': args.pings = num(arg); break
+      case '--send-bytes': args.sendBytes = num(arg); break
+      case '--allow-relayed': args.allowRelayed = true; break
+      case '--max-reservations': args.maxReservations = num(arg); break
+      case '--max-circuits': args.maxCircuits = num(arg); break
+      case '--max-circuit-duration': args.maxCircuitDuration = num(arg); break
+      case '--max-circuit-bytes': args.maxCircuitBytes = num(arg); break
+      default:
+        if (arg.startsWith('--')) throw new UsageError(`unknown flag ${arg}`)
+        if (args.role === 'dial' && args.target == null) {
+          try { args.target = multiaddr(arg) } catch (e) { throw new UsageError(`${JSON.stringify(arg)}: ${e.message}`) }
+        } else {
+          throw new UsageError(`unexpected argument ${JSON.stringify(arg)}`)
+        }
+    }
+  }
+  if (args.role === 'relay' && args.listen.length === 0) throw new UsageError('relay needs --listen')
+  if (args.role === 'listen' && args.relay == null) throw new UsageError('listen needs --relay')
+  if (args.role === 'dial' && args.target == null) throw new UsageError('dial needs a multiaddr')
+  if (args.turn.length > 0 && (args.turnUser == null || args.turnPass == null)) {
+    throw new UsageError('--turn needs --turn-user and --turn-pass')
+  }
+  return args
+}
+
+/**
+ * The identity of examples/node.rs: Ed25519 secret key = seed as u64 little endian, zero-padded
+ * to 32 bytes (libp2p's ed25519_from_bytes takes the 32-byte seed, as generateKeyPairFromSeed does).
+ */
+export async function identity (seed) {
+  if (seed == null) return undefined
+  const bytes = new Uint8Array(32)
+  new DataView(bytes.buffer).setBigUint64(0, seed, true)
+  return generateKeyPairFromSeed('Ed25519', bytes)
+}
+
+/** rtcConfiguration: no ICE servers unless given (js-libp2p's default is four public STUN servers). */
+export function rtcConfiguration (args) {
+  const iceServers = args.stun.map((url) => ({ urls: [url] }))
+  for (const url of args.turn) iceServers.push({ urls: [url], username: args.turnUser, credential: args.turnPass })
+  return { iceServers }
+}
+
+/** `len` bytes of the pattern of examples/support/mod.rs `payload` (xorshift32, low byte). */
+export function payload (len) {
+  const out = new Uint8Array(len)
+  let x = 0x9e3779b9
+  for (let i = 0; i < len; i++) {
+    x = (x ^ (x << 13)) >>> 0
+    x = (x ^ (x >>> 17)) >>> 0
+    x = (x ^ (x << 5)) >>> 0
+    out[i] = x & 0xff
+  }
+  return out
+}
+
+const bytesOf = (chunk) => chunk instanceof Uint8Array ? chunk : chunk.subarray()
+
+/** Sends `data`, waiting for 'drain' when the stream asks for it. */
+async function sendAll (stream, data, chunk = 64 * 1024) {
+  for (let i = 0; i < data.byteLength; i += chunk) {
+    if (!stream.send(data.subarray(i, Math.min(i + chunk, data.byteLength)))) {
+      await pEvent(stream, 'drain', { rejectionEvents: ['close'] })
+    }
+  }
+}
+
+/** Echoes a stream back to its writer until it closes its side, then closes ours (serve_echo). */
+export async function serveEcho (stream) {
+  try {
+    for await (const chunk of stream) {
+      if (!stream.send(bytesOf(chunk))) {
+        await pEvent(stream, 'drain', { rejectionEvents: ['close'] })
+      }
+    }
+    await stream.close()
+  } catch (err) {
+    stream.abort(err)
+  }
+}
+
+/** echo_transfer: writes `len` bytes while reading the echo, half-closes, checks byte for byte; returns ms. */
+export async function echoTransfer (connection, len, { signal } = {}) {
+  const data = payload(len)
+  const stream = await connection.newStream(ECHO, { signal, runOnLimitedConnection: true })
+  const started = performance.now()
+  const writer = (async () => {
+    await sendAll(stream, data)
+    await stream.close({ signal })
+  })()
+  const reader = (async () => {
+    const got = new Uint8Array(len + 65536)
+    let n = 0
+    for await (const chunk of stream) {
+      const b = bytesOf(chunk)
+      if (n + b.byteLength > got.byteLength) throw new Error(`echo returned more than ${len} bytes`)
+      got.set(b, n)
+      n += b.byteLength
+    }
+    return got.subarray(0, n)
+  })()
+  const [, got] = await Promise.all([writer, reader])
+  const took = performance.now() - started
+  if (got.byteLength !== len) throw new Error(`echo returned ${got.byteLength} of ${len} bytes`)
+  for (let i = 0; i < len; i++) {
+    if (got[i] !== data[i]) throw new Error(`echo differs at byte ${i}`)
+  }
+  return took
+}
+
+/** A ping client on one stream of one chosen connection (as rust-libp2p's ping: 32 bytes, echoed, repeated). */
+export async function openPinger (connection, { signal } = {}) {
+  const stream = await connection.newStream(PING, { signal, runOnLimitedConnection: true })
+  let pending = null
+  let buffered = new Uint8Array(0)
+  stream.addEventListener('message', (evt) => {
+    const b = bytesOf(evt.data)
+    const joined = new Uint8Array(buffered.byteLength + b.byteLength)
+    joined.set(buffered); joined.set(b, buffered.byteLength)
+    buffered = joined
+    if (pending != null && buffered.byteLength >= 32) {
+      const got = buffered.subarray(0, 32); buffered = buffered.subarray(32)
+      const p = pending; pending = null
+      p.resolve(got)
+    }
+  })
+  stream.addEventListener('close', (evt) => { pending?.reject(evt.error ?? new Error('ping stream closed')) })
+  return {
+    async ping (timeoutMs = 10000) {
+      const data = crypto.getRandomValues(new Uint8Array(32))
+      pending = Promise.withResolvers()
+      const started = performance.now()
+      stream.send(data)
+      const timer = setTimeout(() => pending?.reject(new Error('ping timeout')), timeoutMs)
+      try {
+        const got = await pending.promise
+        const rtt = performance.now() - started
+        for (let i = 0; i < 32; i++) if (got[i] !== data[i]) throw new Error('wrong ping payload')
+        return rtt
+      } finally {
+        clearTimeout(timer)
+      }
+    },
+    close: () => stream.close().catch(() => {})
+  }
+}
+
+/** What kind of connection an address is, for the `connected` event. */
+export function describe (addr) {
+  const s = addr.toString()
+  const webrtc = s.includes('/webrtc/') || s.endsWith('/webrtc') || s.startsWith('/webrtc')
+  const circuit = s.includes('/p2p-circuit')
+  return {
+    relayed: circuit && !webrtc,
+    direct: webrtc && !s.includes('/webrtc-direct'),
+    transport: webrtc ? 'webrtc' : circuit ? 'p2p-circuit' : s.includes('/ws') ? 'websockets' : s.includes('/tcp/') ? 'tcp' : 'other'
+  }
+}
+
+/** Reports connections as examples/node.rs does. */
+export function reportConnections (node, emit) {
+  node.addEventListener('connection:open', (evt) => {
+    const c = evt.detail
+    emit({
+      event: 'connected',
+      peer: c.remotePeer.toString(),
+      addr: c.remoteAddr.toString(),
+      ...describe(c.remoteAddr),
+      direction: c.direction,
+      limited: c.limits != null,
+      multiplexer: c.multiplexer,
+      encryption: c.encryption ?? null
+    })
+  })
+  node.addEventListener('connection:close', (evt) => {
+    const c = evt.detail
+    emit({ event: 'disconnected', peer: c.remotePeer.toString(), addr: c.remoteAddr.toString(), ...describe(c.remoteAddr) })
+  })
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+/** Waits until `fn` returns something. */
+async function until (fn, ms, what) {
+  const end = Date.now() + ms
+  for (;;) {
+    const v = fn()
+    if (v) return v
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`)
+    await sleep(50)
+  }
+}
+
+/** The listen role: reserves a slot on the relay, advertises <relay>/p2p-circuit/webrtc/p2p/<id>, serves echo (ping is a service). */
+export async function runListen (node, args, emit) {
+  await node.handle(ECHO, (stream) => { serveEcho(stream) }, { runOnLimitedConnection: true })
+  const id = node.peerId.toString()
+  const relayId = args.relay.getComponents().filter((c) => c.name === 'p2p').pop()?.value
+  if (relayId == null) throw new Error(`--relay ${args.relay} has no /p2p/<relay id>`)
+  await node.listen?.([]) // no-op: listen addresses were given to createLibp2p
+  const circuit = await until(() => node.getMultiaddrs().find((a) => a.toString().includes('/p2p-circuit') && !a.toString().includes('/webrtc')), 30000, 'the relay reservation')
+  emit({ event: 'reserved', relay: relayId, addr: circuit.toString() })
+  if (args.noUpgrade) {
+    emit({ event: 'listening', addr: circuit.toString(), peer: id, webrtc: false })
+  } else {
+    const webrtcAddr = await until(() => node.getMultiaddrs().find((a) => a.toString().includes('/p2p-circuit/webrtc')), 10000, 'the /webrtc listen address')
+    emit({ event: 'listening', addr: webrtcAddr.toString(), peer: id, webrtc: true })
+  }
+  if (args.timeout != null) {
+    await sleep(args.timeout * 1000)
+    return true
+  }
+  await new Promise(() => {})
+}
+
+/** The dial role: relayed connection, then the WebRTC dial over it, then pings and an echo on the WebRTC connection. */
+export async function runDial (node, args, emit) {
+  const started = performance.now()
+  const target = args.target
+  const peer = target.getComponents().filter((c) => c.name === 'p2p').pop()?.value
+  if (peer == null) throw new Error(`${target} does not end in /p2p/<peer id>`)
+  const s = target.toString()
+  const circuitAddr = multiaddr(s.replace('/p2p-circuit/webrtc/', '/p2p-circuit/'))
+  const webrtcAddr = multiaddr(s.includes('/p2p-circuit/webrtc/') ? s : s.replace('/p2p-circuit/', '/p2p-circuit/webrtc/'))
+  const overall = AbortSignal.timeout((args.timeout ?? 120) * 1000)
+
+  const relayed = await node.dial(circuitAddr, { signal: overall })
+  let checked = relayed
+  let direct = false
+  if (!args.noUpgrade) {
+    emit({ event: 'upgrade_started', peer, role: 'offerer', attempt: 1, addr: webrtcAddr.toString() })
+    const t0 = performance.now()
+    try {
+      const phases = {}
+      const onProgress = (evt) => { phases[evt.type] = +(performance.now() - t0).toFixed(3) }
+      const conn = await node.dial(webrtcAddr, {
+        signal: AbortSignal.any([overall, AbortSignal.timeout((args.upgradeTimeout ?? 30) * 1000)]),
+        onProgress
+      })
+      emit({ event: 'upgraded', peer, addr: conn.remoteAddr.toString(), ms: performance.now() - t0, progress_ms: phases, multiplexer: conn.multiplexer, limited: conn.limits != null })
+      checked = conn
+      direct = describe(conn.remoteAddr).direct
+    } catch (err) {
+      emit({ event: 'upgrade_failed', peer, reason: String(err?.message ?? err), attempt: 1, will_retry: false })
+    }
+  }
+  const pinger = await openPinger(checked, { signal: overall })
+  let failures = 0
+  for (let ok = 0; ok < args.pings;) {
+    try {
+      const rtt = await pinger.ping()
+      ok++
+      emit({ event: 'ping', peer, rtt_ms: rtt, direct, ok: true })
+    } catch (err) {
+      emit({ event: 'ping', peer, direct, ok: false, error: String(err?.message ?? err) })
+      if (++failures >= 3) throw new Error(`pings keep failing: ${err?.message ?? err}`)
+    }
+    await sleep(250)
+  }
+  await pinger.close()
+  let transferOk = true
+  if (args.sendBytes > 0) {
+    try {
+      const ms = await echoTransfer(checked, args.sendBytes, { signal: overall })
+      emit({ event: 'transfer', peer, bytes: args.sendBytes, direct, ok: true, ms })
+    } catch (err) {
+      transferOk = false
+      emit({ event: 'transfer', peer, bytes: args.sendBytes, direct, ok: false, error: String(err?.message ?? err) })
+    }
+  }
+  const ok = transferOk && (direct || args.allowRelayed === true)
+  emit({ event: 'done', peer, direct, ok, ms: performance.now() - started })
+  return ok
+}
