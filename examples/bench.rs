@@ -94,29 +94,14 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
         sctp_window: None,
         ice_check_ms: None,
     };
-    fn value<T: std::str::FromStr>(
-        flag: &str,
-        it: &mut impl Iterator<Item = String>,
-    ) -> anyhow::Result<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let v = it.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
-        v.parse().map_err(|e| anyhow!("{flag} {v:?}: {e}"))
-    }
+    use support::flag_value as value;
     while let Some(flag) = it.next() {
         let it = &mut it;
         match flag.as_str() {
             "--runs" => args.runs = value(&flag, it)?,
             "--mib" => args.mib = value(&flag, it)?,
             "--repeat" => args.repeat = value(&flag, it)?,
-            "--pairs" => {
-                let v: String = value(&flag, it)?;
-                args.pairs = v
-                    .split(',')
-                    .map(|n| n.parse().map_err(|e| anyhow!("--pairs {n:?}: {e}")))
-                    .collect::<anyhow::Result<_>>()?;
-            }
+            "--pairs" => args.pairs = support::flag_list(&flag, it)?,
             "--short" => {
                 args.runs = 3;
                 args.mib = 4;
@@ -128,13 +113,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--sctp-mtu" => args.sctp_mtu = Some(value(&flag, it)?),
             "--sctp-window" => args.sctp_window = Some(value(&flag, it)?),
             "--ice-check-ms" => args.ice_check_ms = Some(value(&flag, it)?),
-            "--streams" => {
-                let v: String = value(&flag, it)?;
-                args.streams = v
-                    .split(',')
-                    .map(|n| n.parse().map_err(|e| anyhow!("--streams {n:?}: {e}")))
-                    .collect::<anyhow::Result<_>>()?;
-            }
+            "--streams" => args.streams = support::flag_list(&flag, it)?,
             // The child processes' own flags.
             "--max" => args.relay_max = value(&flag, it)?,
             "--relay" => args.relay = Some(value(&flag, it)?),
@@ -149,12 +128,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    support::init_logging();
     let args = match parse_args(std::env::args().skip(1).collect()) {
         Ok(args) => args,
         Err(e) => {

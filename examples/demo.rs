@@ -33,12 +33,7 @@ const DEADLINE: Duration = Duration::from_secs(120);
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    support::init_logging();
     let out = Output::new();
     let result = tokio::time::timeout(DEADLINE, run(out.clone())).await;
     out.stop();
@@ -178,7 +173,7 @@ async fn run(out: Output) -> anyhow::Result<()> {
                         let open = dialer.behaviour_mut().echo.open(listener_id, connection);
                         demo.transfer = Some(tokio::spawn(async move {
                             let stream = open.await?.map_err(anyhow::Error::msg)?;
-                            support::echo_transfer(stream, TRANSFER).await
+                            Ok(support::echo_transfer(stream, TRANSFER).await?.took)
                         }));
                     }
                 }

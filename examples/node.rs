@@ -30,8 +30,9 @@ use support::{Peer, PeerEvent};
 const USAGE: &str = "\
 usage:
   node relay  --listen <multiaddr>... [--external <multiaddr>]... [relay limits] [common]
-  node listen --relay <relay multiaddr with /p2p/ID> [common]
-  node dial   <multiaddr> [--ping N] [--send-bytes N] [--allow-relayed] [common]
+  node listen --relay <relay multiaddr with /p2p/ID> [--send-bytes N] [--check-reset] [common]
+  node dial   <multiaddr> [--ping N] [--send-bytes N] [--check-reset] [--allow-relayed]
+              [--linger S] [common]
 
   <multiaddr> for dial: <relay>/p2p-circuit/p2p/<id> (upgraded automatically) or
   <relay>/p2p-circuit/webrtc/p2p/<id> (explicit WebRTC dial).
@@ -57,14 +58,20 @@ relay limits:
   --max-circuit-duration <s>  (default 120)
   --max-circuit-bytes <n>     (default 131072)
 
+checks (dial: on the connection under test; listen: on every direct connection):
+  --send-bytes <n>         echo n bytes over a new stream, checked byte for byte (default 0)
+  --check-reset            then echo 4 KiB over another stream and reset it: the remote's
+                           echo server must report the reset (served event, end reset)
+
 dial:
   --ping <n>               pings to the listener after the upgrade (default 3)
-  --send-bytes <n>         echo n bytes over a new stream, checked byte for byte (default 0)
   --allow-relayed          exit 0 also when pings and echo succeeded over the relay after a
                            failed (or disabled) upgrade
+  --linger <s>             after done, keep serving for this long before exiting
+                           (default 0), so the listener's checks can finish
 
 events (stdout, one JSON object per line): listening, reserved, connected, upgrade_started,
-upgraded, upgrade_failed, relay_closed, ping, transfer, done, error.
+upgraded, upgrade_failed, relay_closed, ping, transfer, reset_sent, served, done, error.
 exit status: 0 success, 1 a check failed or an error, 2 bad usage.";
 
 /// Parsed command line.
@@ -87,7 +94,9 @@ struct Args {
     timeout: Option<u64>,
     pings: usize,
     send_bytes: usize,
+    check_reset: bool,
     allow_relayed: bool,
+    linger: u64,
     max_reservations: Option<usize>,
     max_circuits: Option<usize>,
     max_circuit_duration: Option<u64>,
@@ -104,16 +113,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
     if !matches!(args.role.as_str(), "relay" | "listen" | "dial") {
         bail!("unknown role {:?}", args.role);
     }
-    fn value<T: std::str::FromStr>(
-        flag: &str,
-        it: &mut impl Iterator<Item = String>,
-    ) -> anyhow::Result<T>
-    where
-        T::Err: std::fmt::Display,
-    {
-        let v = it.next().ok_or_else(|| anyhow!("{flag} needs a value"))?;
-        v.parse().map_err(|e| anyhow!("{flag} {v:?}: {e}"))
-    }
+    use support::flag_value as value;
     while let Some(arg) = it.next() {
         let it = &mut it;
         match arg.as_str() {
@@ -132,7 +132,9 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--timeout" => args.timeout = Some(value(&arg, it)?),
             "--ping" => args.pings = value(&arg, it)?,
             "--send-bytes" => args.send_bytes = value(&arg, it)?,
+            "--check-reset" => args.check_reset = true,
             "--allow-relayed" => args.allow_relayed = true,
+            "--linger" => args.linger = value(&arg, it)?,
             "--max-reservations" => args.max_reservations = Some(value(&arg, it)?),
             "--max-circuits" => args.max_circuits = Some(value(&arg, it)?),
             "--max-circuit-duration" => args.max_circuit_duration = Some(value(&arg, it)?),
@@ -415,6 +417,90 @@ fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
     }
 }
 
+/// Serves an echo stream the remote opened and reports how it ended.
+fn serve(peer: PeerId, stream: libp2p::Stream) {
+    tokio::spawn(async move {
+        let served = support::serve_echo(stream).await;
+        let mut event = json!({
+            "event": "served",
+            "peer": peer.to_string(),
+            "bytes": served.bytes,
+            "end": served.end_name(),
+        });
+        if let Err(e) = &served.end {
+            event["error"] = json!(e.to_string());
+        }
+        emit(event);
+    });
+}
+
+/// Bytes echoed on the stream that `--check-reset` then resets.
+const RESET_CHECK_BYTES: usize = 4096;
+
+/// Starts the stream checks on one connection: an echo of `--send-bytes`, then with
+/// `--check-reset` an echo whose stream is reset. Reports `transfer` and `reset_sent`;
+/// the task's result says whether all passed.
+fn start_checks(
+    swarm: &mut Swarm<Peer>,
+    args: &Args,
+    peer: PeerId,
+    connection: ConnectionId,
+    direct: bool,
+) -> tokio::task::JoinHandle<bool> {
+    let len = args.send_bytes;
+    let echo = (len > 0).then(|| swarm.behaviour_mut().echo.open(peer, connection));
+    let reset = args
+        .check_reset
+        .then(|| swarm.behaviour_mut().echo.open(peer, connection));
+    tokio::spawn(async move {
+        let mut ok = true;
+        if let Some(echo) = echo {
+            let result = async {
+                let stream = echo.await?.map_err(anyhow::Error::msg)?;
+                support::echo_transfer(stream, len).await
+            }
+            .await;
+            let mut event = json!({
+                "event": "transfer",
+                "peer": peer.to_string(),
+                "bytes": len,
+                "direct": direct,
+                "ok": result.is_ok(),
+            });
+            match result {
+                Ok(echoed) => {
+                    event["ms"] = json!(echoed.took.as_secs_f64() * 1000.0);
+                    event["close_ms"] = json!(echoed.close.as_secs_f64() * 1000.0);
+                }
+                Err(e) => {
+                    ok = false;
+                    event["error"] = json!(format!("{e:#}"));
+                }
+            }
+            emit(event);
+        }
+        if let Some(reset) = reset {
+            let result = async {
+                let stream = reset.await?.map_err(anyhow::Error::msg)?;
+                support::echo_then_reset(stream, RESET_CHECK_BYTES).await
+            }
+            .await;
+            let mut event = json!({
+                "event": "reset_sent",
+                "peer": peer.to_string(),
+                "direct": direct,
+                "ok": result.is_ok(),
+            });
+            if let Err(e) = result {
+                ok = false;
+                event["error"] = json!(format!("{e:#}"));
+            }
+            emit(event);
+        }
+        ok
+    })
+}
+
 async fn run_listen(args: &Args) -> anyhow::Result<bool> {
     let (mut swarm, mut echo_requests) = peer_swarm(args)?;
     let id = *swarm.local_peer_id();
@@ -429,14 +515,27 @@ async fn run_listen(args: &Args) -> anyhow::Result<bool> {
     loop {
         let event = tokio::select! {
             e = swarm.select_next_some() => e,
-            Some((_, _, stream)) = echo_requests.next() => {
-                tokio::spawn(support::serve_echo(stream));
+            Some((peer, _, stream)) = echo_requests.next() => {
+                serve(peer, stream);
                 continue;
             }
             _ = &mut deadline => return Ok(true),
         };
         report(&mut addrs, &event);
         match event {
+            SwarmEvent::Behaviour(PeerEvent::Webrtc(Event::Upgraded {
+                peer,
+                direct_connection,
+                ..
+            })) if args.send_bytes > 0 || args.check_reset => {
+                let checks = start_checks(&mut swarm, args, peer, direct_connection, true);
+                tokio::spawn(async move {
+                    let ok = checks.await.unwrap_or(false);
+                    emit(
+                        json!({"event": "done", "peer": peer.to_string(), "direct": true, "ok": ok}),
+                    );
+                });
+            }
             SwarmEvent::Behaviour(PeerEvent::Relay(
                 relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
             )) => emit(json!({
@@ -469,12 +568,12 @@ struct Dial {
     upgrade_gave_up: bool,
     pings: usize,
     ping_failures: usize,
-    transfer: Option<tokio::task::JoinHandle<anyhow::Result<Duration>>>,
-    transfer_ok: Option<bool>,
+    checks: Option<tokio::task::JoinHandle<bool>>,
+    checks_ok: Option<bool>,
 }
 
 async fn run_dial(args: &Args) -> anyhow::Result<bool> {
-    let (mut swarm, _) = peer_swarm(args)?;
+    let (mut swarm, mut echo_requests) = peer_swarm(args)?;
     let target = args.target.clone().context("target")?;
     let Some(Protocol::P2p(peer)) = target.iter().last() else {
         bail!("{target} does not end in /p2p/<peer id>");
@@ -485,11 +584,15 @@ async fn run_dial(args: &Args) -> anyhow::Result<bool> {
     tokio::pin!(deadline);
     let mut d = Dial::default();
     let mut addrs = Addrs::new();
-    // Re-checks progress while no swarm event comes (a transfer finishing).
+    // Re-checks progress while no swarm event comes (the checks finishing).
     let mut tick = tokio::time::interval(Duration::from_millis(50));
-    loop {
+    let ok = loop {
         let event = tokio::select! {
             e = swarm.select_next_some() => Some(e),
+            Some((peer, _, stream)) = echo_requests.next() => {
+                serve(peer, stream);
+                None
+            }
             _ = tick.tick() => None,
             _ = &mut deadline => bail!("not done within the timeout"),
         };
@@ -503,40 +606,16 @@ async fn run_dial(args: &Args) -> anyhow::Result<bool> {
             d.checked = d.direct.or(d.relayed.filter(|_| d.upgrade_gave_up));
         }
         let Some(checked) = d.checked else { continue };
-        if d.pings >= args.pings && d.transfer.is_none() && d.transfer_ok.is_none() {
-            if args.send_bytes == 0 {
-                d.transfer_ok = Some(true);
-            } else {
-                let open = swarm.behaviour_mut().echo.open(peer, checked);
-                let len = args.send_bytes;
-                d.transfer = Some(tokio::spawn(async move {
-                    let stream = open.await?.map_err(anyhow::Error::msg)?;
-                    support::echo_transfer(stream, len).await
-                }));
-            }
+        let direct = d.direct == Some(checked);
+        if d.pings >= args.pings && d.checks.is_none() && d.checks_ok.is_none() {
+            d.checks = Some(start_checks(&mut swarm, args, peer, checked, direct));
         }
-        if let Some(t) = d.transfer.as_mut().filter(|t| t.is_finished()) {
-            let result = t.await?;
-            d.transfer = None;
-            let direct = d.direct == Some(checked);
-            let ok = result.is_ok();
-            let mut event = json!({
-                "event": "transfer",
-                "peer": peer.to_string(),
-                "bytes": args.send_bytes,
-                "direct": direct,
-                "ok": ok,
-            });
-            match result {
-                Ok(took) => event["ms"] = json!(took.as_secs_f64() * 1000.0),
-                Err(e) => event["error"] = json!(format!("{e:#}")),
-            }
-            emit(event);
-            d.transfer_ok = Some(ok);
+        if let Some(t) = d.checks.as_mut().filter(|t| t.is_finished()) {
+            d.checks_ok = Some(t.await?);
+            d.checks = None;
         }
-        if let Some(transfer_ok) = d.transfer_ok {
-            let direct = d.direct == Some(checked);
-            let ok = transfer_ok && (direct || args.allow_relayed);
+        if let Some(checks_ok) = d.checks_ok {
+            let ok = checks_ok && (direct || args.allow_relayed);
             emit(json!({
                 "event": "done",
                 "peer": peer.to_string(),
@@ -544,7 +623,17 @@ async fn run_dial(args: &Args) -> anyhow::Result<bool> {
                 "ok": ok,
                 "ms": started.elapsed().as_secs_f64() * 1000.0,
             }));
-            return Ok(ok);
+            break ok;
+        }
+    };
+    // Keep serving (the listener's checks) for --linger seconds.
+    let linger = tokio::time::sleep(Duration::from_secs(args.linger));
+    tokio::pin!(linger);
+    loop {
+        tokio::select! {
+            e = swarm.select_next_some() => report(&mut addrs, &e),
+            Some((peer, _, stream)) = echo_requests.next() => serve(peer, stream),
+            _ = &mut linger => return Ok(ok),
         }
     }
 }

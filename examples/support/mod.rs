@@ -129,6 +129,44 @@ pub fn relay_server(
         .build())
 }
 
+/// Logs to stderr per `RUST_LOG` (nothing by default).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The value after a command-line `flag`, parsed.
+pub fn flag_value<T: std::str::FromStr>(
+    flag: &str,
+    it: &mut impl Iterator<Item = String>,
+) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    let v = it
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{flag} needs a value"))?;
+    v.parse().map_err(|e| anyhow::anyhow!("{flag} {v:?}: {e}"))
+}
+
+/// The comma-separated list after a command-line `flag`, parsed.
+pub fn flag_list<T: std::str::FromStr>(
+    flag: &str,
+    it: &mut impl Iterator<Item = String>,
+) -> anyhow::Result<Vec<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    let v: String = flag_value(flag, it)?;
+    v.split(',')
+        .map(|n| n.parse().map_err(|e| anyhow::anyhow!("{flag} {n:?}: {e}")))
+        .collect()
+}
+
 /// A connection's address is direct WebRTC: it has `/webrtc` after `/p2p-circuit`.
 pub fn is_webrtc(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::WebRTC)
@@ -139,20 +177,44 @@ pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| p == Protocol::P2pCircuit) && !is_webrtc(addr)
 }
 
-/// Echoes a stream back to its writer until it closes its side.
-pub async fn serve_echo(mut stream: Stream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                if stream.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
+/// How a stream served by [`serve_echo`] ended.
+#[derive(Debug)]
+pub struct Served {
+    /// Bytes read (and written back).
+    pub bytes: u64,
+    /// `Ok` when the writer closed its side and the echo was closed in turn; the error
+    /// otherwise (`ConnectionReset`: the remote reset the stream).
+    pub end: std::io::Result<()>,
+}
+
+impl Served {
+    /// `"closed"`, `"reset"` or `"error"`, for reports.
+    pub fn end_name(&self) -> &'static str {
+        match &self.end {
+            Ok(()) => "closed",
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => "reset",
+            Err(_) => "error",
         }
     }
-    let _ = stream.close().await;
+}
+
+/// Echoes a stream back to its writer until it closes its side, then closes ours.
+pub async fn serve_echo(mut stream: Stream) -> Served {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut bytes = 0u64;
+    let end = async {
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            bytes += n as u64;
+            stream.write_all(&buf[..n]).await?;
+        }
+        stream.close().await
+    }
+    .await;
+    Served { bytes, end }
 }
 
 /// `len` bytes of a fixed pattern, so a corrupted or reordered echo is caught.
@@ -168,33 +230,77 @@ pub fn payload(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// What [`echo_transfer`] measured.
+#[derive(Debug, Clone, Copy)]
+pub struct Echoed {
+    /// From the first byte written to the last byte read back.
+    pub took: Duration,
+    /// How long closing our write side took, started once the whole echo was back (our
+    /// data has left every buffer): the `FIN` → `FIN_ACK` round trip.
+    pub close: Duration,
+}
+
 /// Sends `len` bytes over an echo stream while reading the echo; checks it byte for byte.
-/// Returns the time from the first byte written to the last byte read back.
-pub async fn echo_transfer(stream: Stream, len: usize) -> anyhow::Result<Duration> {
+pub async fn echo_transfer(stream: Stream, len: usize) -> anyhow::Result<Echoed> {
     let data = payload(len);
     let started = Instant::now();
     let (mut r, mut w) = stream.split();
+    let (echoed_tx, echoed_rx) = futures::channel::oneshot::channel::<()>();
     let writer = async {
         for chunk in data.chunks(64 * 1024) {
             w.write_all(chunk).await?;
         }
+        // Also goes on if the reader failed (the sender is dropped).
+        let _ = echoed_rx.await;
+        let closing = Instant::now();
         w.close().await?;
-        anyhow::Ok(())
+        anyhow::Ok(closing.elapsed())
     };
     let reader = async {
+        let mut echoed_tx = Some(echoed_tx);
         let mut got = Vec::with_capacity(len);
-        r.read_to_end(&mut got).await?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            if got.len() >= len {
+                if let Some(tx) = echoed_tx.take() {
+                    let _ = tx.send(());
+                }
+            }
+            let n = r.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
         anyhow::Ok(got)
     };
-    let (written, got) = futures::join!(writer, reader);
-    written?;
+    let (close, got) = futures::join!(writer, reader);
+    let close = close?;
     let got = got?;
     let took = started.elapsed();
+    check_echo(&got, &data)?;
+    Ok(Echoed { took, close })
+}
+
+/// Sends `len` bytes over an echo stream, reads them back, checks them, then resets the
+/// stream (drops it unclosed): the remote's echo server must see the reset.
+pub async fn echo_then_reset(mut stream: Stream, len: usize) -> anyhow::Result<()> {
+    let data = payload(len);
+    stream.write_all(&data).await?;
+    stream.flush().await?;
+    let mut got = vec![0u8; len];
+    stream.read_exact(&mut got).await?;
+    check_echo(&got, &data)?;
+    drop(stream);
+    Ok(())
+}
+
+fn check_echo(got: &[u8], data: &[u8]) -> anyhow::Result<()> {
     if got.len() != data.len() {
         anyhow::bail!("echo returned {} of {} bytes", got.len(), data.len());
     }
-    if let Some(i) = got.iter().zip(&data).position(|(a, b)| a != b) {
+    if let Some(i) = got.iter().zip(data).position(|(a, b)| a != b) {
         anyhow::bail!("echo differs at byte {i}");
     }
-    Ok(took)
+    Ok(())
 }

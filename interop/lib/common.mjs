@@ -13,8 +13,9 @@ export const PING = '/ipfs/ping/1.0.0'
 
 export const USAGE = `usage:
   node.mjs relay  --listen <multiaddr>... [--external <multiaddr>]... [relay limits] [common]
-  node.mjs listen --relay <relay multiaddr with /p2p/ID> [common]
-  node.mjs dial   <multiaddr> [--ping N] [--send-bytes N] [--allow-relayed] [common]
+  node.mjs listen --relay <relay multiaddr with /p2p/ID> [--send-bytes N] [--check-reset] [common]
+  node.mjs dial   <multiaddr> [--ping N] [--send-bytes N] [--check-reset] [--allow-relayed]
+                  [--linger S] [common]
 
   <multiaddr> for dial: <relay>/p2p-circuit/p2p/<id> or <relay>/p2p-circuit/webrtc/p2p/<id>;
   js-libp2p does not upgrade by itself, so the dialer first dials the relayed address, then
@@ -37,20 +38,25 @@ relay limits (js-libp2p circuit relay v2 server):
   --max-circuit-duration <s>  (default 120)
   --max-circuit-bytes <n>     (default 131072)
 
+checks (dial: on the connection under test; listen: on every direct connection):
+  --send-bytes <n>         echo n bytes over a new stream, checked byte for byte (default 0)
+  --check-reset            then echo 4 KiB over another stream and reset it: the remote's
+                           echo server must report the reset ("served" with end "reset")
+
 dial:
   --ping <n>               pings over the checked connection (default 3)
-  --send-bytes <n>         echo n bytes over a new stream, checked byte for byte (default 0)
   --allow-relayed          exit 0 also when the checks succeeded over the relay
+  --linger <s>             after "done", keep serving for this long before exiting (default 0)
 
 events (stdout, one JSON object per line): listening, reserved, connected, upgrade_started,
-upgraded, upgrade_failed, ping, transfer, done, error.
+upgraded, upgrade_failed, ping, transfer, reset_sent, served, done, error.
 exit status: 0 success, 1 a check failed or an error, 2 bad usage.`
 
 export class UsageError extends Error {}
 
 /** Parses the command line of examples/node.rs (the subset that makes sense here). */
 export function parseArgs (raw) {
-  const args = { pings: 3, sendBytes: 0, listen: [], external: [], stun: [], turn: [] }
+  const args = { pings: 3, sendBytes: 0, linger: 0, listen: [], external: [], stun: [], turn: [] }
   const it = raw[Symbol.iterator]()
   const next = () => it.next().value
   args.role = next()
@@ -86,6 +92,8 @@ export function parseArgs (raw) {
       case '--ping': args.pings = num(arg); break
       case '--send-bytes': args.sendBytes = num(arg); break
       case '--allow-relayed': args.allowRelayed = true; break
+      case '--check-reset': args.checkReset = true; break
+      case '--linger': args.linger = num(arg); break
       case '--max-reservations': args.maxReservations = num(arg); break
       case '--max-circuits': args.maxCircuits = num(arg); break
       case '--max-circuit-duration': args.maxCircuitDuration = num(arg); break
@@ -150,47 +158,144 @@ async function sendAll (stream, data, chunk = 64 * 1024) {
   }
 }
 
-/** Echoes a stream back to its writer until it closes its side, then closes ours (serve_echo). */
-export async function serveEcho (stream) {
+/**
+ * Echoes a stream back to its writer until it closes its side, then closes ours (serve_echo);
+ * reports how it ended as a `served` event: end "closed", "reset" (the remote reset it) or "error".
+ */
+export async function serveEcho (stream, peer, emit) {
+  let bytes = 0
+  let end = 'closed'
+  let error
   try {
     for await (const chunk of stream) {
-      if (!stream.send(bytesOf(chunk))) {
+      const b = bytesOf(chunk)
+      bytes += b.byteLength
+      if (!stream.send(b)) {
         await pEvent(stream, 'drain', { rejectionEvents: ['close'] })
       }
     }
+    if (stream.status === 'reset') throw new Error('the stream was reset')
     await stream.close()
   } catch (err) {
+    end = stream.status === 'reset' || err?.name === 'StreamResetError' ? 'reset' : 'error'
+    error = String(err?.message ?? err)
     stream.abort(err)
   }
+  emit({ event: 'served', peer, bytes, end, ...(error != null ? { error } : {}) })
 }
 
-/** echo_transfer: writes `len` bytes while reading the echo, half-closes, checks byte for byte; returns ms. */
+/**
+ * Sees whether a WebRTC stream receives FIN_ACK for our FIN: @libp2p/webrtc 6.0.x keeps the
+ * wait in `receivedFinAck` (a Promise.withResolvers() set by sendCloseWrite and resolved on
+ * FIN_ACK; a timeout or the channel closing also ends close()). Test instrumentation of that
+ * private field; returns null for a stream that is not a WebRTCStream.
+ */
+function watchFinAck (stream) {
+  if (!Object.prototype.hasOwnProperty.call(stream, 'receivedFinAck')) return null
+  const seen = { finAck: false }
+  let current = stream.receivedFinAck
+  Object.defineProperty(stream, 'receivedFinAck', {
+    configurable: true,
+    get: () => current,
+    set: (v) => {
+      current = v == null ? v : { ...v, resolve: (x) => { seen.finAck = true; v.resolve(x) } }
+    }
+  })
+  return seen
+}
+
+/**
+ * echo_transfer: writes `len` bytes while reading the echo, half-closes once the whole echo is
+ * back (so the close is the FIN -> FIN_ACK round trip), checks byte for byte.
+ * Returns { ms, closeMs, finAck } (finAck: FIN_ACK seen; null if not a WebRTC stream).
+ */
 export async function echoTransfer (connection, len, { signal } = {}) {
   const data = payload(len)
   const stream = await connection.newStream(ECHO, { signal, runOnLimitedConnection: true })
+  const fin = watchFinAck(stream)
   const started = performance.now()
+  const echoed = Promise.withResolvers()
   const writer = (async () => {
     await sendAll(stream, data)
+    await echoed.promise.catch(() => {})
+    const closing = performance.now()
     await stream.close({ signal })
+    return performance.now() - closing
   })()
   const reader = (async () => {
     const got = new Uint8Array(len + 65536)
     let n = 0
-    for await (const chunk of stream) {
-      const b = bytesOf(chunk)
-      if (n + b.byteLength > got.byteLength) throw new Error(`echo returned more than ${len} bytes`)
-      got.set(b, n)
-      n += b.byteLength
+    try {
+      if (len === 0) echoed.resolve()
+      for await (const chunk of stream) {
+        const b = bytesOf(chunk)
+        if (n + b.byteLength > got.byteLength) throw new Error(`echo returned more than ${len} bytes`)
+        got.set(b, n)
+        n += b.byteLength
+        if (n >= len) echoed.resolve()
+      }
+    } finally {
+      echoed.reject(new Error('the echo ended early'))
     }
     return got.subarray(0, n)
   })()
-  const [, got] = await Promise.all([writer, reader])
-  const took = performance.now() - started
-  if (got.byteLength !== len) throw new Error(`echo returned ${got.byteLength} of ${len} bytes`)
-  for (let i = 0; i < len; i++) {
+  const [closeMs, got] = await Promise.all([writer, reader])
+  const ms = performance.now() - started
+  checkEcho(got, data)
+  return { ms, closeMs, finAck: fin?.finAck ?? null }
+}
+
+function checkEcho (got, data) {
+  if (got.byteLength !== data.byteLength) throw new Error(`echo returned ${got.byteLength} of ${data.byteLength} bytes`)
+  for (let i = 0; i < data.byteLength; i++) {
     if (got[i] !== data[i]) throw new Error(`echo differs at byte ${i}`)
   }
-  return took
+}
+
+/** echo_then_reset: writes `len` bytes, reads them back and checks them, then resets the stream (abort: RESET). */
+export async function echoThenReset (connection, len, { signal } = {}) {
+  const data = payload(len)
+  const stream = await connection.newStream(ECHO, { signal, runOnLimitedConnection: true })
+  const got = new Uint8Array(len)
+  let n = 0
+  const done = new Promise((resolve, reject) => {
+    stream.addEventListener('message', (evt) => {
+      const b = bytesOf(evt.data)
+      if (n + b.byteLength > len) { reject(new Error(`echo returned more than ${len} bytes`)); return }
+      got.set(b, n)
+      n += b.byteLength
+      if (n === len) resolve()
+    })
+    stream.addEventListener('close', (evt) => reject(evt.error ?? new Error(`stream closed after ${n} of ${len} bytes`)))
+  })
+  await sendAll(stream, data)
+  await done
+  checkEcho(got, data)
+  stream.abort(new Error('reset check'))
+}
+
+/** The checks of examples/node.rs on one connection: an echo of --send-bytes, then with --check-reset an echo whose stream is reset. */
+export async function runChecks (connection, args, emit, { peer, direct, signal }) {
+  let ok = true
+  if (args.sendBytes > 0) {
+    try {
+      const { ms, closeMs, finAck } = await echoTransfer(connection, args.sendBytes, { signal })
+      emit({ event: 'transfer', peer, bytes: args.sendBytes, direct, ok: true, ms, close_ms: closeMs, fin_ack: finAck })
+    } catch (err) {
+      ok = false
+      emit({ event: 'transfer', peer, bytes: args.sendBytes, direct, ok: false, error: String(err?.message ?? err) })
+    }
+  }
+  if (args.checkReset) {
+    try {
+      await echoThenReset(connection, 4096, { signal })
+      emit({ event: 'reset_sent', peer, direct, ok: true })
+    } catch (err) {
+      ok = false
+      emit({ event: 'reset_sent', peer, direct, ok: false, error: String(err?.message ?? err) })
+    }
+  }
+  return ok
 }
 
 /** A ping client on one stream of one chosen connection (as rust-libp2p's ping: 32 bytes, echoed, repeated). */
@@ -276,9 +381,27 @@ async function until (fn, ms, what) {
   }
 }
 
+/** Serves ECHO, reporting each stream's end. */
+async function handleEcho (node, emit) {
+  await node.handle(ECHO, (stream, connection) => {
+    serveEcho(stream, connection?.remotePeer?.toString(), emit)
+  }, { runOnLimitedConnection: true })
+}
+
 /** The listen role: reserves a slot on the relay, advertises <relay>/p2p-circuit/webrtc/p2p/<id>, serves echo (ping is a service). */
 export async function runListen (node, args, emit) {
-  await node.handle(ECHO, (stream) => { serveEcho(stream) }, { runOnLimitedConnection: true })
+  await handleEcho(node, emit)
+  if (args.sendBytes > 0 || args.checkReset) {
+    node.addEventListener('connection:open', (evt) => {
+      const c = evt.detail
+      if (!describe(c.remoteAddr).direct) return
+      const peer = c.remotePeer.toString()
+      runChecks(c, args, emit, { peer, direct: true }).then(
+        (ok) => emit({ event: 'done', peer, direct: true, ok }),
+        (err) => emit({ event: 'done', peer, direct: true, ok: false, error: String(err?.message ?? err) })
+      )
+    })
+  }
   const id = node.peerId.toString()
   const relayId = args.relay.getComponents().filter((c) => c.name === 'p2p').pop()?.value
   if (relayId == null) throw new Error(`--relay ${args.relay} has no /p2p/<relay id>`)
@@ -309,6 +432,7 @@ export async function runDial (node, args, emit) {
   const webrtcAddr = multiaddr(s.includes('/p2p-circuit/webrtc/') ? s : s.replace('/p2p-circuit/', '/p2p-circuit/webrtc/'))
   const overall = AbortSignal.timeout((args.timeout ?? 120) * 1000)
 
+  await handleEcho(node, emit)
   const relayed = await node.dial(circuitAddr, { signal: overall })
   let checked = relayed
   let direct = false
@@ -343,17 +467,9 @@ export async function runDial (node, args, emit) {
     await sleep(250)
   }
   await pinger.close()
-  let transferOk = true
-  if (args.sendBytes > 0) {
-    try {
-      const ms = await echoTransfer(checked, args.sendBytes, { signal: overall })
-      emit({ event: 'transfer', peer, bytes: args.sendBytes, direct, ok: true, ms })
-    } catch (err) {
-      transferOk = false
-      emit({ event: 'transfer', peer, bytes: args.sendBytes, direct, ok: false, error: String(err?.message ?? err) })
-    }
-  }
-  const ok = transferOk && (direct || args.allowRelayed === true)
+  const checksOk = await runChecks(checked, args, emit, { peer, direct, signal: overall })
+  const ok = checksOk && (direct || args.allowRelayed === true)
   emit({ event: 'done', peer, direct, ok, ms: performance.now() - started })
+  if (args.linger > 0) await sleep(args.linger * 1000) // keep serving the listener's checks
   return ok
 }

@@ -102,6 +102,30 @@ impl Node {
         }
     }
 
+    /// The next event for which `pred` holds (events before it are kept in `seen`).
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        let deadline = Instant::now() + T;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self
+                .events
+                .recv_timeout(left)
+                .unwrap_or_else(|e| panic!("no {what} ({e}); saw {:#?}", self.seen));
+            self.seen.push(event.clone());
+            if pred(&event) {
+                return event;
+            }
+        }
+    }
+
+    /// The events seen so far.
+    pub fn seen(&self) -> &[Value] {
+        &self.seen
+    }
+
     /// Waits for the process to exit; returns its status code and all its events.
     pub fn finish(mut self) -> (i32, Vec<Value>) {
         let deadline = Instant::now() + T * 2;

@@ -1,0 +1,401 @@
+//! Interoperability with js-libp2p's WebRTC private-to-private transport (`@libp2p/webrtc`,
+//! signaling `/webrtc-signaling/0.0.1`), in Node.js and in headless Chromium, both ways.
+//!
+//! The js side is `interop/` (`node.mjs`, `browser.mjs`: the same command line and JSON events
+//! as the `node` example). Each case runs a listener and a dialer in their own network
+//! namespaces on one bridge, with a relay in a third: our relay for the Node.js cases,
+//! js-libp2p's (TCP and WebSockets: a browser reaches a relay over WebSockets only) for the
+//! Chromium cases. Every case must end in a direct WebRTC connection on which:
+//! - the dialer pings the listener and echoes 1 MiB over a stream it opens;
+//! - the listener echoes 1 MiB over a stream it opens (streams opened by either side);
+//! - each echo half-closes (FIN) and the remote acknowledges it (FIN_ACK): a js side reports
+//!   that it saw the FIN_ACK, our side that the close took well under its FIN_ACK timeout;
+//! - each side resets a stream after an echo on it, and the other side's echo server reports
+//!   the reset (not a clean end).
+//!
+//! Needs root, `ip`, and the js side installed: `apt-get install -y chromium` and
+//! `cd interop && npm ci` (`.ci/run` does both). Without them each test prints
+//! "skipped: ..." and returns, except under CI (`CI=true`), where that is a failure.
+
+mod procs;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Mutex;
+
+use procs::{events, example, Node};
+use serde_json::Value;
+
+/// The cases share the namespaces: one at a time.
+static LAB: Mutex<()> = Mutex::new(());
+
+/// Namespace names start with this; cleaning up touches nothing else.
+const PREFIX: &str = "wsi-";
+const RELAY_IP: &str = "10.79.0.1";
+const A_IP: &str = "10.79.0.2";
+const B_IP: &str = "10.79.0.3";
+/// The Rust relay (TCP), and the js relay (TCP, WebSockets).
+const RUST_RELAY_PORT: u16 = 4501;
+const JS_RELAY_TCP_PORT: u16 = 4511;
+const JS_RELAY_WS_PORT: u16 = 4512;
+/// Bytes each side echoes.
+const ECHO_BYTES: u64 = 1024 * 1024;
+/// Our echo closes once the whole echo is back, so an acknowledged FIN takes a round trip;
+/// a close this long waited for a FIN_ACK that never came (`Config::fin_ack_timeout`, 5 s).
+const CLOSE_BOUND_MS: f64 = 2500.0;
+
+fn interop_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("interop")
+}
+
+fn js_node() -> PathBuf {
+    interop_dir().join("node_modules/.bin/node")
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/usr/bin/chromium".into())
+}
+
+/// Why the interop tests cannot run here, if they cannot.
+fn unavailable() -> Option<String> {
+    let euid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&euid.stdout).trim() != "0" {
+        return Some("needs root (network namespaces)".into());
+    }
+    if !Command::new("ip")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        return Some("needs ip (apt-get install -y iproute2)".into());
+    }
+    if !js_node().exists() {
+        return Some("needs the js side: cd interop && npm ci && npm run build".into());
+    }
+    if !chromium().exists() {
+        return Some("needs Chromium (apt-get install -y chromium)".into());
+    }
+    None
+}
+
+/// Takes the namespaces, or says why the tests cannot run. The browser bundle is rebuilt
+/// once per run (esbuild, under a second), so it always has the current `interop/lib`.
+fn lock() -> Option<std::sync::MutexGuard<'static, ()>> {
+    if let Some(why) = unavailable() {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("the interop tests are required here but {why}");
+        }
+        eprintln!("\n*** interop skipped: {why} ***\n");
+        return None;
+    }
+    let guard = LAB.lock().unwrap_or_else(|e| e.into_inner());
+    static BUNDLE: std::sync::Once = std::sync::Once::new();
+    BUNDLE.call_once(|| {
+        let status = Command::new("npm")
+            .args(["run", "build"])
+            .current_dir(interop_dir())
+            .status()
+            .expect("npm run build");
+        assert!(status.success(), "building the browser bundle failed");
+    });
+    Some(guard)
+}
+
+fn sh(cmd: &str) {
+    let out = Command::new("sh")
+        .args(["-c", cmd])
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "command failed: {cmd}\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn clean() {
+    let _ = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "for n in $(ip netns list | awk '{{print $1}}' | grep '^{PREFIX}'); do \
+                 ip netns pids $n | xargs -r kill -9 2>/dev/null; ip netns del $n; done"
+            ),
+        ])
+        .status();
+}
+
+/// A bridge in namespace `wsi-sw` joining `wsi-relay`, `wsi-a` and `wsi-b`; removed on drop.
+struct Net;
+
+impl Net {
+    fn up() -> Self {
+        clean();
+        sh(&format!("ip netns add {PREFIX}sw"));
+        sh(&format!(
+            "ip -n {PREFIX}sw link add br0 type bridge && ip -n {PREFIX}sw link set br0 up"
+        ));
+        for (i, (host, ip)) in [("relay", RELAY_IP), ("a", A_IP), ("b", B_IP)]
+            .into_iter()
+            .enumerate()
+        {
+            let ns = format!("{PREFIX}{host}");
+            sh(&format!("ip netns add {ns} && ip -n {ns} link set lo up"));
+            sh(&format!(
+                "ip -n {PREFIX}sw link add p{i} type veth peer name eth0 netns {ns}"
+            ));
+            sh(&format!(
+                "ip -n {PREFIX}sw link set p{i} master br0 up && \
+                 ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up"
+            ));
+        }
+        Net
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        clean();
+    }
+}
+
+/// Which implementation a peer runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Rust,
+    Node,
+    Chromium,
+}
+
+/// Starts a peer of this kind in namespace `wsi-<host>` with the `node` command line `args`.
+fn start(kind: Kind, host: &str, args: &[&str]) -> Node {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &format!("{PREFIX}{host}")]);
+    match kind {
+        Kind::Rust => {
+            cmd.arg(example("node"));
+        }
+        Kind::Node | Kind::Chromium => {
+            let script = if kind == Kind::Node {
+                "node.mjs"
+            } else {
+                "browser.mjs"
+            };
+            cmd.arg(js_node()).arg(interop_dir().join(script));
+            cmd.env("CHROMIUM", chromium());
+        }
+    }
+    cmd.args(args);
+    Node::spawn(cmd)
+}
+
+/// The relay for a case and the addresses each side reaches it at.
+struct Relay {
+    _node: Node,
+    /// For a Rust or Node.js peer (TCP).
+    tcp: String,
+    /// For a Chromium peer (WebSockets; TCP for our relay, which no browser can reach).
+    ws: String,
+}
+
+impl Relay {
+    fn addr_for(&self, kind: Kind) -> &str {
+        if kind == Kind::Chromium {
+            &self.ws
+        } else {
+            &self.tcp
+        }
+    }
+}
+
+fn relay(js: bool) -> Relay {
+    if js {
+        let tcp = format!("/ip4/{RELAY_IP}/tcp/{JS_RELAY_TCP_PORT}");
+        let ws = format!("/ip4/{RELAY_IP}/tcp/{JS_RELAY_WS_PORT}/ws");
+        let mut node = start(
+            Kind::Node,
+            "relay",
+            &["relay", "--listen", &tcp, "--listen", &ws, "--seed", "1"],
+        );
+        let peer = node.wait("listening")["peer"]
+            .as_str()
+            .expect("peer")
+            .to_string();
+        Relay {
+            _node: node,
+            tcp: format!("{tcp}/p2p/{peer}"),
+            ws: format!("{ws}/p2p/{peer}"),
+        }
+    } else {
+        let listen = format!("/ip4/{RELAY_IP}/tcp/{RUST_RELAY_PORT}");
+        let mut node = start(
+            Kind::Rust,
+            "relay",
+            &["relay", "--listen", &listen, "--seed", "1"],
+        );
+        let addr = node.wait("listening")["addr"]
+            .as_str()
+            .expect("addr")
+            .to_string();
+        Relay {
+            _node: node,
+            tcp: addr.clone(),
+            ws: addr,
+        }
+    }
+}
+
+/// Asserts one side's own checks: its echo over the direct connection (and, for the dialer,
+/// its pings) and its reset stream.
+fn assert_checks(side: &str, kind: Kind, all: &[Value], dialer: bool) {
+    if dialer {
+        let pings: Vec<_> = events(all, "ping")
+            .filter(|e| e["ok"] == true && e["direct"] == true)
+            .collect();
+        assert!(pings.len() >= 3, "{side}: pings over WebRTC: {all:#?}");
+        assert!(
+            events(all, "upgraded").next().is_some(),
+            "{side}: no upgrade: {all:#?}"
+        );
+    }
+    let transfer = events(all, "transfer")
+        .next()
+        .unwrap_or_else(|| panic!("{side}: no transfer: {all:#?}"));
+    assert_eq!(transfer["ok"], true, "{side}: {transfer}");
+    assert_eq!(transfer["direct"], true, "{side}: {transfer}");
+    assert_eq!(transfer["bytes"], ECHO_BYTES, "{side}: {transfer}");
+    if kind == Kind::Rust {
+        let close_ms = transfer["close_ms"].as_f64().expect("close_ms");
+        assert!(
+            close_ms < CLOSE_BOUND_MS,
+            "{side}: closing the echo stream took {close_ms} ms: the FIN was not acknowledged"
+        );
+    } else {
+        assert_eq!(
+            transfer["fin_ack"], true,
+            "{side}: the FIN was not acknowledged: {transfer}"
+        );
+    }
+    let reset = events(all, "reset_sent")
+        .next()
+        .unwrap_or_else(|| panic!("{side}: no reset_sent: {all:#?}"));
+    assert_eq!(reset["ok"], true, "{side}: {reset}");
+    assert_eq!(reset["direct"], true, "{side}: {reset}");
+}
+
+/// Waits until `side`'s echo server has served the remote's two streams: the 1 MiB echo,
+/// ended cleanly, and the reset one.
+fn assert_served(side: &str, node: &mut Node) {
+    let closed = node.wait_for(&format!("{side}: served closed"), |e| {
+        e["event"] == "served" && e["end"] != "reset"
+    });
+    assert_eq!(closed["end"], "closed", "{side}: {closed}");
+    assert_eq!(closed["bytes"], ECHO_BYTES, "{side}: {closed}");
+    let reset = node.wait_for(&format!("{side}: served reset"), |e| {
+        e["event"] == "served" && e["end"] == "reset"
+    });
+    assert_eq!(reset["bytes"], 4096, "{side}: {reset}");
+}
+
+/// One case: `listener` listens through the relay, `dialer` dials it, both run the checks.
+fn case(dialer: Kind, listener: Kind) {
+    let Some(_lock) = lock() else { return };
+    let _net = Net::up();
+    // The browser needs the js relay; Node.js cases use ours.
+    let relay = relay(dialer == Kind::Chromium || listener == Kind::Chromium);
+    let mb = ECHO_BYTES.to_string();
+    let mut l = start(
+        listener,
+        "b",
+        &[
+            "listen",
+            "--relay",
+            relay.addr_for(listener),
+            "--seed",
+            "2",
+            "--send-bytes",
+            &mb,
+            "--check-reset",
+            "--timeout",
+            "100",
+        ],
+    );
+    let reserved = l.wait("reserved");
+    let id = reserved["addr"]
+        .as_str()
+        .and_then(|a| a.rsplit('/').next())
+        .expect("listener id")
+        .to_string();
+    let target = format!("{}/p2p-circuit/p2p/{id}", relay.addr_for(dialer));
+    let mut d = start(
+        dialer,
+        "a",
+        &[
+            "dial",
+            &target,
+            "--seed",
+            "3",
+            "--ping",
+            "3",
+            "--send-bytes",
+            &mb,
+            "--check-reset",
+            "--linger",
+            "30",
+            "--timeout",
+            "90",
+        ],
+    );
+    let done = d.wait("done");
+    assert_eq!(done["ok"], true, "dialer: {done}; saw {:#?}", d.seen());
+    assert_eq!(done["direct"], true, "dialer: {done}");
+    let l_done = l.wait("done");
+    assert_eq!(
+        l_done["ok"],
+        true,
+        "listener: {l_done}; saw {:#?}",
+        l.seen()
+    );
+    assert_checks("dialer", dialer, d.seen(), true);
+    assert_checks("listener", listener, l.seen(), false);
+    assert_served("dialer", &mut d);
+    assert_served("listener", &mut l);
+    let ms = |all: &[Value], name: &str, field: &str| {
+        events(all, name)
+            .next()
+            .and_then(|e| e[field].as_f64())
+            .map_or("-".to_string(), |v| format!("{v:.0}"))
+    };
+    eprintln!(
+        "{dialer:?} dials {listener:?}: upgraded in {} ms; 1 MiB echo {} ms (dialer's), {} ms (listener's); \
+         close {} / {} ms",
+        ms(d.seen(), "upgraded", "ms"),
+        ms(d.seen(), "transfer", "ms"),
+        ms(l.seen(), "transfer", "ms"),
+        ms(d.seen(), "transfer", "close_ms"),
+        ms(l.seen(), "transfer", "close_ms"),
+    );
+}
+
+#[test]
+fn node_dials_rust() {
+    case(Kind::Node, Kind::Rust);
+}
+
+#[test]
+fn rust_dials_node() {
+    case(Kind::Rust, Kind::Node);
+}
+
+#[test]
+fn chromium_dials_rust() {
+    case(Kind::Chromium, Kind::Rust);
+}
+
+#[test]
+fn rust_dials_chromium() {
+    case(Kind::Rust, Kind::Chromium);
+}
