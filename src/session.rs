@@ -22,7 +22,7 @@ use webrtc::peer_connection::{
 use crate::candidate::{self, RemoteCandidate};
 use crate::connection::Connection;
 use crate::fingerprint::Fingerprint;
-use crate::runtime::BufferedRuntime;
+use crate::runtime::{BufferedRuntime, EarlyDtls};
 use crate::{Config, Error};
 
 /// Label of the data channel an offerer opens so that its offer has an application m-line
@@ -62,6 +62,8 @@ pub(crate) enum DriverEvent {
 /// Forwards driver callbacks into a channel. Never blocks the driver.
 struct Handler {
     tx: mpsc::UnboundedSender<DriverEvent>,
+    /// Opened once ICE is connected (see [`EarlyDtls`]).
+    early_dtls: Arc<EarlyDtls>,
 }
 
 #[async_trait::async_trait]
@@ -83,6 +85,7 @@ impl PeerConnectionEventHandler for Handler {
 
     async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
         if state == RTCIceConnectionState::Connected {
+            self.early_dtls.open();
             let now = std::time::Instant::now();
             let _ = self.tx.unbounded_send(DriverEvent::IceConnected(now));
         }
@@ -197,14 +200,15 @@ impl Session {
             .with_prflx_acceptance_min_wait(Some(std::time::Duration::ZERO))
             .with_srflx_acceptance_min_wait(Some(std::time::Duration::ZERO))
             .build();
-        let runtime = BufferedRuntime::tokio(config.udp_socket_buffer)
+        let early_dtls = Arc::new(EarlyDtls::default());
+        let runtime = BufferedRuntime::tokio(config.udp_socket_buffer, early_dtls.clone())
             .ok_or_else(|| Error::InvalidConfig("no async runtime available".into()))?;
         let (tx, events) = mpsc::unbounded();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(rtc_config)
             .with_setting_engine(settings)
             .with_runtime(runtime)
-            .with_handler(Arc::new(Handler { tx }))
+            .with_handler(Arc::new(Handler { tx, early_dtls }))
             .with_udp_addrs(config.udp_bind_addrs.clone())
             .with_data_channel_send_buffer_limit(config.stream_send_buffer)
             .build()
