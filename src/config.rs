@@ -88,6 +88,11 @@ pub struct Config {
     /// `SO_RCVBUF`/`SO_SNDBUF` of every UDP socket, in bytes. Small kernel defaults
     /// (~208 KiB) drop packets under load and collapse throughput. Default: 4 MiB.
     pub udp_socket_buffer: usize,
+    /// DTLS records held per UDP socket while ICE is not connected yet, handed to the DTLS
+    /// handshake once it is. webrtc-rs drops them otherwise, and a remote that finishes ICE
+    /// first (js-libp2p in Node.js) then retransmits its ClientHello a second later.
+    /// Records past the limit are dropped; 0 holds none. Default: 16.
+    pub early_dtls_records: usize,
     /// Interval between ICE connectivity checks. Default: 20 ms (webrtc-rs: 200 ms).
     ///
     /// Each tick checks every pair still in progress, and the controlling (offering) side
@@ -171,6 +176,7 @@ impl Default for Config {
             udp_bind_addrs: vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))],
             allow_loopback_candidates: false,
             udp_socket_buffer: 4 * 1024 * 1024,
+            early_dtls_records: 16,
             ice_check_interval: Duration::from_millis(20),
             ice_max_binding_requests: 100,
             ice_disconnected_timeout: Duration::from_secs(5),
@@ -218,6 +224,12 @@ impl Config {
     /// Sets [`Config::udp_socket_buffer`].
     pub fn with_udp_socket_buffer(mut self, bytes: usize) -> Self {
         self.udp_socket_buffer = bytes;
+        self
+    }
+
+    /// Sets [`Config::early_dtls_records`].
+    pub fn with_early_dtls_records(mut self, records: usize) -> Self {
+        self.early_dtls_records = records;
         self
     }
 

@@ -9,7 +9,8 @@
 //! connection is connected"). A controlled peer that considers ICE done first (libjuice in
 //! js-libp2p's Node.js transport does) sends its DTLS ClientHello at once; webrtc-rs drops it,
 //! and the handshake waits for the client's retransmission: one second. [`EarlyDtls`] keeps
-//! such records (bounded) and hands them to the driver once ICE is connected.
+//! such records (bounded) and hands them to the driver once ICE is connected
+//! ([`crate::Config::early_dtls_records`]).
 //!
 //! Everything else is delegated to the stock tokio runtime.
 
@@ -28,9 +29,6 @@ use webrtc::runtime::{
     AsyncInterval, AsyncTcpListener, AsyncTcpStream, AsyncUdpSocket, JoinHandle, RecvMeta, Runtime,
     Transmit,
 };
-
-/// DTLS records held back per socket before ICE is connected, at most.
-const EARLY_DTLS_MAX_DATAGRAMS: usize = 16;
 
 pub(crate) struct BufferedRuntime {
     inner: Arc<dyn Runtime>,
@@ -60,14 +58,25 @@ impl BufferedRuntime {
 }
 
 /// Whether one peer connection's ICE is connected yet, shared by its sockets.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct EarlyDtls {
+    /// Records held per socket at most ([`crate::Config::early_dtls_records`]).
+    limit: usize,
     open: AtomicBool,
     /// Receivers of sockets that hold records, woken when the gate opens.
     wakers: Mutex<Vec<Waker>>,
 }
 
 impl EarlyDtls {
+    /// A closed gate holding up to `limit` records per socket.
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            open: AtomicBool::new(false),
+            wakers: Mutex::new(Vec::new()),
+        }
+    }
+
     /// ICE is connected: release what was held, hold nothing more.
     pub(crate) fn open(&self) {
         self.open.store(true, Ordering::Release);
@@ -143,7 +152,7 @@ impl GatedUdpSocket {
             let single = meta[i].stride >= len;
             if single && is_dtls(&bufs[i][..len]) {
                 let mut held = self.held();
-                if held.len() < EARLY_DTLS_MAX_DATAGRAMS {
+                if held.len() < self.gate.limit {
                     tracing::trace!(from = %meta[i].addr, len, "holding a DTLS record until ICE is connected");
                     held.push_back((bufs[i][..len].to_vec(), meta[i]));
                 }
@@ -176,7 +185,7 @@ impl AsyncUdpSocket for GatedUdpSocket {
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
         loop {
-            if self.gate.is_open() {
+            if self.gate.is_open() || self.gate.limit == 0 {
                 if !self.held().is_empty() {
                     let n = self.release(bufs, meta);
                     if n > 0 {
@@ -343,10 +352,10 @@ mod tests {
         }
     }
 
-    fn gated(datagrams: &[&[u8]]) -> (GatedUdpSocket, Arc<EarlyDtls>, Arc<FakeUdp>) {
+    fn gated(datagrams: &[&[u8]], limit: usize) -> (GatedUdpSocket, Arc<EarlyDtls>, Arc<FakeUdp>) {
         let inner = Arc::new(FakeUdp::default());
         inner.push(datagrams);
-        let gate = Arc::new(EarlyDtls::default());
+        let gate = Arc::new(EarlyDtls::new(limit));
         let socket = GatedUdpSocket {
             inner: inner.clone(),
             gate: gate.clone(),
@@ -374,12 +383,14 @@ mod tests {
         }
     }
 
+    /// `Config::early_dtls_records` in these tests.
+    const LIMIT: usize = 4;
     const STUN: &[u8] = &[0x00, 0x01, 0, 0];
     const DTLS: &[u8] = &[22, 0xfe, 0xfd, 0];
 
     #[test]
     fn dtls_before_ice_is_held_and_released_once_connected() {
-        let (socket, gate, _) = gated(&[STUN, DTLS, STUN]);
+        let (socket, gate, _) = gated(&[STUN, DTLS, STUN], LIMIT);
         let woken = Arc::new(CountingWaker::default());
         let waker = Waker::from(woken.clone());
         let mut cx = Context::from_waker(&waker);
@@ -400,24 +411,33 @@ mod tests {
 
     #[test]
     fn after_ice_dtls_passes_and_what_is_held_is_bounded() {
-        let many: Vec<&[u8]> = vec![DTLS; EARLY_DTLS_MAX_DATAGRAMS + 5];
-        let (socket, gate, inner) = gated(&many);
+        let many: Vec<&[u8]> = vec![DTLS; LIMIT + 5];
+        let (socket, gate, inner) = gated(&many, LIMIT);
         let waker = Waker::from(Arc::new(CountingWaker::default()));
         let mut cx = Context::from_waker(&waker);
         assert_eq!(recv(&socket, &mut cx), Poll::Pending);
-        assert_eq!(socket.held().len(), EARLY_DTLS_MAX_DATAGRAMS);
+        assert_eq!(socket.held().len(), LIMIT);
         gate.open();
         let mut released = 0;
         while let Poll::Ready(got) = recv(&socket, &mut cx) {
             assert!(got.iter().all(|b| *b == 22));
             released += got.len();
         }
-        assert_eq!(released, EARLY_DTLS_MAX_DATAGRAMS);
+        assert_eq!(released, LIMIT);
         inner.push(&[DTLS]);
         assert_eq!(
             recv(&socket, &mut cx),
             Poll::Ready(vec![22]),
             "open: no holding"
         );
+    }
+
+    #[test]
+    fn a_limit_of_zero_holds_nothing() {
+        let (socket, _gate, _) = gated(&[DTLS, STUN], 0);
+        let waker = Waker::from(Arc::new(CountingWaker::default()));
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(recv(&socket, &mut cx), Poll::Ready(vec![22]));
+        assert_eq!(recv(&socket, &mut cx), Poll::Ready(vec![0x00]));
     }
 }

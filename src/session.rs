@@ -200,7 +200,7 @@ impl Session {
             .with_prflx_acceptance_min_wait(Some(std::time::Duration::ZERO))
             .with_srflx_acceptance_min_wait(Some(std::time::Duration::ZERO))
             .build();
-        let early_dtls = Arc::new(EarlyDtls::default());
+        let early_dtls = Arc::new(EarlyDtls::new(config.early_dtls_records));
         let runtime = BufferedRuntime::tokio(config.udp_socket_buffer, early_dtls.clone())
             .ok_or_else(|| Error::InvalidConfig("no async runtime available".into()))?;
         let (tx, events) = mpsc::unbounded();
