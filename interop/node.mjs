@@ -12,12 +12,11 @@ import { noise } from '@libp2p/noise'
 import { yamux } from '@libp2p/yamux'
 import { tcp } from '@libp2p/tcp'
 import { webSockets } from '@libp2p/websockets'
-import { webRTC } from '@libp2p/webrtc'
-import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
+import { circuitRelayServer } from '@libp2p/circuit-relay-v2'
 import { identify } from '@libp2p/identify'
 import { ping } from '@libp2p/ping'
 import { createLibp2p } from 'libp2p'
-import { USAGE, UsageError, identity, parseArgs, reportConnections, rtcConfiguration, runDial, runListen } from './lib/common.mjs'
+import { USAGE, UsageError, identity, parseArgs, runDial, runListen, startPeer } from './lib/common.mjs'
 
 const emit = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 
@@ -62,35 +61,7 @@ async function runRelay (args) {
   await new Promise(() => {})
 }
 
-async function peerNode (args, listen) {
-  const node = await createLibp2p({
-    start: false,
-    privateKey: await identity(args.seed),
-    addresses: { listen },
-    transports: [
-      tcp(),
-      webSockets(),
-      circuitRelayTransport(),
-      ...(args.noUpgrade ? [] : [webRTC({ rtcConfiguration: rtcConfiguration(args) })])
-    ],
-    connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
-    connectionGater: { denyDialMultiaddr: () => false },
-    // js-libp2p bounds a dial by dialTimeout (10 s) and each address by addressDialTimeout
-    // (6 s); make --upgrade-timeout (default 30 s) the bound of the WebRTC dial instead
-    connectionManager: {
-      dialTimeout: (args.upgradeTimeout ?? 30) * 1000,
-      addressDialTimeout: (args.upgradeTimeout ?? 30) * 1000
-    },
-    services: {
-      identify: identify(),
-      ping: ping({ runOnLimitedConnection: true })
-    }
-  })
-  reportConnections(node, emit)
-  await node.start()
-  return node
-}
+const peerNode = (args, listen) => startPeer(args, listen, [tcp(), webSockets()], emit)
 
 async function main () {
   const raw = process.argv.slice(2)

@@ -3,16 +3,9 @@
 // ?argv=<JSON array of the node.mjs arguments>. Events are console.log'd as JSON lines, which
 // browser.mjs relays to its stdout; the exit status goes to window.__exit (exposed by browser.mjs).
 
-import { noise } from '@libp2p/noise'
-import { yamux } from '@libp2p/yamux'
 import { webSockets } from '@libp2p/websockets'
-import { webRTC } from '@libp2p/webrtc'
-import { circuitRelayTransport } from '@libp2p/circuit-relay-v2'
-import { identify } from '@libp2p/identify'
-import { ping } from '@libp2p/ping'
-import { createLibp2p } from 'libp2p'
 import { enable } from '@libp2p/logger'
-import { identity, parseArgs, reportConnections, rtcConfiguration, runDial, runListen } from '../lib/common.mjs'
+import { parseArgs, runDial, runListen, startPeer } from '../lib/common.mjs'
 
 const logEl = document.getElementById('log')
 const emit = (obj) => {
@@ -36,32 +29,7 @@ async function main () {
     ...(args.role === 'listen' ? [`${args.relay}/p2p-circuit`] : []),
     ...(args.noUpgrade ? [] : ['/webrtc'])
   ]
-  const node = await createLibp2p({
-    start: false,
-    privateKey: await identity(args.seed),
-    addresses: { listen },
-    transports: [
-      webSockets(),
-      circuitRelayTransport(),
-      ...(args.noUpgrade ? [] : [webRTC({ rtcConfiguration: rtcConfiguration(args) })])
-    ],
-    connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
-    // the browser default denies private addresses and insecure (ws://) WebSockets
-    connectionGater: { denyDialMultiaddr: () => false },
-    // js-libp2p bounds a dial by dialTimeout (10 s) and each address by addressDialTimeout
-    // (6 s); make --upgrade-timeout (default 30 s) the bound of the WebRTC dial instead
-    connectionManager: {
-      dialTimeout: (args.upgradeTimeout ?? 30) * 1000,
-      addressDialTimeout: (args.upgradeTimeout ?? 30) * 1000
-    },
-    services: {
-      identify: identify(),
-      ping: ping({ runOnLimitedConnection: true })
-    }
-  })
-  reportConnections(node, emit)
-  await node.start()
+  const node = await startPeer(args, listen, [webSockets()], emit)
   emit({ event: 'started', peer: node.peerId.toString(), user_agent: navigator.userAgent })
   globalThis.libp2p = node
   const ok = args.role === 'listen' ? await runListen(node, args, emit) : await runDial(node, args, emit)

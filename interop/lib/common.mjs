@@ -2,8 +2,15 @@
 // protocol of examples/support/mod.rs, pings over one chosen connection, and the listen and
 // dial roles. Platform specifics (transports, where events go) are passed in.
 
+import { circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { generateKeyPairFromSeed } from '@libp2p/crypto/keys'
+import { identify } from '@libp2p/identify'
+import { noise } from '@libp2p/noise'
+import { ping } from '@libp2p/ping'
+import { webRTC } from '@libp2p/webrtc'
+import { yamux } from '@libp2p/yamux'
 import { multiaddr } from '@multiformats/multiaddr'
+import { createLibp2p } from 'libp2p'
 import { pEvent } from 'p-event'
 
 /** The echo protocol of examples/support/mod.rs: everything written is sent back until the writer closes. */
@@ -132,6 +139,41 @@ export function rtcConfiguration (args) {
   const iceServers = args.stun.map((url) => ({ urls: [url] }))
   for (const url of args.turn) iceServers.push({ urls: [url], username: args.turnUser, credential: args.turnPass })
   return { iceServers }
+}
+
+/**
+ * A started listen or dial peer: `transports` (the platform's: TCP and WebSockets in Node,
+ * WebSockets in the browser), circuit relay, WebRTC unless --no-upgrade, Noise, Yamux,
+ * identify and ping; connections are reported through `emit`.
+ */
+export async function startPeer (args, listen, transports, emit) {
+  const node = await createLibp2p({
+    start: false,
+    privateKey: await identity(args.seed),
+    addresses: { listen },
+    transports: [
+      ...transports,
+      circuitRelayTransport(),
+      ...(args.noUpgrade ? [] : [webRTC({ rtcConfiguration: rtcConfiguration(args) })])
+    ],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    // the browser default denies private addresses and insecure (ws://) WebSockets
+    connectionGater: { denyDialMultiaddr: () => false },
+    // js-libp2p bounds a dial by dialTimeout (10 s) and each address by addressDialTimeout
+    // (6 s); make --upgrade-timeout (default 30 s) the bound of the WebRTC dial instead
+    connectionManager: {
+      dialTimeout: (args.upgradeTimeout ?? 30) * 1000,
+      addressDialTimeout: (args.upgradeTimeout ?? 30) * 1000
+    },
+    services: {
+      identify: identify(),
+      ping: ping({ runOnLimitedConnection: true })
+    }
+  })
+  reportConnections(node, emit)
+  await node.start()
+  return node
 }
 
 /** `len` bytes of the pattern of examples/support/mod.rs `payload` (xorshift32, low byte). */

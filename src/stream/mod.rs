@@ -373,6 +373,7 @@ fn apply_event(
                     shared.read_queue.push_back(frame.data);
                 }
                 if let Some(flag) = frame.flag {
+                    tracing::debug!(channel = %shared.dc.id(), ?flag, "flag received");
                     replies.extend(shared.state.on_flag(flag));
                 }
             }

@@ -57,8 +57,7 @@ pub const P2_IP: &str = "10.0.2.2";
 
 /// Why the lab cannot run here, if it cannot.
 pub fn unavailable() -> Option<String> {
-    let euid = Command::new("id").arg("-u").output().ok()?;
-    if String::from_utf8_lossy(&euid.stdout).trim() != "0" {
+    if !is_root() {
         return Some("needs root (network namespaces, iptables)".into());
     }
     for tool in ["ip", "iptables", "conntrack", "turnserver"] {
@@ -76,12 +75,20 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
+/// This process runs as root.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
 fn ns(name: &str) -> String {
     format!("{PREFIX}{name}")
 }
 
 /// Runs a command, panicking with its output if it fails.
-fn sh(cmd: &str) {
+pub fn sh(cmd: &str) {
     let out = Command::new("sh")
         .args(["-c", cmd])
         .output()

@@ -60,10 +60,15 @@ impl Node {
     }
 
     /// Starts a command whose stdout is JSON lines.
-    pub fn spawn(mut cmd: Command) -> Self {
+    pub fn spawn(cmd: Command) -> Self {
+        Self::spawn_with_stderr(cmd, Stdio::inherit())
+    }
+
+    /// [`Node::spawn`], with its stderr going to `stderr`.
+    pub fn spawn_with_stderr(mut cmd: Command, stderr: Stdio) -> Self {
         let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn node");
         let stdout = child.stdout.take().expect("stdout");
@@ -88,25 +93,19 @@ impl Node {
 
     /// The next event called `name` (events before it are kept in `seen`).
     pub fn wait(&mut self, name: &str) -> Value {
-        let deadline = Instant::now() + T;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let event = self
-                .events
-                .recv_timeout(left)
-                .unwrap_or_else(|e| panic!("no {name:?} event ({e}); saw {:#?}", self.seen));
-            self.seen.push(event.clone());
-            if event["event"] == name {
-                return event;
-            }
+        self.next_where(&format!("{name:?} event"), |e| e["event"] == name)
+    }
+
+    /// The first event, seen already or to come, for which `pred` holds.
+    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        match self.seen.iter().find(|e| pred(e)) {
+            Some(e) => e.clone(),
+            None => self.next_where(what, pred),
         }
     }
 
     /// The next event for which `pred` holds (events before it are kept in `seen`).
-    pub fn wait_for(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
-            return e.clone();
-        }
+    fn next_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + T;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
