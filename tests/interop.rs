@@ -9,9 +9,10 @@
 //! - the dialer pings the listener and echoes 1 MiB over a stream it opens;
 //! - the listener echoes 1 MiB over a stream it opens (streams opened by either side);
 //! - each echo half-closes (FIN) and the remote acknowledges it (FIN_ACK): a js side reports
-//!   that it saw the FIN_ACK; our side logs each flag it receives (`flag received`, debug),
-//!   and must have received a FIN_ACK for each of its two closes (its echo, its echo server's)
-//!   and never have given up waiting for one;
+//!   that it saw the FIN_ACK; our side logs each flag it receives (`flag received`, debug)
+//!   and each close that gave up waiting: it must have received FIN_ACKs, and no close of it
+//!   may have fallen back to `fin_ack_timeout` (a close also ends when the remote closes the
+//!   channel after our FIN; then a FIN_ACK sent just before can be lost with the channel);
 //! - each side resets a stream after an echo on it, and the other side's echo server reports
 //!   the reset (not a clean end).
 //!
@@ -277,7 +278,7 @@ fn assert_checks(side: &str, kind: Kind, all: &[Value], dialer: bool) {
     assert_eq!(reset["direct"], true, "{side}: {reset}");
 }
 
-/// A Rust peer's log: a FIN_ACK for each of its two closes, and no close that gave up.
+/// A Rust peer's log: FIN_ACKs received, and no close that gave up waiting for one.
 fn assert_fin_acks(side: &str, host: &str) {
     let log = std::fs::read_to_string(log_path(host)).unwrap_or_default();
     let fin_acks = log
@@ -286,8 +287,8 @@ fn assert_fin_acks(side: &str, host: &str) {
         .count();
     let tail: Vec<_> = log.lines().rev().take(40).collect();
     assert!(
-        fin_acks >= 2,
-        "{side}: {fin_acks} FIN_ACK received, 2 expected; log tail: {tail:#?}"
+        fin_acks >= 1,
+        "{side}: no FIN_ACK received; log tail: {tail:#?}"
     );
     assert!(
         !log.contains("no FIN_ACK before the timeout"),
