@@ -49,6 +49,7 @@ common:
   --loopback               allow loopback ICE candidates (everything on one machine)
   --upgrade-timeout <s>    bound of one upgrade attempt (default 30)
   --max-attempts <n>       upgrade attempts before giving up (default 3)
+  --early-dtls-records <n> DTLS records held until ICE is connected (default 16; 0: none)
   --timeout <s>            dial: give up after this long (default 120); relay and listen:
                            exit 0 after this long (default: run until killed)
 
@@ -91,6 +92,7 @@ struct Args {
     loopback: bool,
     upgrade_timeout: Option<u64>,
     max_attempts: Option<u32>,
+    early_dtls_records: Option<usize>,
     timeout: Option<u64>,
     pings: usize,
     send_bytes: usize,
@@ -129,6 +131,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--loopback" => args.loopback = true,
             "--upgrade-timeout" => args.upgrade_timeout = Some(value(&arg, it)?),
             "--max-attempts" => args.max_attempts = Some(value(&arg, it)?),
+            "--early-dtls-records" => args.early_dtls_records = Some(value(&arg, it)?),
             "--timeout" => args.timeout = Some(value(&arg, it)?),
             "--ping" => args.pings = value(&arg, it)?,
             "--send-bytes" => args.send_bytes = value(&arg, it)?,
@@ -194,6 +197,9 @@ fn webrtc_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(n) = args.max_attempts {
         config = config.with_retries(n, Duration::from_secs(1));
+    }
+    if let Some(n) = args.early_dtls_records {
+        config = config.with_early_dtls_records(n);
     }
     config.validate()?;
     Ok(config)

@@ -84,14 +84,23 @@ impl PeerConnectionEventHandler for Handler {
     }
 
     async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
-        if state == RTCIceConnectionState::Connected {
+        if matches!(
+            state,
+            RTCIceConnectionState::Connected | RTCIceConnectionState::Completed
+        ) {
             self.early_dtls.open();
+        }
+        if state == RTCIceConnectionState::Connected {
             let now = std::time::Instant::now();
             let _ = self.tx.unbounded_send(DriverEvent::IceConnected(now));
         }
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if state == RTCPeerConnectionState::Connected {
+            // Already open by now; never leave the gate shut on a working connection.
+            self.early_dtls.open();
+        }
         let _ = self.tx.unbounded_send(DriverEvent::State(state));
     }
 
