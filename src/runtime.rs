@@ -194,8 +194,12 @@ impl AsyncUdpSocket for GatedUdpSocket {
                 }
                 return self.inner.poll_recv(cx, bufs, meta);
             }
-            // Wake this receiver when the gate opens, even if nothing else arrives.
+            // Wake this receiver when the gate opens, even if nothing else arrives (and look
+            // again in case it opened just now, before the registration).
             self.gate.register(cx.waker());
+            if self.gate.is_open() {
+                continue;
+            }
             let n = match self.inner.poll_recv(cx, bufs, meta) {
                 Poll::Ready(Ok(n)) => n,
                 other => return other,
