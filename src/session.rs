@@ -393,8 +393,9 @@ impl Session {
     /// the connected session into a [`Connection`].
     ///
     /// Fails with [`Error::InvalidState`] before [`SessionEvent::Connected`], and with
-    /// [`Error::FingerprintMismatch`] if the certificate does not match (the peer connection is
-    /// closed then).
+    /// [`Error::FingerprintMismatch`] if the certificate does not match, and with
+    /// [`Error::Timeout`] if the SCTP association is not up within [`Config::upgrade_timeout`]
+    /// (the peer connection is closed then).
     pub async fn into_connection(self) -> Result<Connection, Error> {
         if !self.connected {
             return Err(Error::InvalidState("not connected yet"));
@@ -418,7 +419,10 @@ impl Session {
     }
 
     /// Waits until the SCTP association is established (bounded by
-    /// [`Config::stream_open_timeout`]). Connected is reported when DTLS is up; SCTP's
+    /// [`Config::upgrade_timeout`]: SCTP retransmits a lost handshake packet after 1 s, then
+    /// 2 s, ..., so a shorter bound would fail attempts on a lossy path that would have
+    /// connected; the behaviour's attempt is bounded by the same timeout from its start).
+    /// Connected is reported when DTLS is up; SCTP's
     /// handshake follows, and webrtc-rs 0.21.1 loses the open message of a data channel
     /// created while it runs (the channel never opens; streams stalled until replaced,
     /// ~2 s), so no stream is opened before.
@@ -429,7 +433,7 @@ impl Session {
             .sctp()
             .await
             .ok_or(Error::InvalidState("no SCTP transport"))?;
-        let deadline = tokio::time::Instant::now() + self.config.stream_open_timeout;
+        let deadline = tokio::time::Instant::now() + self.config.upgrade_timeout;
         let mut pause = std::time::Duration::from_micros(250);
         let mut kicked = false;
         loop {

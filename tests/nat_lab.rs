@@ -222,8 +222,8 @@ fn nat_matrix() {
             r1: Nat::Cone,
             r2: Nat::Cone,
             ice: Ice::Stun,
-            // 2%: at 5% per link (~10% end to end) about 1 run in 5 fails in webrtc-rs,
-            // with or without the early-DTLS hold (`repeat_the_loss_row`).
+            // 2%: at 5% per link (~10% end to end) about 1 run in 13 fails, mostly by the
+            // relayed connection closing first (`repeat_the_loss_row`): too flaky for CI.
             links: Links {
                 delay_ms: 0,
                 loss_pct: 2.0,
