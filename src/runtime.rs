@@ -108,6 +108,8 @@ struct GatedUdpSocket {
     inner: Arc<dyn AsyncUdpSocket>,
     gate: Arc<EarlyDtls>,
     held: Mutex<VecDeque<(Vec<u8>, RecvMeta)>>,
+    /// `held` may be non-empty: lets the receive path skip the lock once all is released.
+    holding: AtomicBool,
 }
 
 impl fmt::Debug for GatedUdpSocket {
@@ -140,6 +142,9 @@ impl GatedUdpSocket {
             meta[n].stride = len.max(1);
             n += 1;
         }
+        if held.is_empty() {
+            self.holding.store(false, Ordering::Release);
+        }
         n
     }
 
@@ -155,6 +160,7 @@ impl GatedUdpSocket {
                 if held.len() < self.gate.limit {
                     tracing::trace!(from = %meta[i].addr, len, "holding a DTLS record until ICE is connected");
                     held.push_back((bufs[i][..len].to_vec(), meta[i]));
+                    self.holding.store(true, Ordering::Release);
                 }
                 continue;
             }
@@ -186,7 +192,7 @@ impl AsyncUdpSocket for GatedUdpSocket {
     ) -> Poll<io::Result<usize>> {
         loop {
             if self.gate.is_open() || self.gate.limit == 0 {
-                if !self.held().is_empty() {
+                if self.holding.load(Ordering::Acquire) {
                     let n = self.release(bufs, meta);
                     if n > 0 {
                         return Poll::Ready(Ok(n));
@@ -259,6 +265,7 @@ impl Runtime for BufferedRuntime {
             inner,
             gate: self.early_dtls.clone(),
             held: Mutex::new(VecDeque::new()),
+            holding: AtomicBool::new(false),
         }))
     }
 
@@ -364,6 +371,7 @@ mod tests {
             inner: inner.clone(),
             gate: gate.clone(),
             held: Mutex::new(VecDeque::new()),
+            holding: AtomicBool::new(false),
         };
         (socket, gate, inner)
     }
