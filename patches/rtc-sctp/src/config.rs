@@ -1,6 +1,6 @@
 use crate::util::{AssociationIdGenerator, RandomAssociationIdGenerator};
 
-use crate::TimerConfig;
+use crate::{CongestionControl, TimerConfig};
 use std::fmt;
 use std::sync::Arc;
 
@@ -61,6 +61,7 @@ pub struct TransportConfig {
     max_num_outbound_streams: u16,
     max_num_inbound_streams: u16,
     timer_config: TimerConfig,
+    congestion_control: CongestionControl,
 }
 
 impl Default for TransportConfig {
@@ -72,6 +73,7 @@ impl Default for TransportConfig {
             max_num_outbound_streams: u16::MAX,
             max_num_inbound_streams: u16::MAX,
             timer_config: TimerConfig::default(),
+            congestion_control: CongestionControl::default(),
         }
     }
 }
@@ -137,6 +139,17 @@ impl TransportConfig {
     /// The configured inbound stream count.
     pub fn max_num_inbound_streams(&self) -> u16 {
         self.max_num_inbound_streams
+    }
+
+    /// Sets the congestion controller (patch; default [`CongestionControl::DeliveryRate`]).
+    pub fn with_congestion_control(mut self, value: CongestionControl) -> Self {
+        self.congestion_control = value;
+        self
+    }
+
+    /// The congestion controller.
+    pub fn congestion_control(&self) -> CongestionControl {
+        self.congestion_control
     }
 
     /// The configured retransmission limits.

@@ -1190,7 +1190,8 @@ fn test_timed_abandonment_discards_gap_acked_fragments() -> Result<()> {
                 &receiver.create_selective_ack_chunk(),
                 now + Duration::from_millis(10),
             )?;
-            let at = sender.poll_timeout().unwrap();
+            // Patch: the recovery timer (probe) fires before T3-rtx; this is about T3-rtx.
+            let at = sender.timers.get(Timer::T3RTX).unwrap();
             sender.handle_timeout(at);
             let packets = sender.gather_outbound(at).0;
             assert_eq!(
@@ -1492,8 +1493,10 @@ fn test_t3_recovers_with_acked_timed_zero_data() -> Result<()> {
             .write_sctp(now, &Bytes::from_static(b"lost timed message"), ppi)?;
         a.gather_outbound(now);
         for round in 1..=8 {
+            // Patch: the recovery timer (probe) fires before T3-rtx; this is about T3-rtx.
             now = a
-                .poll_timeout()
+                .timers
+                .get(Timer::T3RTX)
                 .expect("unacknowledged DATA needs a T3 timer");
             a.handle_timeout(now);
             let packets = a.gather_outbound(now).0;

@@ -58,6 +58,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
+pub(crate) mod congestion;
+mod recovery;
 pub(crate) mod state;
 pub(crate) mod stats;
 pub(crate) mod stream;
@@ -255,6 +257,9 @@ pub struct Association {
 
     // for testing
     pub(crate) ack_mode: AckMode,
+
+    /// Patch: loss detection, probes and the delivery-rate window (`recovery.rs`).
+    pub(crate) recovery: recovery::Recovery,
 }
 
 impl Default for Association {
@@ -348,6 +353,8 @@ impl Default for Association {
 
             // for testing
             ack_mode: AckMode::default(),
+
+            recovery: recovery::Recovery::default(),
         }
     }
 }
@@ -414,6 +421,7 @@ impl Association {
             cumulative_tsn_ack_point: tsn - 1,
             advanced_peer_tsn_ack_point: tsn - 1,
             error: None,
+            recovery: recovery::Recovery::new(config.congestion_control()),
 
             ..Default::default()
         };
@@ -530,6 +538,8 @@ impl Association {
 
             if timer == Timer::Ack {
                 self.on_ack_timeout();
+            } else if timer == Timer::Recovery {
+                self.on_recovery_timeout(now);
             } else if failure {
                 self.on_retransmission_failure(timer);
             } else {
@@ -1441,7 +1451,7 @@ impl Association {
         }
 
         // Process selective ack
-        let (bytes_acked_per_stream, total_bytes_acked, htna) =
+        let (bytes_acked_per_stream, total_bytes_acked, htna, newest) =
             self.process_selective_ack(d, now)?;
 
         let mut cum_tsn_ack_point_advanced = false;
@@ -1474,6 +1484,7 @@ impl Association {
         }
 
         self.process_fast_retransmission(d.cumulative_tsn_ack, htna, cum_tsn_ack_point_advanced)?;
+        self.on_sack_recovery(now, total_bytes_acked.max(0) as u64, newest);
 
         if self.use_forward_tsn {
             // RFC 3758 Sec 3.5 C1
@@ -1726,7 +1737,8 @@ impl Association {
         &mut self,
         d: &ChunkSelectiveAck,
         now: Instant,
-    ) -> Result<(FxHashMap<u16, i64>, i64, u32)> {
+    ) -> Result<(FxHashMap<u16, i64>, i64, u32, recovery::NewestAcked)> {
+        let mut newest = recovery::NewestAcked::default();
         let mut bytes_acked_per_stream = FxHashMap::default();
         let mut total_bytes_acked = 0;
         let mut newly_acked_data = false;
@@ -1747,6 +1759,7 @@ impl Association {
             if let Some(mut c) = self.inflight_queue.pop(i) {
                 if c.acknowledge() {
                     newly_acked_data |= c.nsent > 0;
+                    newest.offer(&c);
 
                     let n_bytes_acked = c.user_data.len() as i64;
                     total_bytes_acked += n_bytes_acked;
@@ -1771,6 +1784,7 @@ impl Association {
                         self.min_tsn2measure_rtt = self.my_next_tsn;
                         if let Some(since) = &c.since {
                             let rtt = now.duration_since(*since);
+                            self.recovery.rate.on_rtt(now, rtt);
                             let srtt = self.rto_mgr.set_new_rtt(rtt.as_millis() as u64);
                             trace!(
                                 "[{}] SACK: measured-rtt={} srtt={} new-rto={}",
@@ -1813,6 +1827,7 @@ impl Association {
                 if let Some(c) = self.inflight_queue.get(tsn) {
                     if newly_acknowledged {
                         newly_acked_data |= c.nsent > 0;
+                        newest.offer(c);
                         total_bytes_acked += n_bytes_acked;
                         if self.is_current_stream_data(c) {
                             *bytes_acked_per_stream
@@ -1826,6 +1841,7 @@ impl Association {
                             self.min_tsn2measure_rtt = self.my_next_tsn;
                             if let Some(since) = &c.since {
                                 let rtt = now.duration_since(*since);
+                                self.recovery.rate.on_rtt(now, rtt);
                                 let srtt = self.rto_mgr.set_new_rtt(rtt.as_millis() as u64);
                                 trace!(
                                     "[{}] SACK: measured-rtt={} srtt={} new-rto={}",
@@ -1864,7 +1880,7 @@ impl Association {
             // TSN remains outstanding.
             self.timers.set(Timer::T3RTX, None);
         }
-        Ok((bytes_acked_per_stream, total_bytes_acked, htna))
+        Ok((bytes_acked_per_stream, total_bytes_acked, htna, newest))
     }
 
     fn on_cumulative_tsn_ack_point_advanced(&mut self, total_bytes_acked: i64, now: Instant) {
@@ -1885,7 +1901,9 @@ impl Association {
         }
 
         // Update congestion control parameters
-        if self.cwnd <= self.ssthresh {
+        if self.recovery.congestion_control == congestion::CongestionControl::DeliveryRate {
+            // Patch: the window follows the rate model (`recovery.rs`, on every SACK).
+        } else if self.cwnd <= self.ssthresh {
             // RFC 4096, sec 7.2.1.  Slow-Start
             //   o  When cwnd is less than or equal to ssthresh, an SCTP endpoint MUST
             //		use the slow-start algorithm to increase cwnd only if the current
@@ -1969,7 +1987,16 @@ impl Association {
                 if let Some(c) = self.inflight_queue.get_mut(tsn) {
                     if c.is_outstanding() && c.miss_indicator < 3 {
                         c.miss_indicator += 1;
-                        if c.miss_indicator == 3 && !self.in_fast_recovery {
+                        if c.miss_indicator == 3 {
+                            // Patch: the mark fast retransmission looks for.
+                            c.lost = true;
+                            self.will_retransmit_fast = true;
+                        }
+                        if c.miss_indicator == 3
+                            && !self.in_fast_recovery
+                            && self.recovery.congestion_control
+                                == congestion::CongestionControl::Reno
+                        {
                             // 2)  If not in Fast Recovery, adjust the ssthresh and cwnd of the
                             //     destination address(es) to which the missing DATA chunks were
                             //     last sent, according to the formula described in Section 7.2.3.
@@ -2271,6 +2298,7 @@ impl Association {
                 }
                 raw_packets = self.gather_outbound_sack_packets(raw_packets);
                 raw_packets = self.gather_outbound_forward_tsn_packets(raw_packets);
+                self.arm_recovery_timer(now);
                 (raw_packets, true)
             }
             AssociationState::ShutdownPending
@@ -2286,6 +2314,7 @@ impl Association {
                 }
                 raw_packets = self.gather_outbound_sack_packets(raw_packets);
                 raw_packets = self.gather_outbound_forward_tsn_packets(raw_packets);
+                self.arm_recovery_timer(now);
                 self.gather_outbound_shutdown_packets(raw_packets, now)
             }
             AssociationState::ShutdownAckSent => {
@@ -2321,6 +2350,14 @@ impl Association {
         let (chunks, sis_to_reset) = self.pop_pending_data_chunks_to_send(now);
         if self.state() == AssociationState::Closed {
             return vec![];
+        }
+        let mut chunks = chunks;
+        if self.pending_queue.is_empty()
+            && let Some(last) = chunks.last_mut()
+        {
+            // Patch: nothing more to send, so ask for an immediate SACK (RFC 7053): a tail
+            // loss is then found one RTT later instead of after the peer's delayed-SACK timer.
+            last.immediate_sack = true;
         }
         if !chunks.is_empty() {
             // Start timer. (noop if already started)
@@ -2459,7 +2496,10 @@ impl Association {
                     // decisions.
                     let data_chunk_size =
                         (DATA_CHUNK_HEADER_SIZE + c.user_data.len() as u32).next_multiple_of(4);
-                    if self.mtu < fast_retrans_size + data_chunk_size {
+                    // Patch: every chunk found lost goes out now, up to a window's worth
+                    // (one packet at the least), not one packet per SACK: with several
+                    // losses in a window the rest otherwise waited for T3-rtx.
+                    if fast_retrans_size + data_chunk_size > self.cwnd.max(self.mtu) {
                         break;
                     }
 
@@ -2474,7 +2514,12 @@ impl Association {
                 i += 1;
             }
 
+            let last = to_fast_retrans.last().map(|c| c.tsn);
             for chunk in &mut to_fast_retrans {
+                // Patch: a new transmission for loss detection; the last asks for an
+                // immediate SACK (RFC 7053), which recovery waits on.
+                self.stamp_transmission(chunk.tsn, now, false);
+                chunk.immediate_sack = Some(chunk.tsn) == last;
                 if let Some(c) = self.inflight_queue.get_mut(chunk.tsn) {
                     c.nsent += 1;
                     chunk.nsent = c.nsent;
@@ -2652,6 +2697,7 @@ impl Association {
         // A later candidate can abandon an earlier fragment already selected
         // into this batch. Commit attempts only after whole-message retirement.
         for chunk in &mut chunks {
+            self.stamp_transmission(chunk.tsn, now, false);
             if let Some(c) = self.inflight_queue.get_mut(chunk.tsn) {
                 c.retransmit = false;
                 c.nsent += 1;
@@ -3195,6 +3241,16 @@ impl Association {
             // RTT baseline only; maxPacketLifeTime measures from `created_at`.
             c.since = Some(now);
             c.nsent = 1; // being sent for the first time
+            // Patch: transmission order and rate snapshot (`recovery.rs`); the sender is
+            // application-limited when this chunk empties its queue.
+            let tx_seq = self.recovery.begin_transmission(now);
+            c.tx_seq = tx_seq;
+            c.last_sent = Some(now);
+            c.tx_snapshot = Some(
+                self.recovery
+                    .rate
+                    .snapshot(now, self.pending_queue.is_empty()),
+            );
 
             trace!(
                 "[{}] sending ppi={} tsn={} ssn={} sent={} len={} ({},{})",
@@ -3374,6 +3430,7 @@ impl Association {
                 );
 
                 self.inflight_queue.mark_all_to_retrasmit();
+                self.on_t3_recovery();
                 self.t3_retransmit_pending = true;
                 self.awake_write_loop();
             }

@@ -4,7 +4,7 @@ pub(crate) const ACK_INTERVAL: u64 = 200;
 const MAX_INIT_RETRANS: usize = 8;
 const PATH_MAX_RETRANS: usize = 5;
 const NO_MAX_RETRANS: usize = usize::MAX;
-const TIMER_COUNT: usize = 6;
+const TIMER_COUNT: usize = 7;
 
 #[derive(Debug, Copy, Clone)]
 /// Retransmission limits for the association's timers.
@@ -49,6 +49,8 @@ pub(crate) enum Timer {
     T3RTX = 3,
     Reconfig = 4,
     Ack = 5,
+    /// Patch: loss detection's reordering deadline and tail-loss probe (`recovery.rs`).
+    Recovery = 6,
 }
 
 impl Timer {
@@ -59,6 +61,7 @@ impl Timer {
         Timer::T3RTX,
         Timer::Reconfig,
         Timer::Ack,
+        Timer::Recovery,
     ];
 }
 
@@ -82,6 +85,7 @@ impl TimerTable {
                 time_config.max_t3_rtx_retrans,      //T3RTX
                 time_config.max_reconfig_retrans,    //Reconfig
                 time_config.max_ack_retrans,         //Ack
+                NO_MAX_RETRANS,                      //Recovery
             ],
             ..Default::default()
         }
@@ -168,7 +172,10 @@ impl TimerTable {
 // RFC 9260 §16 recommends a one-second initial RTO.  This value is used by
 // both T1-init and T1-cookie before an RTT measurement is available.
 const RTO_INITIAL: u64 = 1000; // msec
-const RTO_MIN: u64 = 1000; // msec
+// Patch: 200 ms, as TCP's (RFC 6298 allows lower than its 1 s, and Linux uses 200 ms), down
+// from RFC 9260's 1 s. With loss detection and probes (`recovery.rs`) T3-rtx is the last
+// resort, but a floor of a second still stalled every stream it fired on for that second.
+const RTO_MIN: u64 = 200; // msec
 const RTO_MAX: u64 = 60000; // msec
 const RTO_ALPHA: u64 = 1;
 const RTO_BETA: u64 = 2;

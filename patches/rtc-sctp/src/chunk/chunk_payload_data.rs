@@ -176,6 +176,16 @@ pub struct ChunkPayloadData {
     /// Retransmission flag set when T1-RTX timeout occurred and this
     /// chunk is still in the inflight queue
     pub(crate) retransmit: bool,
+
+    /// Patch (loss recovery): the order of this chunk's last transmission among all of the
+    /// association's transmissions.
+    pub(crate) tx_seq: u64,
+    /// Patch (loss recovery): when this chunk was last transmitted.
+    pub(crate) last_sent: Option<Instant>,
+    /// Patch (loss recovery): found lost (or chosen as a probe), to be sent again.
+    pub(crate) lost: bool,
+    /// Patch (congestion control): the rate model's state at the last transmission.
+    pub(crate) tx_snapshot: Option<crate::association::congestion::TxSnapshot>,
 }
 
 impl Default for ChunkPayloadData {
@@ -200,6 +210,10 @@ impl Default for ChunkPayloadData {
             nsent: 0,
             abandoned: false,
             retransmit: false,
+            tx_seq: 0,
+            last_sent: None,
+            lost: false,
+            tx_snapshot: None,
         }
     }
 }
@@ -285,6 +299,7 @@ impl Chunk for ChunkPayloadData {
             nsent: 0,
             abandoned: false,
             retransmit: false,
+            ..Default::default()
         })
     }
 
@@ -325,7 +340,9 @@ impl ChunkPayloadData {
     }
 
     pub(crate) fn is_fast_retransmit_candidate(&self) -> bool {
-        self.is_outstanding() && self.nsent == 1 && self.miss_indicator >= 3
+        // Patch: loss detection (`association::recovery`) marks the chunk `lost`, whether it
+        // was sent once or more; three miss indications still qualify a first transmission.
+        self.is_outstanding() && (self.lost || (self.nsent == 1 && self.miss_indicator >= 3))
     }
 
     /// Record peer progress without changing payload ownership.
@@ -333,6 +350,7 @@ impl ChunkPayloadData {
         let newly_acknowledged = !self.acknowledged;
         self.acknowledged = true;
         self.retransmit = false;
+        self.lost = false;
         newly_acknowledged
     }
 

@@ -1,5 +1,7 @@
 #[cfg(test)]
 mod endpoint_test;
+#[cfg(test)]
+mod lossy_path_test;
 
 use std::{
     collections::HashMap,

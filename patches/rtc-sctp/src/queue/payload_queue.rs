@@ -257,6 +257,13 @@ impl PayloadQueue {
         }
     }
 
+    /// Clears every loss mark (patch: T3-rtx retransmits everything outstanding).
+    pub(crate) fn clear_lost(&mut self) {
+        for c in self.chunk_map.values_mut() {
+            c.lost = false;
+        }
+    }
+
     pub(crate) fn get_num_bytes(&self) -> usize {
         self.n_bytes
     }

@@ -1,0 +1,270 @@
+//! Loss detection and tail-loss probes for DATA (patch; see `PATCHES.md`).
+//!
+//! RFC 9260 finds a lost chunk by three miss indications (three SACKs reporting it missing
+//! while reporting later TSNs), else by the T3-rtx timer, whose minimum is one second. With a
+//! small window (a ping, the end of a message, a window collapsed by earlier losses) three
+//! SACKs never come, and a lost retransmission can only be found by T3-rtx. So every such loss
+//! costs a second or more. This module adds, after RACK-TLP (RFC 8985):
+//!
+//! - **Transmission order.** Every transmission of a chunk (first or again) gets the next
+//!   number of a per-association counter and its send time.
+//! - **Loss by what was delivered after it.** When a SACK acknowledges a transmission, every
+//!   outstanding chunk transmitted before it is lost once [`DUP_THRESH`] later transmissions
+//!   were delivered, or once it is older than the delivered one by a reordering window
+//!   (a quarter of the minimum RTT). Lost retransmissions are found the same way.
+//! - **A recovery timer** that re-runs that check when the reordering window of a chunk
+//!   expires, and otherwise fires a **probe** one probe timeout after the last progress
+//!   (`srtt + max(4 * rttvar, 4 ms)`): the newest outstanding chunk is sent again, with the
+//!   SACK-IMMEDIATELY bit, so that the SACK it elicits reveals what else was lost. One probe
+//!   per flight; T3-rtx remains the last resort.
+
+use std::time::{Duration, Instant};
+
+use super::Association;
+use super::congestion::{CongestionControl, RateModel, TxSnapshot};
+use super::timer::Timer;
+use crate::chunk::chunk_payload_data::ChunkPayloadData;
+
+/// Transmissions delivered after a chunk that make it lost (the duplicate threshold of
+/// RFC 8985, counted in chunk transmissions).
+pub(crate) const DUP_THRESH: u64 = 3;
+/// The smallest reordering window and probe-timeout variance term.
+const MIN_WINDOW: Duration = Duration::from_millis(1);
+/// The smallest variance allowance in the probe timeout.
+const MIN_PTO_VAR: Duration = Duration::from_millis(4);
+
+/// Per-association loss-recovery state.
+#[derive(Debug, Default)]
+pub(crate) struct Recovery {
+    pub(crate) congestion_control: CongestionControl,
+    pub(crate) rate: RateModel,
+    next_tx_seq: u64,
+    /// The newest transmission a SACK has acknowledged: (order, send time, its RTT).
+    rack: Option<(u64, Instant, Duration)>,
+    /// The last new transmission or acknowledgement of new data.
+    last_progress: Option<Instant>,
+    /// A probe was sent and nothing new has been acknowledged since.
+    probe_sent: bool,
+    /// When the earliest chunk that is not yet lost, but may be, becomes lost.
+    reorder_deadline: Option<Instant>,
+    /// Probes sent (statistics, tests).
+    pub(crate) probes: u64,
+    /// Chunks found lost by this module (statistics, tests).
+    pub(crate) detected_lost: u64,
+}
+
+impl Recovery {
+    pub(crate) fn new(congestion_control: CongestionControl) -> Self {
+        Recovery {
+            congestion_control,
+            ..Default::default()
+        }
+    }
+
+    /// A transmission starts now: its order number.
+    pub(crate) fn begin_transmission(&mut self, now: Instant) -> u64 {
+        let seq = self.next_tx_seq;
+        self.next_tx_seq += 1;
+        self.last_progress = Some(now);
+        seq
+    }
+}
+
+/// The newest transmission among those a SACK newly acknowledged.
+#[derive(Debug, Default)]
+pub(crate) struct NewestAcked {
+    tx_seq: u64,
+    sent: Option<Instant>,
+    snapshot: Option<TxSnapshot>,
+}
+
+impl NewestAcked {
+    /// Considers a chunk the SACK newly acknowledged.
+    pub(crate) fn offer(&mut self, c: &ChunkPayloadData) {
+        if let Some(sent) = c.last_sent
+            && (self.sent.is_none() || c.tx_seq > self.tx_seq)
+        {
+            self.tx_seq = c.tx_seq;
+            self.sent = Some(sent);
+            self.snapshot = c.tx_snapshot;
+        }
+    }
+}
+
+impl Association {
+    /// Stamps the in-flight copy of `tsn` as transmitted now.
+    pub(crate) fn stamp_transmission(&mut self, tsn: u32, now: Instant, app_limited: bool) {
+        let tx_seq = self.recovery.begin_transmission(now);
+        let snapshot = self.recovery.rate.snapshot(now, app_limited);
+        if let Some(c) = self.inflight_queue.get_mut(tsn) {
+            c.tx_seq = tx_seq;
+            c.last_sent = Some(now);
+            c.tx_snapshot = Some(snapshot);
+            c.lost = false;
+        }
+    }
+
+    /// Feeds a SACK's new acknowledgements to the rate model and the window, then looks for
+    /// lost chunks. Called after the SACK's acknowledgements have been recorded.
+    pub(crate) fn on_sack_recovery(&mut self, now: Instant, acked_bytes: u64, newest: NewestAcked) {
+        if acked_bytes > 0 {
+            self.recovery.probe_sent = false;
+            self.recovery.last_progress = Some(now);
+        }
+        self.recovery.rate.on_ack(now, acked_bytes, newest.snapshot);
+        if self.recovery.congestion_control == CongestionControl::DeliveryRate && acked_bytes > 0 {
+            let acked = u32::try_from(acked_bytes).unwrap_or(u32::MAX);
+            self.cwnd = self.recovery.rate.next_cwnd(self.cwnd, acked, self.mtu);
+        }
+        if let Some(sent) = newest.sent
+            && self
+                .recovery
+                .rack
+                .is_none_or(|(seq, _, _)| newest.tx_seq > seq)
+        {
+            self.recovery.rack = Some((newest.tx_seq, sent, now.saturating_duration_since(sent)));
+        }
+        self.detect_losses(now);
+        self.arm_recovery_timer(now);
+    }
+
+    /// The reordering window: a quarter of the minimum RTT.
+    fn reorder_window(&self) -> Duration {
+        let min_rtt = self
+            .recovery
+            .rate
+            .min_rtt()
+            .unwrap_or(Duration::from_millis(self.rto_mgr.srtt));
+        (min_rtt / 4).max(MIN_WINDOW)
+    }
+
+    /// Marks lost every outstanding chunk that transmissions delivered after it prove lost;
+    /// returns how many were newly marked.
+    pub(crate) fn detect_losses(&mut self, now: Instant) -> usize {
+        self.recovery.reorder_deadline = None;
+        let Some((rack_seq, _, rack_rtt)) = self.recovery.rack else {
+            return 0;
+        };
+        let window = self.reorder_window();
+        let mut lost = Vec::new();
+        let mut deadline: Option<Instant> = None;
+        for &tsn in &self.inflight_queue.sorted {
+            let Some(c) = self.inflight_queue.get(tsn) else {
+                continue;
+            };
+            if !c.is_outstanding() || c.lost || c.tx_seq >= rack_seq {
+                continue;
+            }
+            let Some(sent) = c.last_sent else { continue };
+            let due = sent + rack_rtt + window;
+            if rack_seq - c.tx_seq >= DUP_THRESH || now >= due {
+                lost.push(tsn);
+            } else {
+                deadline = Some(deadline.map_or(due, |d| d.min(due)));
+            }
+        }
+        let newly_lost = lost.len();
+        for tsn in lost {
+            if let Some(c) = self.inflight_queue.get_mut(tsn) {
+                c.lost = true;
+            }
+        }
+        if newly_lost > 0 {
+            self.recovery.detected_lost += newly_lost as u64;
+            self.on_loss_detected();
+        }
+        self.recovery.reorder_deadline = deadline;
+        newly_lost
+    }
+
+    /// The congestion response to newly found losses, and their retransmission.
+    fn on_loss_detected(&mut self) {
+        if self.recovery.congestion_control == CongestionControl::Reno && !self.in_fast_recovery {
+            self.in_fast_recovery = true;
+            self.fast_recover_exit_point = self.my_next_tsn.wrapping_sub(1);
+            self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
+            self.cwnd = self.ssthresh;
+            self.partial_bytes_acked = 0;
+        }
+        self.will_retransmit_fast = true;
+    }
+
+    /// The probe timeout: `srtt + max(4 * rttvar, 4 ms)`; `None` before an RTT sample.
+    fn probe_timeout(&self) -> Option<Duration> {
+        if self.rto_mgr.srtt == 0 {
+            return None;
+        }
+        let srtt = Duration::from_millis(self.rto_mgr.srtt);
+        let var = Duration::from_secs_f64((4.0 * self.rto_mgr.rttvar).max(0.0) / 1000.0);
+        Some(srtt + var.max(MIN_PTO_VAR))
+    }
+
+    fn has_outstanding(&self) -> bool {
+        self.inflight_queue.sorted.iter().any(|tsn| {
+            self.inflight_queue
+                .get(*tsn)
+                .is_some_and(ChunkPayloadData::is_outstanding)
+        })
+    }
+
+    /// Arms the recovery timer at the earlier of the reordering deadline and the probe
+    /// timeout, or stops it when nothing is outstanding.
+    pub(crate) fn arm_recovery_timer(&mut self, now: Instant) {
+        if self.inflight_queue.is_empty() || !self.has_outstanding() {
+            self.recovery.reorder_deadline = None;
+            self.timers.set(Timer::Recovery, None);
+            return;
+        }
+        let probe = match (self.recovery.probe_sent, self.probe_timeout()) {
+            (false, Some(pto)) => Some(self.recovery.last_progress.unwrap_or(now) + pto),
+            _ => None,
+        };
+        let at = match (self.recovery.reorder_deadline, probe) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.timers.set(Timer::Recovery, at);
+    }
+
+    /// The recovery timer fired: chunks whose reordering window passed are lost; otherwise,
+    /// once the probe timeout passed, the newest outstanding chunk is sent again as a probe.
+    pub(crate) fn on_recovery_timeout(&mut self, now: Instant) {
+        if self.detect_losses(now) == 0 && !self.recovery.probe_sent {
+            let due = self
+                .probe_timeout()
+                .map(|pto| self.recovery.last_progress.unwrap_or(now) + pto);
+            if due.is_some_and(|due| now >= due) {
+                let newest = self
+                    .inflight_queue
+                    .sorted
+                    .iter()
+                    .rev()
+                    .copied()
+                    .find(|tsn| {
+                        self.inflight_queue
+                            .get(*tsn)
+                            .is_some_and(ChunkPayloadData::is_outstanding)
+                    });
+                if let Some(tsn) = newest
+                    && let Some(c) = self.inflight_queue.get_mut(tsn)
+                {
+                    // A probe, not a loss: no congestion response.
+                    c.lost = true;
+                    self.recovery.probe_sent = true;
+                    self.recovery.probes += 1;
+                    self.will_retransmit_fast = true;
+                    log::debug!("[{}] loss probe: tsn={}", self.side, tsn);
+                }
+            }
+        }
+        self.arm_recovery_timer(now);
+    }
+
+    /// T3-rtx fired: everything is retransmitted by that path; forget marks and the probe.
+    pub(crate) fn on_t3_recovery(&mut self) {
+        self.inflight_queue.clear_lost();
+        self.recovery.probe_sent = false;
+        self.recovery.reorder_deadline = None;
+        self.timers.set(Timer::Recovery, None);
+    }
+}
