@@ -50,6 +50,7 @@ common:
   --upgrade-timeout <s>    bound of one upgrade attempt (default 30)
   --max-attempts <n>       upgrade attempts before giving up (default 3)
   --early-dtls-records <n> DTLS records held until ICE is connected (default 16; 0: none)
+  --ping-interval-ms <n>   between two pings on a connection (default 250)
   --timeout <s>            dial: give up after this long (default 120); relay and listen:
                            exit 0 after this long (default: run until killed)
 
@@ -93,6 +94,7 @@ struct Args {
     upgrade_timeout: Option<u64>,
     max_attempts: Option<u32>,
     early_dtls_records: Option<usize>,
+    ping_interval_ms: u64,
     timeout: Option<u64>,
     pings: usize,
     send_bytes: usize,
@@ -108,6 +110,7 @@ struct Args {
 fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
     let mut args = Args {
         pings: 3,
+        ping_interval_ms: 250,
         ..Args::default()
     };
     let mut it = raw.into_iter();
@@ -132,6 +135,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--upgrade-timeout" => args.upgrade_timeout = Some(value(&arg, it)?),
             "--max-attempts" => args.max_attempts = Some(value(&arg, it)?),
             "--early-dtls-records" => args.early_dtls_records = Some(value(&arg, it)?),
+            "--ping-interval-ms" => args.ping_interval_ms = value(&arg, it)?,
             "--timeout" => args.timeout = Some(value(&arg, it)?),
             "--ping" => args.pings = value(&arg, it)?,
             "--send-bytes" => args.send_bytes = value(&arg, it)?,
@@ -331,8 +335,11 @@ fn peer_swarm(args: &Args) -> anyhow::Result<(Swarm<Peer>, support::Inbound)> {
     } else {
         Some(webrtc_config(args)?)
     };
-    let (mut swarm, inbound) =
-        support::peer(identity(args.seed)?, webrtc, Duration::from_millis(250))?;
+    let (mut swarm, inbound) = support::peer(
+        identity(args.seed)?,
+        webrtc,
+        Duration::from_millis(args.ping_interval_ms),
+    )?;
     for addr in &args.listen {
         swarm.listen_on(addr.clone())?;
     }

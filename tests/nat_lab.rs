@@ -10,6 +10,7 @@
 mod lab;
 mod procs;
 
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -61,11 +62,20 @@ fn ice_flags(ice: Ice) -> Vec<String> {
 /// A relay in its namespace and a listener behind r1 with a reservation; returns them and
 /// the listener's circuit address.
 fn relay_and_listener(lab: &Lab, ice: Ice, extra: &[&str]) -> (Node, Node, String) {
+    relay_and_listener_with(lab, ice, &[], extra)
+}
+
+/// [`relay_and_listener`], with `relay_extra` flags for the relay (its limits).
+fn relay_and_listener_with(
+    lab: &Lab,
+    ice: Ice,
+    relay_extra: &[&str],
+    extra: &[&str],
+) -> (Node, Node, String) {
     let listen = format!("/ip4/{}/tcp/4001", lab::RELAY_IP);
-    let mut relay = Node::start_in(
-        &lab.ns("relay"),
-        &["relay", "--listen", &listen, "--seed", "1"],
-    );
+    let mut args = vec!["relay", "--listen", &listen, "--seed", "1"];
+    args.extend_from_slice(relay_extra);
+    let mut relay = Node::start_in(&lab.ns("relay"), &args);
     let relay_addr = relay.wait("listening")["addr"]
         .as_str()
         .expect("addr")
@@ -95,6 +105,24 @@ fn dialer(lab: &Lab, addr: &str, ice: Ice, extra: &[&str]) -> Node {
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     Node::start_in(&lab.ns("p2"), &args)
+}
+
+/// The `p`th percentile (nearest rank) of `v`, which it sorts; NaN if `v` is empty.
+fn pct(v: &mut [f64], p: usize) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let rank = (p * v.len()).div_ceil(100).clamp(1, v.len());
+    v[rank - 1]
+}
+
+/// The environment variable `name` parsed, or `default` if it is unset or does not parse.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// One row of the matrix.
@@ -352,10 +380,7 @@ fn measure_upgrade_in_rtts() {
     const DELAY_MS: u32 = 25;
     // The direct path crosses two delayed links each way; the relayed one four.
     let rtt = 4.0 * f64::from(DELAY_MS);
-    let runs: usize = std::env::var("RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let runs: usize = env_or("RUNS", 20);
     let lab = Lab::up(
         Nat::Cone,
         Nat::Cone,
@@ -383,11 +408,6 @@ fn measure_upgrade_in_rtts() {
             samples[i + 1].push(upgraded["phases_ms"][phase].as_f64().unwrap_or(f64::NAN));
         }
     }
-    let pct = |v: &mut Vec<f64>, p: usize| {
-        v.sort_by(f64::total_cmp);
-        let rank = (p * v.len()).div_ceil(100).clamp(1, v.len());
-        v[rank - 1]
-    };
     eprintln!(
         "\n### Upgrade latency, NAT lab (cone/cone, STUN, {DELAY_MS} ms per link, direct RTT \
          {rtt:.0} ms, relayed RTT {:.0} ms), {runs} runs\n",
@@ -413,20 +433,14 @@ fn measure_upgrade_in_rtts() {
 #[ignore = "a measurement, run by hand"]
 fn repeat_the_loss_row() {
     let Some(_lab) = lab_lock() else { return };
-    let runs: usize = std::env::var("LOSS_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let runs: usize = env_or("LOSS_RUNS", 5);
     let row = Row {
         r1: Nat::Cone,
         r2: Nat::Cone,
         ice: Ice::Stun,
         links: Links {
             delay_ms: 0,
-            loss_pct: std::env::var("LOSS_PCT")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(5.0),
+            loss_pct: env_or("LOSS_PCT", 5.0),
         },
         direct: true,
     };
@@ -444,5 +458,407 @@ fn repeat_the_loss_row() {
         }
         ms.sort_by(f64::total_cmp);
         eprintln!("early_dtls_records {records}: {ok}/{runs} succeeded; upgrade ms {ms:?}");
+    }
+}
+
+/// The relay's limits lifted for the lossy-path measurements: 1 GiB and 10 minutes per
+/// circuit (the defaults, 128 KiB and 2 minutes, would cut the relayed echo).
+const RELAY_UNLIMITED: &[&str] = &[
+    "--max-circuit-bytes",
+    "1073741824",
+    "--max-circuit-duration",
+    "600",
+];
+
+/// One row of the lossy-path measurements (issue 13).
+struct Lossy {
+    links: Links,
+    /// Echoed over each connection, and sent each way over plain TCP.
+    bytes: usize,
+    pings: usize,
+    ping_interval_ms: u64,
+    /// Each dialer's `--timeout`, and the bound of each TCP transfer.
+    timeout_s: u64,
+    /// Also measure plain TCP (iperf3).
+    tcp: bool,
+}
+
+impl Lossy {
+    fn label(&self) -> String {
+        format!(
+            "{} ms, {}% loss per link, {} MiB",
+            self.links.delay_ms,
+            self.links.loss_pct,
+            self.bytes as f64 / MIB
+        )
+    }
+}
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// What one dialer measured on the connection under test.
+struct Case {
+    /// Seconds for the echo, or why there is none.
+    echo_s: Result<f64, String>,
+    /// `rtt_ms` of the successful pings on that connection.
+    pings_ms: Vec<f64>,
+    ping_failures: usize,
+}
+
+impl Case {
+    /// The `p`th percentile of the ping RTTs, in ms.
+    fn ping_pct(&self, p: usize) -> f64 {
+        pct(&mut self.pings_ms.clone(), p)
+    }
+}
+
+/// Plain TCP between p2 and p1 across the same core router.
+struct Tcp {
+    /// Seconds to move the bytes p2 → p1 and p1 → p2 (at the same time).
+    up_s: f64,
+    down_s: f64,
+    /// The congestion control iperf3 reports for its senders.
+    congestion: String,
+}
+
+impl Tcp {
+    /// Until both directions are done.
+    fn secs(&self) -> f64 {
+        self.up_s.max(self.down_s)
+    }
+}
+
+/// What one row measured, in one lab.
+struct LossyResult {
+    direct: Case,
+    relayed: Case,
+    tcp: Option<Result<Tcp, String>>,
+}
+
+/// A dialer behind r2 that pings the listener, then echoes the row's bytes, on the direct
+/// connection, or (`relayed`) on the relayed one without trying an upgrade.
+fn lossy_case(lab: &Lab, addr: &str, relayed: bool, row: &Lossy) -> Case {
+    let pings = row.pings.to_string();
+    let interval = row.ping_interval_ms.to_string();
+    let bytes = row.bytes.to_string();
+    let timeout = row.timeout_s.to_string();
+    let mut flags = vec![
+        "--ping",
+        &pings,
+        "--ping-interval-ms",
+        &interval,
+        "--send-bytes",
+        &bytes,
+        "--timeout",
+        &timeout,
+    ];
+    if relayed {
+        flags.extend(["--no-upgrade", "--allow-relayed"]);
+    }
+    let (code, all) = dialer(lab, addr, Ice::Stun, &flags).finish();
+    let direct = !relayed;
+    let pings_ms: Vec<f64> = events(&all, "ping")
+        .filter(|p| p["ok"] == true && p["direct"] == direct)
+        .filter_map(|p| p["rtt_ms"].as_f64())
+        .collect();
+    let ping_failures = events(&all, "ping").filter(|p| p["ok"] != true).count();
+    let echo_s = match events(&all, "transfer").next() {
+        Some(t) if t["ok"] != true => Err(format!("echo failed: {}", t["error"])),
+        Some(t) if t["direct"] != direct => Err("went over the relay (no upgrade)".into()),
+        Some(t) => t["ms"]
+            .as_f64()
+            .map(|ms| ms / 1000.0)
+            .ok_or_else(|| format!("no ms in {t}")),
+        None => Err(match events(&all, "error").next() {
+            Some(e) if e["reason"].as_str().is_some_and(|r| r.contains("timeout")) => {
+                let stage = if pings_ms.len() < row.pings {
+                    "echo not started"
+                } else {
+                    "echo unfinished"
+                };
+                format!(
+                    "did not finish in {timeout} s ({}/{pings} pings, {stage})",
+                    pings_ms.len()
+                )
+            }
+            Some(e) => format!("failed: {}", e["reason"]),
+            None => format!("exit {code} without a transfer"),
+        }),
+    };
+    Case {
+        echo_s,
+        pings_ms,
+        ping_failures,
+    }
+}
+
+/// Plain TCP as the echo moves data, `bytes` each way at once: two iperf3 servers in p1
+/// (behind a port forward on r1), two clients in p2, one sending, one receiving (`-R`).
+fn tcp_baseline(lab: &Lab, bytes: usize, timeout_s: u64) -> Result<Tcp, String> {
+    let ports = [5201u16, 5202];
+    let mut servers = Vec::new();
+    for port in ports {
+        lab.forward_tcp_to_p1(port);
+        let server = Command::new("ip")
+            .args(["netns", "exec", &lab.ns("p1"), "iperf3", "-s", "-1"])
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("iperf3: {e}"))?;
+        servers.push(server);
+        lab::wait_for_tcp(&lab.ns("p1"), port);
+    }
+    let clients: Vec<_> = ports
+        .iter()
+        .zip([false, true])
+        .map(|(port, reverse)| {
+            Command::new("ip")
+                .args(["netns", "exec", &lab.ns("p2"), "timeout"])
+                .args([&timeout_s.to_string(), "iperf3", "-J", "-c", lab::R1_WAN])
+                .args(["-p", &port.to_string(), "-n", &bytes.to_string()])
+                .args(reverse.then_some("-R"))
+                .stdout(Stdio::piped())
+                .spawn()
+        })
+        .collect();
+    let outputs: Vec<_> = clients
+        .into_iter()
+        .map(|c| c.and_then(|c| c.wait_with_output()))
+        .collect();
+    for mut server in servers {
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+    let mut secs = Vec::new();
+    let mut congestion = String::new();
+    for out in outputs {
+        let out = out.map_err(|e| format!("iperf3: {e}"))?;
+        if out.status.code() == Some(124) {
+            return Err(format!("did not finish in {timeout_s} s"));
+        }
+        let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+            format!(
+                "iperf3 output ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })?;
+        if let Some(error) = json["error"].as_str() {
+            return Err(format!("iperf3: {error}"));
+        }
+        let end = &json["end"];
+        secs.push(
+            end["sum_received"]["seconds"]
+                .as_f64()
+                .ok_or("iperf3: no end.sum_received.seconds")?,
+        );
+        congestion = end["sender_tcp_congestion"]
+            .as_str()
+            .unwrap_or("?")
+            .to_string();
+    }
+    Ok(Tcp {
+        up_s: secs[0],
+        down_s: secs[1],
+        congestion,
+    })
+}
+
+/// Builds the lab (cone/cone NATs, STUN) with the row's links and measures in it, one after
+/// the other: plain TCP (if asked), the relayed connection, the direct one. The direct case
+/// goes last: one that times out leaves the listener's side retransmitting for a while.
+fn lossy_row(row: &Lossy) -> LossyResult {
+    let lab = Lab::up(Nat::Cone, Nat::Cone, row.links);
+    let tcp = row
+        .tcp
+        .then(|| tcp_baseline(&lab, row.bytes, row.timeout_s));
+    let (_relay, _listener, addr) = relay_and_listener_with(&lab, Ice::Stun, RELAY_UNLIMITED, &[]);
+    let relayed = lossy_case(&lab, &addr, true, row);
+    let direct = lossy_case(&lab, &addr, false, row);
+    LossyResult {
+        direct,
+        relayed,
+        tcp,
+    }
+}
+
+const LOSSY_HEADER: &str = "| row | direct echo s | relayed echo s | TCP s | direct/relayed \
+                            | direct ping p50/p99 ms | relayed ping p50/p99 ms |\n\
+                            |---|---|---|---|---|---|---|";
+
+impl LossyResult {
+    /// The row of the Markdown table under [`LOSSY_HEADER`].
+    fn line(&self, row: &Lossy) -> String {
+        let rate = |s: f64| row.bytes as f64 / MIB / s;
+        let echo = |case: &Case| match &case.echo_s {
+            Ok(s) => format!("{s:.2} ({:.2} MiB/s)", rate(*s)),
+            Err(e) => e.clone(),
+        };
+        let tcp = match &self.tcp {
+            None => "not measured".into(),
+            Some(Ok(t)) => format!(
+                "{:.2} ({:.1} MiB/s each way, {})",
+                t.secs(),
+                rate(t.secs()),
+                t.congestion
+            ),
+            Some(Err(e)) => e.clone(),
+        };
+        let ratio = match (&self.direct.echo_s, &self.relayed.echo_s) {
+            (Ok(d), Ok(r)) => format!("{:.2}", d / r),
+            _ => "—".into(),
+        };
+        let ping = |case: &Case| {
+            let mut cell = format!("{:.0} / {:.0}", case.ping_pct(50), case.ping_pct(99));
+            if case.pings_ms.len() < row.pings {
+                cell += &format!(" ({} of {})", case.pings_ms.len(), row.pings);
+            }
+            if case.ping_failures > 0 {
+                cell += &format!(", {} failed", case.ping_failures);
+            }
+            cell
+        };
+        format!(
+            "| {} | {} | {} | {tcp} | {ratio} | {} | {} |",
+            row.label(),
+            echo(&self.direct),
+            echo(&self.relayed),
+            ping(&self.direct),
+            ping(&self.relayed)
+        )
+    }
+}
+
+/// Issue 13: on a lossy path (10 ms and 1% loss per link; direct RTT 40 ms, relayed 80 ms)
+/// the direct connection must be no slower than the relayed one it replaces, measured side
+/// by side in one lab: its 8 MiB echo within 1.5 × the relayed echo's time, its ping p99
+/// within 1.5 × the relayed p99 + 50 ms (100 pings, 50 ms apart). The direct path has half
+/// the RTT and half the lossy links, so a healthy direct connection is well inside both.
+#[test]
+fn lossy_path_direct_not_slower_than_relay() {
+    let Some(_lab) = lab_lock() else { return };
+    let row = Lossy {
+        links: Links {
+            delay_ms: 10,
+            loss_pct: 1.0,
+        },
+        bytes: 8 << 20,
+        pings: 100,
+        ping_interval_ms: 50,
+        timeout_s: 40,
+        tcp: false,
+    };
+    let started = Instant::now();
+    let result = lossy_row(&row);
+    eprintln!(
+        "\n{LOSSY_HEADER}\n{}\n(in {:.0} s)",
+        result.line(&row),
+        started.elapsed().as_secs_f64()
+    );
+    let relayed_s = *result
+        .relayed
+        .echo_s
+        .as_ref()
+        .unwrap_or_else(|e| panic!("the relayed echo, the reference: {e}"));
+    let direct_s = *result.direct.echo_s.as_ref().unwrap_or_else(|e| {
+        panic!("the direct 8 MiB echo {e}; the relayed one took {relayed_s:.2} s")
+    });
+    assert!(
+        direct_s <= 1.5 * relayed_s,
+        "the direct 8 MiB echo took {direct_s:.2} s, {:.1} × the relayed one's {relayed_s:.2} s \
+         (at most 1.5 ×)",
+        direct_s / relayed_s
+    );
+    let (direct_p99, relayed_p99) = (result.direct.ping_pct(99), result.relayed.ping_pct(99));
+    assert!(
+        direct_p99 <= 1.5 * relayed_p99 + 50.0,
+        "direct ping p99 {direct_p99:.0} ms, relayed {relayed_p99:.0} ms (at most 1.5 × + 50 ms)"
+    );
+}
+
+/// Issue 13: the direct WebRTC connection side by side with the relayed connection it
+/// replaces and with plain TCP, on lossy paths. A measurement, run by hand (root, the lab's
+/// packages and iperf3):
+///
+/// ```text
+/// cargo build --release --examples
+/// cargo test --release --test nat_lab measure_lossy_path -- --ignored --nocapture
+/// ```
+///
+/// Each row builds one lab (cone/cone NATs, STUN) and measures in it: iperf3 moving B bytes
+/// each way at once over TCP from p2 to p1 (a port forward on r1) through the same core
+/// router; then, over the relayed connection (`--no-upgrade`, the relay's limits lifted)
+/// and over the direct one, `LOSSY_PINGS` pings (default 100, 50 ms apart) and an echo of B
+/// bytes (8 MiB up to 1% loss, 4 MiB above; `LOSSY_BYTES`). Each case gives up after 100 s.
+/// Rows: `LOSSY_ROWS`, `delay ms/loss %` per link, comma separated (default
+/// `10/0,10/0.5,10/1,10/3,25/1`).
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_lossy_path() {
+    let Some(_lab) = lab_lock() else { return };
+    let spec = env_or("LOSSY_ROWS", "10/0,10/0.5,10/1,10/3,25/1".to_string());
+    let rows: Vec<Lossy> = spec
+        .split(',')
+        .map(|r| {
+            let parsed = r
+                .trim()
+                .split_once('/')
+                .and_then(|(d, l)| Some((d.parse().ok()?, l.parse().ok()?)));
+            let Some((delay_ms, loss_pct)) = parsed else {
+                panic!("LOSSY_ROWS: {r:?} is not <delay ms>/<loss %>")
+            };
+            let default_bytes = if loss_pct <= 1.0 { 8 << 20 } else { 4 << 20 };
+            Lossy {
+                links: Links { delay_ms, loss_pct },
+                bytes: env_or("LOSSY_BYTES", default_bytes),
+                pings: env_or("LOSSY_PINGS", 100),
+                ping_interval_ms: 50,
+                timeout_s: 100,
+                tcp: true,
+            }
+        })
+        .collect();
+    let mut lines = Vec::new();
+    let mut notes = Vec::new();
+    for row in &rows {
+        let started = Instant::now();
+        let result = lossy_row(row);
+        let line = result.line(row);
+        eprintln!("{line} ({:.0} s)", started.elapsed().as_secs_f64());
+        lines.push(line);
+        // The lab's ceiling: what plain TCP gets through lab-netem without loss. WebRTC near
+        // it would mean the lab, not the connection, set the pace.
+        if let Some(Ok(tcp)) = result.tcp.as_ref().filter(|_| row.links.loss_pct == 0.0) {
+            let mibs = |s: f64| row.bytes as f64 / MIB / s;
+            let best = [&result.direct, &result.relayed]
+                .iter()
+                .filter_map(|c| c.echo_s.as_ref().ok())
+                .map(|s| mibs(*s))
+                .fold(0.0, f64::max);
+            notes.push(format!(
+                "Lab ceiling at {} ms, 0% loss: plain TCP moves {:.1} MiB/s each way ({}), the \
+                 faster WebRTC-test connection {best:.1} MiB/s ({:.0}% of it){}.",
+                row.links.delay_ms,
+                mibs(tcp.secs()),
+                tcp.congestion,
+                100.0 * best / mibs(tcp.secs()),
+                if best > 0.5 * mibs(tcp.secs()) {
+                    ": near the ceiling, lab-netem may be the bottleneck"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    eprintln!(
+        "\n### Lossy paths, NAT lab (cone/cone, STUN; direct RTT = 4 × delay, 2 lossy links \
+         each way; relayed RTT 8 × delay, 4 lossy links, over two TCP hops)\n"
+    );
+    eprintln!("{LOSSY_HEADER}");
+    for line in &lines {
+        eprintln!("{line}");
+    }
+    for note in &notes {
+        eprintln!("\n{note}");
     }
 }

@@ -270,13 +270,39 @@ impl Lab {
     pub fn ns(&self, host: &str) -> String {
         ns(host)
     }
+
+    /// Forwards TCP `port` of r1's WAN address to p1 and lets it through r1's firewall (a
+    /// port forward, as for a server at home), so p2 can reach a TCP server in p1 at
+    /// `R1_WAN:port` across the same core router as the peers' traffic.
+    pub fn forward_tcp_to_p1(&self, port: u16) {
+        nsx(
+            "r1",
+            &format!(
+                "iptables -t nat -A PREROUTING -i wan -p tcp --dport {port} -j DNAT --to-destination {P1_IP}"
+            ),
+        );
+        nsx(
+            "r1",
+            &format!("iptables -I FORWARD -i wan -o lan -p tcp --dport {port} -j ACCEPT"),
+        );
+    }
 }
 
 /// Waits until something listens on this UDP port in the namespace.
 fn wait_for_udp(netns: &str, port: u16) {
+    wait_for_port(netns, "-uln", port);
+}
+
+/// Waits until something listens on this TCP port in the namespace.
+pub fn wait_for_tcp(netns: &str, port: u16) {
+    wait_for_port(netns, "-tln", port);
+}
+
+/// Waits until `ss <flags>` in the namespace lists this local port.
+fn wait_for_port(netns: &str, flags: &str, port: u16) {
     for _ in 0..200 {
         let out = Command::new("ip")
-            .args(["netns", "exec", netns, "ss", "-uln"])
+            .args(["netns", "exec", netns, "ss", flags])
             .output()
             .expect("ss");
         if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")) {
@@ -284,7 +310,7 @@ fn wait_for_udp(netns: &str, port: u16) {
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    panic!("nothing listens on udp {port} in {netns}");
+    panic!("nothing listens on port {port} (ss {flags}) in {netns}");
 }
 
 impl Drop for Lab {
