@@ -1901,9 +1901,7 @@ impl Association {
         }
 
         // Update congestion control parameters
-        if self.recovery.congestion_control == congestion::CongestionControl::DeliveryRate {
-            // Patch: the window follows the rate model (`recovery.rs`, on every SACK).
-        } else if self.cwnd <= self.ssthresh {
+        if self.cwnd <= self.ssthresh {
             // RFC 4096, sec 7.2.1.  Slow-Start
             //   o  When cwnd is less than or equal to ssthresh, an SCTP endpoint MUST
             //		use the slow-start algorithm to increase cwnd only if the current
@@ -1992,17 +1990,14 @@ impl Association {
                             c.lost = true;
                             self.will_retransmit_fast = true;
                         }
-                        if c.miss_indicator == 3
-                            && !self.in_fast_recovery
-                            && self.recovery.congestion_control
-                                == congestion::CongestionControl::Reno
-                        {
+                        if c.miss_indicator == 3 && !self.in_fast_recovery {
                             // 2)  If not in Fast Recovery, adjust the ssthresh and cwnd of the
                             //     destination address(es) to which the missing DATA chunks were
                             //     last sent, according to the formula described in Section 7.2.3.
                             self.in_fast_recovery = true;
                             self.fast_recover_exit_point = htna;
-                            self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
+                            // Patch: not below the delivery-rate floor (`congestion.rs`).
+                            self.ssthresh = self.loss_ssthresh();
                             self.cwnd = self.ssthresh;
                             self.partial_bytes_acked = 0;
                             self.will_retransmit_fast = true;
@@ -3406,7 +3401,8 @@ impl Association {
                 //      ssthresh = max(cwnd/2, 4*MTU)
                 //      cwnd = 1*MTU
 
-                self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
+                // Patch: not below the delivery-rate floor (`congestion.rs`).
+                self.ssthresh = self.loss_ssthresh();
                 self.cwnd = self.mtu;
                 trace!(
                     "[{}] updated cwnd={} ssthresh={} inflight={} (RTO)",

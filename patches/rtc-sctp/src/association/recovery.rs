@@ -112,9 +112,9 @@ impl Association {
             self.recovery.last_progress = Some(now);
         }
         self.recovery.rate.on_ack(now, acked_bytes, newest.snapshot);
-        if self.recovery.congestion_control == CongestionControl::DeliveryRate && acked_bytes > 0 {
-            let acked = u32::try_from(acked_bytes).unwrap_or(u32::MAX);
-            self.cwnd = self.recovery.rate.next_cwnd(self.cwnd, acked, self.mtu);
+        if self.recovery.congestion_control == CongestionControl::DeliveryRate {
+            // The window never stays below what the path has shown it delivers.
+            self.cwnd = self.cwnd.max(self.recovery.rate.floor());
         }
         if let Some(sent) = newest.sent
             && self
@@ -177,12 +177,23 @@ impl Association {
         newly_lost
     }
 
+    /// The slow-start threshold after a loss: half the window (at least 4 MTUs), as RFC 9260
+    /// says, but with [`CongestionControl::DeliveryRate`] never below the window the path has
+    /// shown it delivers ([`RateModel::floor`]).
+    pub(crate) fn loss_ssthresh(&self) -> u32 {
+        let half = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
+        match self.recovery.congestion_control {
+            CongestionControl::Reno => half,
+            CongestionControl::DeliveryRate => half.max(self.recovery.rate.floor()),
+        }
+    }
+
     /// The congestion response to newly found losses, and their retransmission.
     fn on_loss_detected(&mut self) {
-        if self.recovery.congestion_control == CongestionControl::Reno && !self.in_fast_recovery {
+        if !self.in_fast_recovery {
             self.in_fast_recovery = true;
             self.fast_recover_exit_point = self.my_next_tsn.wrapping_sub(1);
-            self.ssthresh = std::cmp::max(self.cwnd / 2, 4 * self.mtu);
+            self.ssthresh = self.loss_ssthresh();
             self.cwnd = self.ssthresh;
             self.partial_bytes_acked = 0;
         }
