@@ -16,6 +16,11 @@
 //! - each side resets a stream after an echo on it, and the other side's echo server reports
 //!   the reset (not a clean end).
 //!
+//! The `_lossy` cases run the Node.js ones again on a lossy path: every UDP datagram a peer
+//! receives goes through the NAT lab's delay/loss program (`tests/lab/netem.rs`, NFQUEUE on
+//! the peer's INPUT chain), 20 ms and 2% each way: the NAT lab's 10 ms and 1% per link, two
+//! links per direction. The relayed TCP connection is not delayed.
+//!
 //! Needs root, `ip`, and the js side installed: `apt-get install -y chromium` and
 //! `cd interop && npm ci` (`.ci/run` does both). Without them each test prints
 //! "skipped: ..." and returns, except under CI (`CI=true`), where that is a failure.
@@ -24,7 +29,7 @@ mod lab;
 mod procs;
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 
 use lab::sh;
@@ -117,10 +122,18 @@ fn clean() {
 }
 
 /// A bridge in namespace `wsi-sw` joining `wsi-relay`, `wsi-a` and `wsi-b`; removed on drop.
-struct Net;
+struct Net {
+    /// The delay/loss programs of a lossy net.
+    netem: Vec<Child>,
+}
+
+/// One-way delay (ms) and loss (percent) on every UDP datagram a peer receives, for the
+/// `_lossy` cases.
+const LOSSY: (u32, f64) = (20, 1.99);
 
 impl Net {
-    fn up() -> Self {
+    /// The net; with `lossy`, UDP into `wsi-a` and `wsi-b` is delayed and dropped per [`LOSSY`].
+    fn up(lossy: bool) -> Self {
         clean();
         sh(&format!("ip netns add {PREFIX}sw"));
         sh(&format!(
@@ -140,12 +153,41 @@ impl Net {
                  ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up"
             ));
         }
-        Net
+        let mut net = Net { netem: Vec::new() };
+        if lossy {
+            let (delay, loss) = LOSSY;
+            for host in ["a", "b"] {
+                let ns = format!("{PREFIX}{host}");
+                let mut netem = Command::new("ip")
+                    .args(["netns", "exec", &ns])
+                    .arg(example("lab-netem"))
+                    .args(["--queue", "0", "--delay-ms", &delay.to_string()])
+                    .args(["--loss", &loss.to_string()])
+                    .stdout(Stdio::piped())
+                    .spawn()
+                    .expect("start lab-netem");
+                let mut ready = String::new();
+                if let Some(out) = netem.stdout.take() {
+                    use std::io::BufRead;
+                    let _ = std::io::BufReader::new(out).read_line(&mut ready);
+                }
+                net.netem.push(netem);
+                assert_eq!(ready.trim(), "ready", "lab-netem did not start in {ns}");
+                sh(&format!(
+                    "ip netns exec {ns} iptables -A INPUT -p udp -j NFQUEUE --queue-num 0"
+                ));
+            }
+        }
+        net
     }
 }
 
 impl Drop for Net {
     fn drop(&mut self) {
+        for netem in &mut self.netem {
+            let _ = netem.kill();
+            let _ = netem.wait();
+        }
         clean();
     }
 }
@@ -311,9 +353,9 @@ fn assert_served(side: &str, node: &mut Node) {
 }
 
 /// One case: `listener` listens through the relay, `dialer` dials it, both run the checks.
-fn case(dialer: Kind, listener: Kind) {
+fn case(dialer: Kind, listener: Kind, lossy: bool) {
     let Some(_lock) = lock() else { return };
-    let _net = Net::up();
+    let _net = Net::up(lossy);
     // The browser needs the js relay; Node.js cases use ours.
     let relay = relay(dialer == Kind::Chromium || listener == Kind::Chromium);
     let mb = ECHO_BYTES.to_string();
@@ -387,8 +429,9 @@ fn case(dialer: Kind, listener: Kind) {
             .and_then(|e| e[field].as_f64())
             .map_or("-".to_string(), |v| format!("{v:.0}"))
     };
+    let path = if lossy { " (lossy)" } else { "" };
     eprintln!(
-        "{dialer:?} dials {listener:?}: upgraded in {} ms; 1 MiB echo {} ms (dialer's), {} ms (listener's); \
+        "{dialer:?} dials {listener:?}{path}: upgraded in {} ms; 1 MiB echo {} ms (dialer's), {} ms (listener's); \
          close {} / {} ms",
         ms(d.seen(), "upgraded", "ms"),
         ms(d.seen(), "transfer", "ms"),
@@ -400,20 +443,30 @@ fn case(dialer: Kind, listener: Kind) {
 
 #[test]
 fn node_dials_rust() {
-    case(Kind::Node, Kind::Rust);
+    case(Kind::Node, Kind::Rust, false);
 }
 
 #[test]
 fn rust_dials_node() {
-    case(Kind::Rust, Kind::Node);
+    case(Kind::Rust, Kind::Node, false);
 }
 
 #[test]
 fn chromium_dials_rust() {
-    case(Kind::Chromium, Kind::Rust);
+    case(Kind::Chromium, Kind::Rust, false);
 }
 
 #[test]
 fn rust_dials_chromium() {
-    case(Kind::Rust, Kind::Chromium);
+    case(Kind::Rust, Kind::Chromium, false);
+}
+
+#[test]
+fn node_dials_rust_lossy() {
+    case(Kind::Node, Kind::Rust, true);
+}
+
+#[test]
+fn rust_dials_node_lossy() {
+    case(Kind::Rust, Kind::Node, true);
 }
