@@ -112,8 +112,9 @@ impl Association {
             self.recovery.last_progress = Some(now);
         }
         self.recovery.rate.on_ack(now, acked_bytes, newest.snapshot);
-        if self.recovery.congestion_control == CongestionControl::DeliveryRate {
-            // The window never stays below what the path has shown it delivers.
+        if self.recovery.congestion_control == CongestionControl::DeliveryRate && acked_bytes > 0 {
+            // The window never stays below what the path has shown it delivers; it moves
+            // only on acknowledged data (abandoned chunks do not grow it).
             self.cwnd = self.cwnd.max(self.recovery.rate.floor());
         }
         if let Some(sent) = newest.sent
