@@ -29,7 +29,7 @@ mod lab;
 mod procs;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Mutex;
 
 use lab::sh;
@@ -158,24 +158,8 @@ impl Net {
             let (delay, loss) = LOSSY;
             for host in ["a", "b"] {
                 let ns = format!("{PREFIX}{host}");
-                let mut netem = Command::new("ip")
-                    .args(["netns", "exec", &ns])
-                    .arg(example("lab-netem"))
-                    .args(["--queue", "0", "--delay-ms", &delay.to_string()])
-                    .args(["--loss", &loss.to_string()])
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .expect("start lab-netem");
-                let mut ready = String::new();
-                if let Some(out) = netem.stdout.take() {
-                    use std::io::BufRead;
-                    let _ = std::io::BufReader::new(out).read_line(&mut ready);
-                }
-                net.netem.push(netem);
-                assert_eq!(ready.trim(), "ready", "lab-netem did not start in {ns}");
-                sh(&format!(
-                    "ip netns exec {ns} iptables -A INPUT -p udp -j NFQUEUE --queue-num 0"
-                ));
+                net.netem
+                    .push(lab::start_netem(&ns, delay, loss, "-A INPUT -p udp"));
             }
         }
         net

@@ -201,30 +201,12 @@ impl Lab {
         if links.delay_ms > 0 || links.loss_pct > 0.0 {
             // A forwarded packet crosses two links of the core router.
             let loss_two = 100.0 * (1.0 - (1.0 - links.loss_pct / 100.0).powi(2));
-            let mut netem = Command::new("ip")
-                .args(["netns", "exec", &ns("core")])
-                .arg(super::procs::example("lab-netem"))
-                .args([
-                    "--queue",
-                    "0",
-                    "--delay-ms",
-                    &(2 * links.delay_ms).to_string(),
-                    "--loss",
-                    &format!("{loss_two:.4}"),
-                ])
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("start lab-netem");
-            let mut ready = String::new();
-            if let Some(out) = netem.stdout.take() {
-                let _ = BufReader::new(out).read_line(&mut ready);
-            }
-            assert_eq!(ready.trim(), "ready", "lab-netem did not start");
-            lab.netem = Some(netem);
-            nsx(
-                "core",
-                "iptables -t mangle -A FORWARD -j NFQUEUE --queue-num 0",
-            );
+            lab.netem = Some(start_netem(
+                &ns("core"),
+                2 * links.delay_ms,
+                loss_two,
+                "-t mangle -A FORWARD",
+            ));
         }
         // STUN and TURN (long-term credentials), no config file.
         let turn = Command::new("ip")
@@ -286,6 +268,28 @@ impl Lab {
             &format!("iptables -I FORWARD -i wan -o lan -p tcp --dport {port} -j ACCEPT"),
         );
     }
+}
+
+/// Starts `lab-netem` in `netns` (delay in ms, loss in percent) and sends the packets of the
+/// iptables chain `chain` (e.g. `-t mangle -A FORWARD`) through it; returns once it is ready.
+pub fn start_netem(netns: &str, delay_ms: u32, loss_pct: f64, chain: &str) -> Child {
+    let mut netem = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .arg(super::procs::example("lab-netem"))
+        .args(["--queue", "0", "--delay-ms", &delay_ms.to_string()])
+        .args(["--loss", &format!("{loss_pct:.4}")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start lab-netem");
+    let mut ready = String::new();
+    if let Some(out) = netem.stdout.take() {
+        let _ = BufReader::new(out).read_line(&mut ready);
+    }
+    assert_eq!(ready.trim(), "ready", "lab-netem did not start in {netns}");
+    sh(&format!(
+        "ip netns exec {netns} iptables {chain} -j NFQUEUE --queue-num 0"
+    ));
+    netem
 }
 
 /// Waits until something listens on this UDP port in the namespace.

@@ -1994,13 +1994,7 @@ impl Association {
                             // 2)  If not in Fast Recovery, adjust the ssthresh and cwnd of the
                             //     destination address(es) to which the missing DATA chunks were
                             //     last sent, according to the formula described in Section 7.2.3.
-                            self.in_fast_recovery = true;
-                            self.fast_recover_exit_point = htna;
-                            // Patch: not below the delivery-rate floor (`congestion.rs`).
-                            self.ssthresh = self.loss_ssthresh();
-                            self.cwnd = self.ssthresh;
-                            self.partial_bytes_acked = 0;
-                            self.will_retransmit_fast = true;
+                            self.enter_fast_recovery(htna);
 
                             trace!(
                                 "[{}] updated cwnd={} ssthresh={} inflight={} (FR)",
@@ -3236,16 +3230,6 @@ impl Association {
             // RTT baseline only; maxPacketLifeTime measures from `created_at`.
             c.since = Some(now);
             c.nsent = 1; // being sent for the first time
-            // Patch: transmission order and rate snapshot (`recovery.rs`); the sender is
-            // application-limited when this chunk empties its queue.
-            let tx_seq = self.recovery.begin_transmission(now);
-            c.tx_seq = tx_seq;
-            c.last_sent = Some(now);
-            c.tx_snapshot = Some(
-                self.recovery
-                    .rate
-                    .snapshot(now, self.pending_queue.is_empty()),
-            );
 
             trace!(
                 "[{}] sending ppi={} tsn={} ssn={} sent={} len={} ({},{})",
@@ -3260,6 +3244,10 @@ impl Association {
             );
 
             self.inflight_queue.push_no_check(c.clone());
+            // Patch: transmission order and rate snapshot (`recovery.rs`); the sender is
+            // application-limited when this chunk empties its queue.
+            let app_limited = self.pending_queue.is_empty();
+            self.stamp_transmission(c.tsn, now, app_limited);
 
             Some(c)
         } else {

@@ -39,8 +39,8 @@ pub(crate) struct Recovery {
     pub(crate) congestion_control: CongestionControl,
     pub(crate) rate: RateModel,
     next_tx_seq: u64,
-    /// The newest transmission a SACK has acknowledged: (order, send time, its RTT).
-    rack: Option<(u64, Instant, Duration)>,
+    /// The newest transmission a SACK has acknowledged: (order, its RTT).
+    rack: Option<(u64, Duration)>,
     /// The last new transmission or acknowledgement of new data.
     last_progress: Option<Instant>,
     /// A probe was sent and nothing new has been acknowledged since.
@@ -121,9 +121,9 @@ impl Association {
             && self
                 .recovery
                 .rack
-                .is_none_or(|(seq, _, _)| newest.tx_seq > seq)
+                .is_none_or(|(seq, _)| newest.tx_seq > seq)
         {
-            self.recovery.rack = Some((newest.tx_seq, sent, now.saturating_duration_since(sent)));
+            self.recovery.rack = Some((newest.tx_seq, now.saturating_duration_since(sent)));
         }
         self.detect_losses(now);
         self.arm_recovery_timer(now);
@@ -143,7 +143,7 @@ impl Association {
     /// returns how many were newly marked.
     pub(crate) fn detect_losses(&mut self, now: Instant) -> usize {
         self.recovery.reorder_deadline = None;
-        let Some((rack_seq, _, rack_rtt)) = self.recovery.rack else {
+        let Some((rack_seq, rack_rtt)) = self.recovery.rack else {
             return 0;
         };
         let window = self.reorder_window();
@@ -192,12 +192,19 @@ impl Association {
     /// The congestion response to newly found losses, and their retransmission.
     fn on_loss_detected(&mut self) {
         if !self.in_fast_recovery {
-            self.in_fast_recovery = true;
-            self.fast_recover_exit_point = self.my_next_tsn.wrapping_sub(1);
-            self.ssthresh = self.loss_ssthresh();
-            self.cwnd = self.ssthresh;
-            self.partial_bytes_acked = 0;
+            self.enter_fast_recovery(self.my_next_tsn.wrapping_sub(1));
         }
+        self.will_retransmit_fast = true;
+    }
+
+    /// RFC 9260 7.2.4 step 2: enters Fast Recovery until `exit_point` is acknowledged, with
+    /// the window cut to [`Self::loss_ssthresh`].
+    pub(crate) fn enter_fast_recovery(&mut self, exit_point: u32) {
+        self.in_fast_recovery = true;
+        self.fast_recover_exit_point = exit_point;
+        self.ssthresh = self.loss_ssthresh();
+        self.cwnd = self.ssthresh;
+        self.partial_bytes_acked = 0;
         self.will_retransmit_fast = true;
     }
 
@@ -211,6 +218,16 @@ impl Association {
         Some(srtt + var.max(MIN_PTO_VAR))
     }
 
+    /// When the next probe is due: one probe timeout after the last progress, unless a
+    /// probe is already out or there is no RTT sample yet.
+    fn probe_deadline(&self, now: Instant) -> Option<Instant> {
+        if self.recovery.probe_sent {
+            return None;
+        }
+        let pto = self.probe_timeout()?;
+        Some(self.recovery.last_progress.unwrap_or(now) + pto)
+    }
+
     fn has_outstanding(&self) -> bool {
         self.inflight_queue.sorted.iter().any(|tsn| {
             self.inflight_queue
@@ -222,16 +239,12 @@ impl Association {
     /// Arms the recovery timer at the earlier of the reordering deadline and the probe
     /// timeout, or stops it when nothing is outstanding.
     pub(crate) fn arm_recovery_timer(&mut self, now: Instant) {
-        if self.inflight_queue.is_empty() || !self.has_outstanding() {
+        if !self.has_outstanding() {
             self.recovery.reorder_deadline = None;
             self.timers.set(Timer::Recovery, None);
             return;
         }
-        let probe = match (self.recovery.probe_sent, self.probe_timeout()) {
-            (false, Some(pto)) => Some(self.recovery.last_progress.unwrap_or(now) + pto),
-            _ => None,
-        };
-        let at = match (self.recovery.reorder_deadline, probe) {
+        let at = match (self.recovery.reorder_deadline, self.probe_deadline(now)) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -241,32 +254,28 @@ impl Association {
     /// The recovery timer fired: chunks whose reordering window passed are lost; otherwise,
     /// once the probe timeout passed, the newest outstanding chunk is sent again as a probe.
     pub(crate) fn on_recovery_timeout(&mut self, now: Instant) {
-        if self.detect_losses(now) == 0 && !self.recovery.probe_sent {
-            let due = self
-                .probe_timeout()
-                .map(|pto| self.recovery.last_progress.unwrap_or(now) + pto);
-            if due.is_some_and(|due| now >= due) {
-                let newest = self
-                    .inflight_queue
-                    .sorted
-                    .iter()
-                    .rev()
-                    .copied()
-                    .find(|tsn| {
-                        self.inflight_queue
-                            .get(*tsn)
-                            .is_some_and(ChunkPayloadData::is_outstanding)
-                    });
-                if let Some(tsn) = newest
-                    && let Some(c) = self.inflight_queue.get_mut(tsn)
-                {
-                    // A probe, not a loss: no congestion response.
-                    c.lost = true;
-                    self.recovery.probe_sent = true;
-                    self.recovery.probes += 1;
-                    self.will_retransmit_fast = true;
-                    log::debug!("[{}] loss probe: tsn={}", self.side, tsn);
-                }
+        let probe_due = self.probe_deadline(now).is_some_and(|due| now >= due);
+        if self.detect_losses(now) == 0 && probe_due {
+            let newest = self
+                .inflight_queue
+                .sorted
+                .iter()
+                .rev()
+                .copied()
+                .find(|tsn| {
+                    self.inflight_queue
+                        .get(*tsn)
+                        .is_some_and(ChunkPayloadData::is_outstanding)
+                });
+            if let Some(tsn) = newest
+                && let Some(c) = self.inflight_queue.get_mut(tsn)
+            {
+                // A probe, not a loss: no congestion response.
+                c.lost = true;
+                self.recovery.probe_sent = true;
+                self.recovery.probes += 1;
+                self.will_retransmit_fast = true;
+                log::debug!("[{}] loss probe: tsn={}", self.side, tsn);
             }
         }
         self.arm_recovery_timer(now);
