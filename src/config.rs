@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use crate::framing::{MAX_FRAME_SIZE, MIN_FRAME_SIZE};
+use crate::direct::framing::{MAX_FRAME_SIZE, MIN_FRAME_SIZE};
 use crate::Error;
 
 /// webrtc-rs's SCTP packet budget: a TURN-relayed IPv6 path at the minimum MTU.

@@ -49,13 +49,10 @@ pub enum Error {
     /// The remote does not speak the signaling protocol.
     #[error("remote does not support WebRTC signaling")]
     Unsupported,
+    /// The Swarm refused the direct connection (another behaviour denied it).
+    #[error("the direct connection was refused: {0}")]
+    Denied(String),
     /// The configuration is not usable.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-}
-
-impl From<webrtc::error::Error> for Error {
-    fn from(e: webrtc::error::Error) -> Self {
-        Error::WebRtc(e.to_string())
-    }
 }

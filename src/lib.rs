@@ -28,36 +28,28 @@
 #[cfg(test)]
 extern crate self as libp2p_webrtc_signal;
 
-mod behaviour;
-mod candidate;
 mod config;
-mod connection;
+mod direct;
 mod error;
-mod fingerprint;
-pub mod framing;
 mod generated;
-mod handler;
-mod protocol;
-mod runtime;
-mod session;
+mod rtc;
 mod slots;
-mod stream;
+mod swarm;
 #[cfg(test)]
 #[path = "../tests/common/mod.rs"]
 mod test_common;
-mod transport;
-mod upgrade;
 
-pub use behaviour::{Behaviour, Event};
 pub use config::{Config, IceServer};
-pub use connection::Connection;
+pub use direct::connection::Connection;
+pub use direct::framing;
+pub use direct::session::{SdpRole, Session, SessionEvent};
+pub use direct::stream::Stream;
 pub use error::Error;
-pub use handler::{Command, Handler, Report};
-pub use protocol::{PROTOCOL_NAME, SPEC_PROTOCOL_NAME};
-pub use session::{SdpRole, Session, SessionEvent};
-pub use stream::Stream;
-pub use transport::Transport;
-pub use upgrade::Timings;
+pub use swarm::behaviour::{Behaviour, Event};
+pub use swarm::exchange::Timings;
+pub use swarm::handler::{Command, Handler, Report};
+pub use swarm::protocol::{PROTOCOL_NAME, SPEC_PROTOCOL_NAME};
+pub use swarm::transport::Transport;
 
 /// Creates the transport and the behaviour that upgrade relayed connections to WebRTC.
 ///
@@ -78,7 +70,7 @@ pub fn new(keypair: &libp2p_identity::Keypair, config: Config) -> (Transport, Be
     let (tx, rx) = futures::channel::mpsc::unbounded();
     let local = keypair.public().to_peer_id();
     (
-        transport::Transport::new(rx),
-        behaviour::Behaviour::new(local, config, tx),
+        swarm::transport::Transport::new(rx),
+        swarm::behaviour::Behaviour::new(local, config, tx),
     )
 }

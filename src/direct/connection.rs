@@ -11,17 +11,15 @@ use futures::channel::mpsc;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use libp2p_core::muxing::{StreamMuxer, StreamMuxerEvent};
-use webrtc::data_channel::DataChannel;
-use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState};
 
-use crate::framing;
-use crate::session::{DriverEvent, INIT_CHANNEL_LABEL};
+use super::framing;
+use super::stream::{Stream, StreamContext};
+use crate::rtc::{Channel, Peer, PeerEvent, PeerState, INIT_CHANNEL_LABEL};
 use crate::slots::{Slot, Slots};
-use crate::stream::{Stream, StreamContext};
 use crate::{Config, Error};
 
 /// Creating an outbound data channel.
-type OpenChannel = BoxFuture<'static, webrtc::error::Result<Arc<dyn DataChannel>>>;
+type OpenChannel = BoxFuture<'static, Result<Channel, Error>>;
 
 /// An established, authenticated WebRTC connection to one peer.
 ///
@@ -31,12 +29,12 @@ type OpenChannel = BoxFuture<'static, webrtc::error::Result<Arc<dyn DataChannel>
 /// Inbound streams are handed out once their first message arrived (in libp2p the opener of
 /// a stream always writes first), so channels that die unused never reach the application.
 pub struct Connection {
-    pc: Arc<dyn PeerConnection>,
+    peer: Peer,
     /// The offerer's `init` channel, kept open (see [`Connection::new`]).
-    _init: Option<Arc<dyn DataChannel>>,
-    events: mpsc::UnboundedReceiver<DriverEvent>,
+    _init: Option<Channel>,
+    events: mpsc::UnboundedReceiver<PeerEvent>,
     /// Inbound channels whose label is being read.
-    labelling: Vec<BoxFuture<'static, (Arc<dyn DataChannel>, String)>>,
+    labelling: Vec<BoxFuture<'static, (Channel, String)>>,
     /// Inbound streams waiting for their first message.
     arriving: Vec<Stream>,
     /// Inbound streams ready to be handed out.
@@ -67,10 +65,10 @@ impl Connection {
     /// lifetime: closing it would free its stream id for the first streams while its resets
     /// are in flight (see `stream::reuse`). One idle channel costs nothing worth that.
     pub(crate) fn new(
-        pc: Arc<dyn PeerConnection>,
-        events: mpsc::UnboundedReceiver<DriverEvent>,
-        early_channels: VecDeque<Arc<dyn DataChannel>>,
-        init: Option<Arc<dyn DataChannel>>,
+        peer: Peer,
+        events: mpsc::UnboundedReceiver<PeerEvent>,
+        early_channels: VecDeque<Channel>,
+        init: Option<Channel>,
         config: &Config,
     ) -> Self {
         let ctx = Arc::new(StreamContext {
@@ -84,7 +82,7 @@ impl Connection {
         let handle = tokio::runtime::Handle::current();
         let mut this = Self {
             _init: init,
-            pc,
+            peer,
             events,
             labelling: Vec::new(),
             arriving: Vec::new(),
@@ -109,19 +107,17 @@ impl Connection {
         self.slots.used()
     }
 
-    fn on_remote_channel(&mut self, dc: Arc<dyn DataChannel>) {
+    fn on_remote_channel(&mut self, dc: Channel) {
         let fut = async move {
-            let label = dc.label().await.unwrap_or_default();
+            let label = dc.label().await;
             (dc, label)
         };
         self.labelling.push(fut.boxed());
     }
 
     /// Closes a channel the remote opened (this side accepts, so this side closes).
-    fn close_channel(&self, dc: Arc<dyn DataChannel>) {
-        self.handle.spawn(async move {
-            let _ = dc.close().await;
-        });
+    fn close_channel(&self, dc: Channel) {
+        self.handle.spawn(async move { dc.close().await });
     }
 
     /// Applies driver events; `Err` once the peer connection is gone.
@@ -131,17 +127,17 @@ impl Connection {
         }
         loop {
             match self.events.poll_next_unpin(cx) {
-                Poll::Ready(Some(DriverEvent::DataChannel(dc))) => self.on_remote_channel(dc),
-                Poll::Ready(Some(DriverEvent::State(state))) => match state {
-                    RTCPeerConnectionState::Failed => {
+                Poll::Ready(Some(PeerEvent::Channel(dc))) => self.on_remote_channel(dc),
+                Poll::Ready(Some(PeerEvent::State(state))) => match state {
+                    PeerState::Failed => {
                         self.closed = true;
                         return Err(Error::ConnectionFailed);
                     }
-                    RTCPeerConnectionState::Closed => {
+                    PeerState::Closed => {
                         self.closed = true;
                         return Err(Error::Closed);
                     }
-                    other => tracing::debug!(state = ?other, "peer connection state"),
+                    PeerState::Connected | PeerState::Other => {}
                 },
                 Poll::Ready(Some(_)) => {}
                 Poll::Ready(None) => {
@@ -228,8 +224,8 @@ impl StreamMuxer for Connection {
             let Some(slot) = this.slots.try_acquire() else {
                 return Poll::Pending;
             };
-            let pc = this.pc.clone();
-            let fut = async move { pc.create_data_channel("", None).await }.boxed();
+            let peer = this.peer.clone();
+            let fut = async move { peer.create_channel().await }.boxed();
             this.outbound = Some((fut, slot));
         }
         let Some((fut, _)) = this.outbound.as_mut() else {
@@ -242,7 +238,7 @@ impl StreamMuxer for Connection {
         let dc = result?;
         Poll::Ready(Ok(Stream::new(
             dc,
-            Some(this.pc.clone()),
+            Some(this.peer.clone()),
             this.ctx.clone(),
             slot,
             &this.handle,
@@ -250,13 +246,10 @@ impl StreamMuxer for Connection {
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        let pc = self.pc.clone();
-        let fut = self.closing.get_or_insert_with(|| {
-            async move {
-                let _ = pc.close().await;
-            }
-            .boxed()
-        });
+        let peer = self.peer.clone();
+        let fut = self
+            .closing
+            .get_or_insert_with(|| async move { peer.close().await }.boxed());
         ready!(fut.poll_unpin(cx));
         self.closed = true;
         Poll::Ready(Ok(()))
@@ -274,10 +267,8 @@ impl StreamMuxer for Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         if self.closing.is_none() {
-            let pc = self.pc.clone();
-            self.handle.spawn(async move {
-                let _ = pc.close().await;
-            });
+            let peer = self.peer.clone();
+            self.handle.spawn(async move { peer.close().await });
         }
     }
 }

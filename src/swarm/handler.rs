@@ -17,10 +17,10 @@ use libp2p_swarm::{
 };
 use tracing::Instrument;
 
-use crate::protocol::Upgrade;
+use super::exchange::{self, Timings};
+use super::protocol::Upgrade;
 use crate::slots::{Slot, Slots};
-use crate::upgrade::Timings;
-use crate::{upgrade, Config, Connection, Error, SdpRole};
+use crate::{Config, Connection, Error, SdpRole};
 
 /// From the behaviour to a handler.
 #[derive(Debug)]
@@ -166,7 +166,7 @@ impl Handler {
             ?role,
             attempt
         );
-        let future = upgrade::run(stream, role, self.config.clone())
+        let future = exchange::run(stream, role, self.config.clone())
             .instrument(span)
             .boxed();
         self.reports.push_back(Report::Started { role, attempt });
@@ -183,9 +183,9 @@ impl Handler {
         });
     }
 
-    /// Whether our offer loses a glare against the remote's: the smaller peer id offers.
+    /// Whether our offer loses a glare against the remote's on this connection.
     fn remote_offer_wins(&self) -> bool {
-        self.remote.to_bytes() < self.local.to_bytes()
+        super::policy::offer_wins(&self.remote, &self.local)
     }
 }
 

@@ -5,6 +5,8 @@
 //! this side's application to read. Writes go straight to the data channel from the
 //! writer's task, so webrtc-rs's send buffer limit applies back-pressure to the writer.
 
+mod pump;
+mod reopen;
 mod reuse;
 mod state;
 
@@ -21,12 +23,12 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::channel::mpsc;
 use futures::future::BoxFuture;
-use futures::{AsyncRead, AsyncWrite, FutureExt, StreamExt};
-use webrtc::data_channel::{DataChannel, DataChannelEvent};
-use webrtc::peer_connection::PeerConnection;
+use futures::{AsyncRead, AsyncWrite};
 
-use crate::framing::{self, Flag, FrameDecoder};
+use super::framing::{self, Flag};
+use crate::rtc::{Channel, Peer};
 use crate::slots::Slot;
+use crate::Error;
 use state::{State, WriteHalf};
 
 /// What all streams of a connection share: limits and the [`ReuseGuard`].
@@ -40,14 +42,9 @@ pub(crate) struct StreamContext {
     pub(crate) reuse: ReuseGuard,
 }
 
-/// How often an outbound stream replaces a channel that died unused (see [`pump`]).
-const REOPEN_ATTEMPTS: u32 = 8;
-/// Delay before the first replacement; doubled for each further one (10 ms .. 1.28 s).
-const REOPEN_BACKOFF: Duration = Duration::from_millis(10);
-
 /// What the stream and its pump share.
 struct Shared {
-    dc: Arc<dyn DataChannel>,
+    dc: Channel,
     state: State,
     /// The channel is open (or gone): writes may start.
     opened: bool,
@@ -101,7 +98,7 @@ fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 pub struct Stream {
     shared: Arc<Mutex<Shared>>,
     ctrl: mpsc::UnboundedSender<ControlOp>,
-    send_fut: Option<BoxFuture<'static, webrtc::error::Result<()>>>,
+    send_fut: Option<BoxFuture<'static, Result<(), Error>>>,
     fin_ack_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     ctx: Arc<StreamContext>,
     outbound: bool,
@@ -121,10 +118,11 @@ impl std::fmt::Debug for Stream {
 }
 
 impl Stream {
-    /// Wraps `dc` and starts its pump. `pc` is given for an outbound stream (`None`: inbound).
+    /// Wraps `dc` and starts its pump. `peer` is given for an outbound stream (`None`:
+    /// inbound): the pump replaces a channel that died unused through it.
     pub(crate) fn new(
-        dc: Arc<dyn DataChannel>,
-        pc: Option<Arc<dyn PeerConnection>>,
+        dc: Channel,
+        peer: Option<Peer>,
         ctx: Arc<StreamContext>,
         slot: Slot,
         handle: &tokio::runtime::Handle,
@@ -144,8 +142,8 @@ impl Stream {
             fin_sent_at: None,
         }));
         let (ctrl, ctrl_rx) = mpsc::unbounded();
-        let outbound = pc.is_some();
-        handle.spawn(pump(dc, shared.clone(), ctrl_rx, ctx.clone(), pc));
+        let outbound = peer.is_some();
+        handle.spawn(pump::Pump::new(dc, shared.clone(), ctrl_rx, ctx.clone(), peer).run());
         Self {
             shared,
             ctrl,
@@ -159,7 +157,7 @@ impl Stream {
 
     /// For an inbound stream not yet handed out: `Ready(true)` once something arrived,
     /// `Ready(false)` if the channel died before carrying anything (then it is dropped
-    /// silently: see [`pump`] for why such channels exist).
+    /// silently: see [`pump::Pump`] for why such channels exist).
     pub(crate) fn poll_surface(&self, cx: &mut Context<'_>) -> Poll<bool> {
         let mut shared = lock(&self.shared);
         if !shared.pristine {
@@ -204,8 +202,7 @@ impl Stream {
 
     fn start_send(&mut self, shared: &mut Shared, frame: BytesMut) {
         shared.pristine = false;
-        let dc = shared.dc.clone();
-        self.send_fut = Some(Box::pin(async move { dc.send(frame).await }));
+        self.send_fut = Some(shared.dc.send(frame));
     }
 }
 
@@ -330,278 +327,6 @@ impl Drop for Stream {
         }
         // Dropping `ctrl` tells the pump to finish this, then to close the channel when
         // `State::closes_channel` says so.
-    }
-}
-
-/// What the pump does after applying an event.
-enum Next {
-    Continue,
-    /// The channel closed.
-    Closed,
-}
-
-/// Applies one data channel event to the shared state; collects flags to send back.
-fn apply_event(
-    shared: &mut Shared,
-    decoder: &mut FrameDecoder,
-    event: DataChannelEvent,
-    replies: &mut Vec<Flag>,
-) -> Next {
-    tracing::trace!(channel = %shared.dc.id(), state = ?shared.state, event = event_name(&event), "data channel event");
-    match event {
-        DataChannelEvent::OnOpen => shared.opened = true,
-        DataChannelEvent::OnMessage(msg) => {
-            shared.opened = true;
-            shared.pristine = false;
-            decoder.push(&msg.data);
-            loop {
-                let frame = match decoder.next_frame() {
-                    Ok(Some(frame)) => frame,
-                    Ok(None) => break,
-                    Err(e) => {
-                        tracing::debug!(channel = %shared.dc.id(), "resetting stream: {e}");
-                        shared.state.reset();
-                        shared.read_queue.clear();
-                        shared.read_queued = 0;
-                        shared.malformed = Some(e.to_string());
-                        replies.push(Flag::ResetStream);
-                        break;
-                    }
-                };
-                if !frame.data.is_empty() && shared.state.accepts_data() {
-                    shared.read_queued += frame.data.len();
-                    shared.read_queue.push_back(frame.data);
-                }
-                if let Some(flag) = frame.flag {
-                    tracing::debug!(channel = %shared.dc.id(), ?flag, "flag received");
-                    replies.extend(shared.state.on_flag(flag));
-                }
-            }
-        }
-        DataChannelEvent::OnClose | DataChannelEvent::OnError => return Next::Closed,
-        _ => {}
-    }
-    Next::Continue
-}
-
-fn event_name(event: &DataChannelEvent) -> &'static str {
-    match event {
-        DataChannelEvent::OnOpen => "open",
-        DataChannelEvent::OnMessage(_) => "message",
-        DataChannelEvent::OnClose => "close",
-        DataChannelEvent::OnClosing => "closing",
-        DataChannelEvent::OnError => "error",
-        _ => "other",
-    }
-}
-
-fn poll_channel(dc: &Arc<dyn DataChannel>) -> BoxFuture<'static, Option<DataChannelEvent>> {
-    let dc = dc.clone();
-    async move { dc.poll().await }.boxed()
-}
-
-/// One step of the pump.
-enum Step {
-    /// A request from the stream; `None`: the stream was dropped.
-    Ctrl(Option<ControlOp>),
-    /// A data channel event; `None`: the channel is gone (or did not open in time).
-    Event(Option<DataChannelEvent>),
-    /// A dropped stream waited long enough for the peer to close its channel.
-    GiveUp,
-}
-
-fn sleep(d: Duration) -> Pin<Box<tokio::time::Sleep>> {
-    Box::pin(tokio::time::sleep(d))
-}
-
-/// Drains the data channel into the stream's buffer and answers flags. After the stream is
-/// dropped it keeps draining, discarding data, until the channel closes (bounded by twice
-/// [`crate::Config::fin_ack_timeout`]). For the opener it also works around stream id reuse
-/// in webrtc-rs (see [`reuse`]):
-/// - the channel is closed by the side [`State::closes_channel`] names; the opener tells the
-///   [`ReuseGuard`] when its channels close;
-/// - an outbound channel that closes, or does not open within
-///   [`crate::Config::stream_open_timeout`], before it carried a byte in either direction is
-///   replaced by a fresh one after a doubling delay, a bounded number of times. Nothing was
-///   sent or received on it, so nothing is lost or duplicated. (The accepting side hands out
-///   an inbound channel only once its first message arrived, so such channels never reach
-///   the application there.)
-async fn pump(
-    mut dc: Arc<dyn DataChannel>,
-    shared: Arc<Mutex<Shared>>,
-    mut ctrl: mpsc::UnboundedReceiver<ControlOp>,
-    ctx: Arc<StreamContext>,
-    pc: Option<Arc<dyn PeerConnection>>,
-) {
-    let outbound = pc.is_some();
-    let mut reopen_left = if outbound { REOPEN_ATTEMPTS } else { 0 };
-    let mut reopen_delay = REOPEN_BACKOFF;
-    let mut decoder = FrameDecoder::new(ctx.max_frame_size);
-    let mut events = poll_channel(&dc);
-    let mut replies = Vec::new();
-    let mut closing = false;
-    let mut dropped = false;
-    let mut created_at = Instant::now();
-    let mut open_deadline = outbound.then(|| sleep(ctx.open_timeout));
-    let mut linger: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut finished_reported = false;
-    loop {
-        let step = futures::future::poll_fn(|cx| {
-            if !dropped {
-                if let Poll::Ready(op) = ctrl.poll_next_unpin(cx) {
-                    return Poll::Ready(Step::Ctrl(op));
-                }
-            }
-            if open_deadline
-                .as_mut()
-                .is_some_and(|d| d.as_mut().poll(cx).is_ready())
-            {
-                return Poll::Ready(Step::Event(None));
-            }
-            if linger
-                .as_mut()
-                .is_some_and(|d| d.as_mut().poll(cx).is_ready())
-            {
-                return Poll::Ready(Step::GiveUp);
-            }
-            {
-                // Wait while the reader has not caught up.
-                let mut s = lock(&shared);
-                if s.read_queued >= ctx.receive_buffer {
-                    s.pump_waker = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-            }
-            events.poll_unpin(cx).map(Step::Event)
-        })
-        .await;
-        let event = match step {
-            Step::Ctrl(Some(ControlOp::Reset)) => {
-                let send = {
-                    let mut s = lock(&shared);
-                    let send = !s.state.is_done();
-                    s.state.reset();
-                    s.wake();
-                    send
-                };
-                if send {
-                    let _ = dc.send(framing::encode(Some(Flag::ResetStream), &[])).await;
-                }
-                continue;
-            }
-            Step::Ctrl(None) => {
-                if outbound && !finished_reported {
-                    finished_reported = true;
-                    ctx.reuse.on_outbound_finished(Instant::now());
-                }
-                // The stream was dropped and its last requests are done. Keep draining (and
-                // discarding) until the channel closes, closing it ourselves when
-                // `State::closes_channel` says so, or after a bounded wait for the peer.
-                dropped = true;
-                open_deadline = None;
-                linger = Some(sleep(ctx.fin_ack_timeout * 2));
-                let close = {
-                    let mut s = lock(&shared);
-                    s.read_queue.clear();
-                    s.read_queued = 0;
-                    s.state.closes_channel(outbound)
-                };
-                if !closing && close {
-                    closing = true;
-                    let _ = dc.close().await;
-                }
-                continue;
-            }
-            Step::GiveUp => {
-                // The peer did not close in time: close anyway, so the channel is not leaked.
-                tracing::debug!(channel = %dc.id(), "peer did not close the channel; closing it");
-                if !closing {
-                    let _ = dc.close().await;
-                }
-                if outbound {
-                    ctx.reuse.on_outbound_closed(Instant::now());
-                }
-                return;
-            }
-            Step::Event(event) => event,
-        };
-        events = poll_channel(&dc);
-        let (next, reopen) = {
-            let mut s = lock(&shared);
-            let was_open = s.opened;
-            let next = match event {
-                Some(event) => apply_event(&mut s, &mut decoder, event, &mut replies),
-                None => Next::Closed,
-            };
-            if outbound && !was_open && s.opened {
-                open_deadline = None;
-                ctx.reuse.on_rtt_sample(created_at.elapsed());
-            }
-            if let (Some(sent), true) = (s.fin_sent_at, s.state.write == WriteHalf::Closed) {
-                s.fin_sent_at = None;
-                ctx.reuse.on_rtt_sample(sent.elapsed());
-            }
-            if dropped {
-                s.read_queue.clear();
-                s.read_queued = 0;
-            }
-            if outbound && !finished_reported && s.state.is_done() {
-                finished_reported = true;
-                ctx.reuse.on_outbound_finished(Instant::now());
-            }
-            let reopen = matches!(next, Next::Closed) && s.pristine && reopen_left > 0 && !dropped;
-            if reopen {
-                // Writers wait for the replacement.
-                s.opened = false;
-            } else if matches!(next, Next::Closed) {
-                s.state.on_channel_closed();
-                s.opened = true;
-            }
-            s.wake();
-            (next, reopen)
-        };
-        match next {
-            Next::Closed if reopen => {
-                reopen_left -= 1;
-                let Some(pc) = pc.as_ref() else { return };
-                tokio::time::sleep(reopen_delay).await;
-                reopen_delay *= 2;
-                match pc.create_data_channel("", None).await {
-                    Ok(new) => {
-                        tracing::debug!(old = %dc.id(), new = %new.id(), "replacing a data channel that died unused");
-                        dc = new;
-                        decoder = FrameDecoder::new(ctx.max_frame_size);
-                        events = poll_channel(&dc);
-                        created_at = Instant::now();
-                        open_deadline = Some(sleep(ctx.open_timeout));
-                        lock(&shared).dc = dc.clone();
-                    }
-                    Err(e) => {
-                        tracing::debug!("could not replace a dead data channel: {e}");
-                        let mut s = lock(&shared);
-                        s.state.on_channel_closed();
-                        s.opened = true;
-                        s.wake();
-                        return;
-                    }
-                }
-            }
-            Next::Closed => {
-                if outbound {
-                    ctx.reuse.on_outbound_closed(Instant::now());
-                }
-                return;
-            }
-            Next::Continue => {
-                for flag in replies.drain(..) {
-                    let _ = dc.send(framing::encode(Some(flag), &[])).await;
-                }
-                if !closing && lock(&shared).state.closes_channel(outbound) {
-                    closing = true;
-                    let _ = dc.close().await;
-                }
-            }
-        }
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::io;
 
-use crate::framing::Flag;
+use crate::direct::framing::Flag;
 
 /// The read half.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

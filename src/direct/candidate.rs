@@ -5,7 +5,7 @@
 //! as a missing `data`, `""`, `"null"`, or an object whose `candidate` is empty.
 
 use serde::{Deserialize, Serialize};
-use webrtc::peer_connection::RTCIceCandidateInit;
+use crate::rtc::CandidateInit as RTCIceCandidateInit;
 
 use crate::Error;
 

@@ -7,7 +7,7 @@ use futures::future::{select, Either};
 use futures::{SinkExt, StreamExt};
 use libp2p_swarm::Stream;
 
-use crate::protocol::{framed, Signal, SignalingStream};
+use super::protocol::{framed, Signal, SignalingStream};
 use crate::{Config, Connection, Error, SdpRole, Session, SessionEvent};
 
 /// Where the exchange stands.

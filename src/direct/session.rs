@@ -1,0 +1,312 @@
+//! Setting up one WebRTC peer connection: offer/answer, trickled candidates, identity check.
+//!
+//! A [`Session`] knows nothing about how SDP and candidates travel: a signaling layer (this
+//! crate's behaviour, or your own) calls its methods with what the remote sent and forwards
+//! what [`Session::next_event`] yields. Once connected, [`Session::into_connection`] checks the
+//! DTLS certificate against the remote SDP and returns a [`Connection`].
+
+use std::collections::VecDeque;
+
+use futures::channel::mpsc;
+use futures::StreamExt;
+
+use super::candidate::{self, RemoteCandidate};
+use super::connection::Connection;
+use super::fingerprint::Fingerprint;
+use crate::rtc::{CandidateInit, Channel, Peer, PeerEvent, PeerState};
+use crate::{Config, Error};
+
+/// Which side of the SDP exchange a session is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdpRole {
+    /// Creates the offer (by convention the outbound side of the relayed connection).
+    Offerer,
+    /// Answers the remote's offer.
+    Answerer,
+}
+
+/// What a [`Session`] asks its signaling layer to do, or reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEvent {
+    /// A local candidate to send to the remote: the JSON of an `RTCIceCandidateInit`.
+    LocalCandidate(String),
+    /// Local gathering finished: send end-of-candidates.
+    LocalCandidatesComplete,
+    /// ICE and DTLS are connected: call [`Session::into_connection`].
+    Connected,
+}
+
+/// One WebRTC peer connection being set up.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), libp2p_webrtc_signal::Error> {
+/// use libp2p_webrtc_signal::{Config, SdpRole, Session, SessionEvent};
+///
+/// let config = Config::default();
+/// let mut offerer = Session::new(&config, SdpRole::Offerer).await?;
+/// let mut answerer = Session::new(&config, SdpRole::Answerer).await?;
+/// let offer = offerer.create_offer().await?;
+/// let answer = answerer.accept_offer(&offer).await?;
+/// offerer.accept_answer(&answer).await?;
+/// // ... forward SessionEvent::LocalCandidate from each side to the other with
+/// // `add_remote_candidate`, until both report SessionEvent::Connected ...
+/// let connection = offerer.into_connection().await?;
+/// # let _ = connection; Ok(()) }
+/// ```
+pub struct Session {
+    peer: Peer,
+    events: mpsc::UnboundedReceiver<PeerEvent>,
+    role: SdpRole,
+    config: Config,
+    init_channel: Option<Channel>,
+    /// Remote candidates received before the remote description.
+    pending_remote: Vec<CandidateInit>,
+    remote_description_set: bool,
+    remote_candidates: usize,
+    remote_fingerprints: Vec<Fingerprint>,
+    /// `a=mid` and `a=ice-ufrag` of the local description, stamped on outgoing candidates.
+    local_mid: Option<String>,
+    local_ufrag: Option<String>,
+    /// Data channels the remote opened before the connection was handed out.
+    early_channels: VecDeque<Channel>,
+    /// When ICE connected (a candidate pair works), before DTLS.
+    ice_connected_at: Option<std::time::Instant>,
+    connected: bool,
+    /// The peer connection was handed to a [`Connection`] (or closed): no close on drop.
+    handed_out: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("role", &self.role)
+            .field("remote_candidates", &self.remote_candidates)
+            .field("connected", &self.connected)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sdp_attribute(sdp: &str, name: &str) -> Option<String> {
+    sdp.lines()
+        .find_map(|l| l.trim().strip_prefix(name))
+        .map(|v| v.trim().to_owned())
+}
+
+impl Session {
+    /// Creates the peer connection and binds its UDP sockets. Must run inside a tokio runtime.
+    pub async fn new(config: &Config, role: SdpRole) -> Result<Self, Error> {
+        config.validate()?;
+        let (peer, events, init_channel) = Peer::new(config, role == SdpRole::Offerer).await?;
+        Ok(Self {
+            peer,
+            events,
+            role,
+            config: config.clone(),
+            init_channel,
+            pending_remote: Vec::new(),
+            remote_description_set: false,
+            remote_candidates: 0,
+            remote_fingerprints: Vec::new(),
+            local_mid: None,
+            local_ufrag: None,
+            early_channels: VecDeque::new(),
+            ice_connected_at: None,
+            connected: false,
+            handed_out: false,
+        })
+    }
+
+    /// The role this session was created with.
+    pub fn role(&self) -> SdpRole {
+        self.role
+    }
+
+    fn remember_local(&mut self, sdp: &str) {
+        self.local_mid = sdp_attribute(sdp, "a=mid:");
+        self.local_ufrag = sdp_attribute(sdp, "a=ice-ufrag:");
+    }
+
+    async fn set_remote(&mut self, sdp: &str, offer: bool) -> Result<(), Error> {
+        let fingerprints = Fingerprint::from_sdp(sdp);
+        if fingerprints.is_empty() {
+            return Err(Error::NoFingerprint);
+        }
+        self.peer.set_remote(sdp, offer).await?;
+        self.remote_fingerprints = fingerprints;
+        self.remote_description_set = true;
+        let pending = std::mem::take(&mut self.pending_remote);
+        self.peer.add_candidates(pending).await
+    }
+
+    /// Offerer: creates the SDP offer and applies it locally. Returns the SDP text.
+    pub async fn create_offer(&mut self) -> Result<String, Error> {
+        if self.role != SdpRole::Offerer || self.local_mid.is_some() {
+            return Err(Error::InvalidState(
+                "only the offerer creates an offer, once",
+            ));
+        }
+        let sdp = self.peer.create_offer().await?;
+        self.remember_local(&sdp);
+        Ok(sdp)
+    }
+
+    /// Answerer: applies the remote offer, creates the answer and applies it locally.
+    /// Returns the answer's SDP text.
+    pub async fn accept_offer(&mut self, offer: &str) -> Result<String, Error> {
+        if self.role != SdpRole::Answerer || self.remote_description_set {
+            return Err(Error::InvalidState("unexpected offer"));
+        }
+        self.set_remote(offer, true).await?;
+        let sdp = self.peer.create_answer().await?;
+        self.remember_local(&sdp);
+        Ok(sdp)
+    }
+
+    /// Offerer: applies the remote answer.
+    pub async fn accept_answer(&mut self, answer: &str) -> Result<(), Error> {
+        if self.role != SdpRole::Offerer || self.remote_description_set || self.local_mid.is_none()
+        {
+            return Err(Error::InvalidState("unexpected answer"));
+        }
+        self.set_remote(answer, false).await
+    }
+
+    /// Adds a remote candidate: the `data` of an `ICE_CANDIDATE` signaling message.
+    ///
+    /// Candidates that arrive before the remote description are buffered. End-of-candidates
+    /// (`None`, `""`, `"null"`) and unusable candidates (mDNS `.local`, TCP) are accepted and
+    /// ignored. More than [`Config::max_remote_candidates`] is an error.
+    pub async fn add_remote_candidate(&mut self, data: Option<&str>) -> Result<(), Error> {
+        let init = match candidate::parse(data)? {
+            RemoteCandidate::EndOfCandidates => return Ok(()),
+            RemoteCandidate::Skipped(why) => {
+                self.count_remote_candidate()?;
+                tracing::debug!(?data, "skipping remote candidate: {why}");
+                return Ok(());
+            }
+            RemoteCandidate::Candidate(init) => init,
+        };
+        self.count_remote_candidate()?;
+        if self.remote_description_set {
+            self.peer.add_candidates([init]).await
+        } else {
+            self.pending_remote.push(init);
+            Ok(())
+        }
+    }
+
+    fn count_remote_candidate(&mut self) -> Result<(), Error> {
+        if self.remote_candidates >= self.config.max_remote_candidates {
+            return Err(Error::TooManyCandidates(self.config.max_remote_candidates));
+        }
+        self.remote_candidates += 1;
+        Ok(())
+    }
+
+    /// The next thing to forward to the remote, or `Connected`.
+    ///
+    /// Errors with [`Error::ConnectionFailed`] when ICE/DTLS fails and [`Error::Closed`] when
+    /// the peer connection closes. Cancel-safe.
+    pub async fn next_event(&mut self) -> Result<SessionEvent, Error> {
+        loop {
+            let event = self.events.next().await.ok_or(Error::Closed)?;
+            match event {
+                PeerEvent::LocalCandidate(mut init) => {
+                    init.sdp_mid = self.local_mid.clone().or(init.sdp_mid);
+                    init.username_fragment = self.local_ufrag.clone();
+                    return Ok(SessionEvent::LocalCandidate(candidate::to_json(&init)));
+                }
+                PeerEvent::GatheringComplete => return Ok(SessionEvent::LocalCandidatesComplete),
+                PeerEvent::State(PeerState::Connected) => {
+                    self.connected = true;
+                    return Ok(SessionEvent::Connected);
+                }
+                PeerEvent::State(PeerState::Failed) => return Err(Error::ConnectionFailed),
+                PeerEvent::State(PeerState::Closed) => return Err(Error::Closed),
+                PeerEvent::State(PeerState::Other) => {}
+                PeerEvent::Channel(channel) => self.early_channels.push_back(channel),
+                PeerEvent::IceConnected(at) => {
+                    self.ice_connected_at.get_or_insert(at);
+                }
+            }
+        }
+    }
+
+    /// Verifies the remote's DTLS certificate against the remote SDP's fingerprint and turns
+    /// the connected session into a [`Connection`].
+    ///
+    /// Fails with [`Error::InvalidState`] before [`SessionEvent::Connected`], and with
+    /// [`Error::FingerprintMismatch`] if the certificate does not match, and with
+    /// [`Error::Timeout`] if the SCTP association is not up within [`Config::upgrade_timeout`]
+    /// (the peer connection is closed then).
+    ///
+    /// The SCTP bound is the whole upgrade timeout: SCTP retransmits a lost handshake packet
+    /// after 1 s, then 2 s, ..., so a shorter bound would fail attempts on a lossy path that
+    /// would have connected (the behaviour's attempt is bounded by the same timeout from its
+    /// start).
+    pub async fn into_connection(mut self) -> Result<Connection, Error> {
+        if !self.connected {
+            return Err(Error::InvalidState("not connected yet"));
+        }
+        self.verify_fingerprint().await?;
+        let deadline = tokio::time::Instant::now() + self.config.upgrade_timeout;
+        self.peer.wait_for_sctp(deadline).await?;
+        // From here the connection owns the peer connection and closes it.
+        self.handed_out = true;
+        let events = std::mem::replace(&mut self.events, mpsc::unbounded().1);
+        // The init channel is closed by the answerer (the side that accepted it).
+        Ok(Connection::new(
+            self.peer.clone(),
+            events,
+            std::mem::take(&mut self.early_channels),
+            self.init_channel.take(),
+            &self.config,
+        ))
+    }
+
+    async fn verify_fingerprint(&self) -> Result<(), Error> {
+        let cert = self
+            .peer
+            .remote_certificate()
+            .await?
+            .ok_or(Error::FingerprintMismatch)?;
+        if self
+            .remote_fingerprints
+            .contains(&Fingerprint::of_certificate(&cert))
+        {
+            Ok(())
+        } else {
+            Err(Error::FingerprintMismatch)
+        }
+    }
+
+    /// When ICE found a working candidate pair (DTLS comes after), if it has.
+    pub fn ice_connected_at(&self) -> Option<std::time::Instant> {
+        self.ice_connected_at
+    }
+
+    /// Closes the peer connection and waits until it is closed. Dropping a session closes it
+    /// too, in the background.
+    pub async fn close(mut self) {
+        self.handed_out = true;
+        self.peer.close().await;
+    }
+}
+
+impl Drop for Session {
+    /// A session dropped before [`Session::into_connection`] (a cancelled or failed attempt)
+    /// closes its peer connection: webrtc-rs would otherwise keep its driver task and UDP
+    /// sockets (workaround 8 in `rtc`).
+    fn drop(&mut self) {
+        if self.handed_out {
+            return;
+        }
+        let peer = self.peer.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move { peer.close().await });
+            }
+            Err(_) => tracing::debug!("session dropped outside a tokio runtime; not closed"),
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! One webrtc-rs peer connection behind plain methods: [`Peer`], and what its driver reports,
+//! [`PeerEvent`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::mpsc;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::configuration::RTCIceTransportPolicy;
+use rtc::peer_connection::transport::RTCSctpTransportState;
+use webrtc::data_channel::DataChannel;
+use webrtc::peer_connection::{
+    PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
+    RTCIceConnectionState, RTCIceGatheringState, RTCIceServer, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription, SettingEngineBuilder,
+};
+
+use super::socket::{BufferedRuntime, EarlyDtls};
+use super::{CandidateInit, Channel, INIT_CHANNEL_LABEL};
+use crate::{Config, Error};
+
+/// What the peer connection's driver reports, in order.
+pub(crate) enum PeerEvent {
+    /// A local candidate was gathered.
+    LocalCandidate(CandidateInit),
+    /// Local gathering finished.
+    GatheringComplete,
+    /// ICE found a working candidate pair, at this instant (DTLS follows).
+    IceConnected(Instant),
+    /// The connection state changed.
+    State(PeerState),
+    /// The remote opened a data channel.
+    Channel(Channel),
+}
+
+/// The peer connection states this crate acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerState {
+    /// ICE and DTLS are connected.
+    Connected,
+    /// ICE or DTLS failed (also after consent was lost on a connected path).
+    Failed,
+    /// Closed by either side.
+    Closed,
+    /// Any other state (new, connecting, disconnected): logged only.
+    Other,
+}
+
+/// Forwards driver callbacks into a channel; never blocks the driver.
+struct Callbacks {
+    tx: mpsc::UnboundedSender<PeerEvent>,
+    /// Opened once ICE is connected (see [`EarlyDtls`]).
+    early_dtls: Arc<EarlyDtls>,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Callbacks {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        match event.candidate.to_json() {
+            Ok(init) => {
+                let _ = self.tx.unbounded_send(PeerEvent::LocalCandidate(init));
+            }
+            Err(e) => tracing::debug!("skipping local candidate: {e}"),
+        }
+    }
+
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            let _ = self.tx.unbounded_send(PeerEvent::GatheringComplete);
+        }
+    }
+
+    async fn on_ice_connection_state_change(&self, state: RTCIceConnectionState) {
+        if matches!(
+            state,
+            RTCIceConnectionState::Connected | RTCIceConnectionState::Completed
+        ) {
+            self.early_dtls.open();
+        }
+        if state == RTCIceConnectionState::Connected {
+            let _ = self
+                .tx
+                .unbounded_send(PeerEvent::IceConnected(Instant::now()));
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        let state = match state {
+            RTCPeerConnectionState::Connected => {
+                // Already open by now; never leave the gate shut on a working connection.
+                self.early_dtls.open();
+                PeerState::Connected
+            }
+            RTCPeerConnectionState::Failed => PeerState::Failed,
+            RTCPeerConnectionState::Closed => PeerState::Closed,
+            other => {
+                tracing::trace!(state = ?other, "peer connection state");
+                PeerState::Other
+            }
+        };
+        let _ = self.tx.unbounded_send(PeerEvent::State(state));
+    }
+
+    async fn on_data_channel(&self, data_channel: Arc<dyn DataChannel>) {
+        let _ = self
+            .tx
+            .unbounded_send(PeerEvent::Channel(Channel::new(data_channel)));
+    }
+}
+
+/// A webrtc-rs peer connection. Cheap to clone; all clones are the same connection.
+#[derive(Clone)]
+pub(crate) struct Peer {
+    pc: Arc<dyn PeerConnection>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer").finish_non_exhaustive()
+    }
+}
+
+impl Peer {
+    /// Builds a peer connection from `config` and binds its UDP sockets; the offerer also
+    /// creates the `init` data channel (workaround 7 in [`super`]), returned beside it.
+    pub(crate) async fn new(
+        config: &Config,
+        offerer: bool,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<PeerEvent>, Option<Channel>), Error> {
+        let ice_servers = config
+            .ice_servers
+            .iter()
+            .map(|s| RTCIceServer {
+                urls: s.urls.clone(),
+                username: s.username.clone().unwrap_or_default(),
+                credential: s.credential.clone().unwrap_or_default(),
+            })
+            .collect();
+        let policy = if config.relay_only {
+            RTCIceTransportPolicy::Relay
+        } else {
+            RTCIceTransportPolicy::All
+        };
+        let rtc_config = RTCConfigurationBuilder::default()
+            .with_ice_servers(ice_servers)
+            .with_ice_transport_policy(policy)
+            .build();
+        let settings = SettingEngineBuilder::new()
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_include_loopback_candidate(config.allow_loopback_candidates)
+            .with_sctp_mtu(config.sctp_mtu)
+            .with_sctp_max_receive_buffer_size(config.sctp_receive_window)
+            .with_ice_connection_attempts(
+                Some(config.ice_check_interval),
+                Some(config.ice_max_binding_requests),
+            )
+            .with_ice_timeouts(
+                Some(config.ice_disconnected_timeout),
+                Some(config.ice_failed_timeout),
+                Some(config.ice_keepalive_interval),
+            )
+            // Workaround 6: nominate the first working direct pair at once.
+            .with_host_acceptance_min_wait(Some(Duration::ZERO))
+            .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
+            .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
+            .build();
+        let early_dtls = Arc::new(EarlyDtls::new(config.early_dtls_records));
+        let runtime = BufferedRuntime::tokio(config.udp_socket_buffer, early_dtls.clone())
+            .ok_or_else(|| Error::InvalidConfig("no async runtime available".into()))?;
+        let (tx, events) = mpsc::unbounded();
+        let pc = PeerConnectionBuilder::new()
+            .with_configuration(rtc_config)
+            .with_setting_engine(settings)
+            .with_runtime(runtime)
+            .with_handler(Arc::new(Callbacks { tx, early_dtls }))
+            .with_udp_addrs(config.udp_bind_addrs.clone())
+            .with_data_channel_send_buffer_limit(config.stream_send_buffer)
+            .build()
+            .await?;
+        let peer = Self { pc: Arc::new(pc) };
+        let init = if offerer {
+            match peer.pc.create_data_channel(INIT_CHANNEL_LABEL, None).await {
+                Ok(dc) => Some(Channel::new(dc)),
+                Err(e) => {
+                    peer.close().await;
+                    return Err(e.into());
+                }
+            }
+        } else {
+            None
+        };
+        Ok((peer, events, init))
+    }
+
+    /// Creates the offer and applies it locally; returns its SDP.
+    pub(crate) async fn create_offer(&self) -> Result<String, Error> {
+        let offer = self.pc.create_offer(None).await?;
+        let sdp = offer.sdp.clone();
+        self.pc.set_local_description(offer).await?;
+        Ok(sdp)
+    }
+
+    /// Creates the answer to the applied remote offer and applies it locally; returns its SDP.
+    pub(crate) async fn create_answer(&self) -> Result<String, Error> {
+        let answer = self.pc.create_answer(None).await?;
+        let sdp = answer.sdp.clone();
+        self.pc.set_local_description(answer).await?;
+        Ok(sdp)
+    }
+
+    /// Applies the remote description: an offer, or (`offer == false`) an answer.
+    pub(crate) async fn set_remote(&self, sdp: &str, offer: bool) -> Result<(), Error> {
+        let desc = if offer {
+            RTCSessionDescription::offer(sdp.to_owned())
+        } else {
+            RTCSessionDescription::answer(sdp.to_owned())
+        }
+        .map_err(|e| Error::InvalidSdp(e.to_string()))?;
+        self.pc
+            .set_remote_description(desc)
+            .await
+            .map_err(|e| Error::InvalidSdp(e.to_string()))
+    }
+
+    /// Adds remote candidates, then wakes the driver (workaround 1 in [`super`]).
+    pub(crate) async fn add_candidates(
+        &self,
+        candidates: impl IntoIterator<Item = CandidateInit>,
+    ) -> Result<(), Error> {
+        let mut added = false;
+        for init in candidates {
+            self.pc
+                .add_ice_candidate(init)
+                .await
+                .map_err(|e| Error::InvalidCandidate(e.to_string()))?;
+            added = true;
+        }
+        if added {
+            self.wake().await;
+        }
+        Ok(())
+    }
+
+    /// Makes the driver run one loop iteration: it then flushes what its state machines
+    /// queued and re-arms its timers. Re-applying the unchanged configuration is the one
+    /// public call that does this without side effects (webrtc-rs 0.21.1).
+    pub(crate) async fn wake(&self) {
+        let configuration = self.pc.get_configuration().await;
+        if let Err(e) = self.pc.set_configuration(configuration).await {
+            tracing::debug!("could not wake the WebRTC driver: {e}");
+        }
+    }
+
+    /// Waits until the SCTP association is established, or `deadline` (workarounds 2 and 3
+    /// in [`super`]). No event reports the association's state: this polls it, backing off
+    /// to 10 ms.
+    pub(crate) async fn wait_for_sctp(&self, deadline: tokio::time::Instant) -> Result<(), Error> {
+        let sctp = self
+            .pc
+            .sctp()
+            .await
+            .ok_or(Error::InvalidState("no SCTP transport"))?;
+        let mut pause = Duration::from_micros(250);
+        let mut kicked = false;
+        loop {
+            let state = sctp.state().await?;
+            // Not `Closed` as a failure: the accepting side's association reports it until
+            // the COOKIE-ECHO arrives. A dead connection ends in the deadline.
+            if state == RTCSctpTransportState::Connected {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout);
+            }
+            if !kicked {
+                // The SCTP INIT is queued when DTLS completes but sent only on the driver's
+                // next wake-up, up to 200 ms later.
+                kicked = true;
+                self.wake().await;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+
+    /// The DER certificate the remote presented in the DTLS handshake, if any.
+    pub(crate) async fn remote_certificate(&self) -> Result<Option<Vec<u8>>, Error> {
+        let sctp = self
+            .pc
+            .sctp()
+            .await
+            .ok_or(Error::InvalidState("no SCTP transport"))?;
+        let certs = sctp.transport().get_remote_certificates().await?;
+        Ok(certs.into_iter().next())
+    }
+
+    /// Creates an in-band data channel with an empty label (a libp2p stream).
+    pub(crate) async fn create_channel(&self) -> Result<Channel, Error> {
+        Ok(Channel::new(self.pc.create_data_channel("", None).await?))
+    }
+
+    /// Closes the peer connection; its driver stops and its sockets are released.
+    pub(crate) async fn close(&self) {
+        if let Err(e) = self.pc.close().await {
+            tracing::trace!("closing the peer connection: {e}");
+        }
+    }
+}

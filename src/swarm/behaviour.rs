@@ -1,0 +1,407 @@
+//! The network behaviour: a thin adapter between the Swarm and the per-peer upgrade
+//! [`policy`](super::policy). It turns Swarm events and handler reports into policy inputs,
+//! carries out the policy's actions (handler commands, closes, events, hand-offs of direct
+//! connections to the [`Transport`](crate::Transport)) and runs its timers.
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::channel::mpsc;
+use futures::FutureExt;
+use libp2p_core::multiaddr::Multiaddr;
+use libp2p_core::transport::PortUse;
+use libp2p_core::{ConnectedPoint, Endpoint};
+use libp2p_identity::PeerId;
+use libp2p_swarm::behaviour::{ConnectionClosed, ConnectionEstablished, FromSwarm, ListenFailure};
+use libp2p_swarm::{
+    CloseConnection, ConnectionDenied, ConnectionId, ListenOpts, NetworkBehaviour, NotifyHandler,
+    THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+};
+
+use super::exchange::Timings;
+use super::handler::{Command, Handler, Report};
+use super::policy::{is_relayed, Action, Input, PeerPolicy};
+use super::transport::{listen_addr, Handoff};
+use crate::slots::Slots;
+use crate::{Config, Connection, Error, SdpRole};
+
+/// What the behaviour reports.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// An upgrade attempt started on a relayed connection.
+    UpgradeStarted {
+        /// The remote peer.
+        peer: PeerId,
+        /// The relayed connection carrying the signaling.
+        relayed_connection: ConnectionId,
+        /// Whether this side offers or answers.
+        role: SdpRole,
+        /// The attempt number, from 1.
+        attempt: u32,
+    },
+    /// The peer is now reachable over a direct WebRTC connection.
+    Upgraded {
+        /// The remote peer.
+        peer: PeerId,
+        /// The relayed connection the upgrade was signaled over.
+        relayed_connection: ConnectionId,
+        /// The new direct connection.
+        direct_connection: ConnectionId,
+        /// From the start of the successful attempt to the direct connection in the Swarm.
+        took: Duration,
+        /// Where that time went, and what the signaling cost.
+        timings: Timings,
+    },
+    /// An upgrade attempt failed; the relayed connection is untouched.
+    UpgradeFailed {
+        /// The remote peer.
+        peer: PeerId,
+        /// The relayed connection.
+        relayed_connection: ConnectionId,
+        /// Why.
+        error: Error,
+        /// The attempt number, from 1.
+        attempt: u32,
+        /// Whether this side will try again (only the offering side retries).
+        will_retry: bool,
+    },
+    /// A relayed connection to an upgraded peer was closed.
+    RelayClosed {
+        /// The remote peer.
+        peer: PeerId,
+        /// The relayed connection that closed.
+        relayed_connection: ConnectionId,
+    },
+}
+
+/// Upgrades relayed connections to direct WebRTC connections. Made by [`crate::new`]; add it
+/// to your `#[derive(NetworkBehaviour)]`.
+pub struct Behaviour {
+    config: Arc<Config>,
+    local: PeerId,
+    slots: Arc<Slots>,
+    handoffs: mpsc::UnboundedSender<Handoff>,
+    listen: Option<ListenOpts>,
+    /// The upgrade policy of each peer with something to track.
+    peers: HashMap<PeerId, PeerPolicy>,
+    /// Direct connections handed to the transport, known from their local address before
+    /// they are established.
+    direct_ids: HashMap<ConnectionId, PeerId>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    events: VecDeque<ToSwarm<Event, Command>>,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Behaviour")
+            .field("peers", &self.peers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Behaviour {
+    pub(crate) fn new(
+        local: PeerId,
+        config: Config,
+        handoffs: mpsc::UnboundedSender<Handoff>,
+    ) -> Self {
+        let slots = Slots::new(config.max_concurrent_upgrades);
+        Self {
+            config: Arc::new(config),
+            local,
+            slots,
+            handoffs,
+            listen: Some(ListenOpts::new(listen_addr())),
+            peers: HashMap::new(),
+            direct_ids: HashMap::new(),
+            sleep: None,
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Whether `peer` has a direct WebRTC connection made by this behaviour.
+    pub fn is_upgraded(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(PeerPolicy::is_upgraded)
+    }
+
+    /// Starts an upgrade of the relayed connection to `peer` now, with this side offering.
+    ///
+    /// For nodes with [`Config::with_auto_upgrade`] off, or to try again after the retries
+    /// ran out. Returns `false`, doing nothing, when there is no relayed connection to `peer`
+    /// (or only ones being drained), when `peer` is already upgraded, or when an upgrade
+    /// with `peer` is running. The outcome comes as [`Event::Upgraded`] or
+    /// [`Event::UpgradeFailed`], with retries as for automatic upgrades.
+    ///
+    /// ```no_run
+    /// # fn f(behaviour: &mut libp2p_webrtc_signal::Behaviour, peer: libp2p_identity::PeerId) {
+    /// if !behaviour.upgrade(peer) {
+    ///     // Nothing to upgrade, or already done / under way.
+    /// }
+    /// # }
+    /// ```
+    pub fn upgrade(&mut self, peer: PeerId) -> bool {
+        match self.peers.get(&peer) {
+            Some(p) if !p.is_upgraded() && !p.is_upgrading() => {}
+            _ => return false,
+        }
+        self.input(peer, Input::UpgradeRequested, None);
+        self.peers.get(&peer).is_some_and(PeerPolicy::is_upgrading)
+    }
+
+    fn handler(&self, relayed: bool, peer: PeerId, connection: ConnectionId) -> Handler {
+        Handler::new(
+            relayed,
+            self.config.clone(),
+            self.local,
+            peer,
+            connection,
+            self.slots.clone(),
+        )
+    }
+
+    /// Feeds `input` to `peer`'s policy and carries out its actions. `direct` is the direct
+    /// connection of an [`Input::Upgraded`], for its hand-off.
+    fn input(&mut self, peer: PeerId, input: Input, mut direct: Option<Box<Connection>>) {
+        let (local, config) = (self.local, self.config.clone());
+        let policy = self
+            .peers
+            .entry(peer)
+            .or_insert_with(|| PeerPolicy::new(local, peer, config));
+        let actions = policy.handle(Instant::now(), input);
+        if policy.is_idle() {
+            self.peers.remove(&peer);
+        }
+        for action in actions {
+            match action {
+                Action::Command {
+                    connection,
+                    command,
+                } => self.events.push_back(ToSwarm::NotifyHandler {
+                    peer_id: peer,
+                    handler: NotifyHandler::One(connection),
+                    event: command,
+                }),
+                Action::Close { connection } => self.events.push_back(ToSwarm::CloseConnection {
+                    peer_id: peer,
+                    connection: CloseConnection::One(connection),
+                }),
+                Action::Emit(event) => self.events.push_back(ToSwarm::GenerateEvent(event)),
+                Action::HandOff {
+                    relayed,
+                    remote_addr,
+                } => {
+                    let Some(connection) = direct.take() else {
+                        continue;
+                    };
+                    tracing::debug!(%peer, %relayed, %remote_addr, "handing the direct connection to the Swarm");
+                    if self
+                        .handoffs
+                        .unbounded_send(Handoff {
+                            peer,
+                            connection: *connection,
+                            remote_addr,
+                        })
+                        .is_err()
+                    {
+                        tracing::debug!(%peer, "the transport is gone; dropping a direct connection");
+                    }
+                }
+            }
+        }
+        // A timer may have been set: compute the next wake-up afresh.
+        self.sleep = None;
+    }
+
+    fn on_established(&mut self, e: ConnectionEstablished) {
+        let peer = e.peer_id;
+        if self.direct_ids.contains_key(&e.connection_id) {
+            let input = Input::DirectEstablished {
+                connection: e.connection_id,
+            };
+            self.input(peer, input, None);
+            return;
+        }
+        let (addr, dialer) = match e.endpoint {
+            ConnectedPoint::Dialer { address, .. } => (address.clone(), true),
+            // An inbound circuit: the local address is `<relay>/p2p-circuit`, the remote
+            // address only `/p2p/<peer>`.
+            ConnectedPoint::Listener {
+                local_addr,
+                send_back_addr,
+            } if !is_relayed(send_back_addr) && is_relayed(local_addr) => {
+                (local_addr.clone(), false)
+            }
+            ConnectedPoint::Listener { send_back_addr, .. } => (send_back_addr.clone(), false),
+        };
+        if !is_relayed(&addr) {
+            return;
+        }
+        let input = Input::RelayEstablished {
+            connection: e.connection_id,
+            addr,
+            dialer,
+        };
+        self.input(peer, input, None);
+    }
+
+    fn on_closed(&mut self, e: ConnectionClosed) {
+        self.direct_ids.remove(&e.connection_id);
+        if self.peers.contains_key(&e.peer_id) {
+            let input = Input::Closed {
+                connection: e.connection_id,
+            };
+            self.input(e.peer_id, input, None);
+        }
+    }
+
+    fn on_listen_failure(&mut self, e: ListenFailure) {
+        let Some(peer) = self.direct_ids.remove(&e.connection_id) else {
+            return;
+        };
+        let input = Input::DirectRefused {
+            connection: e.connection_id,
+            reason: e.error.to_string(),
+        };
+        self.input(peer, input, None);
+    }
+
+    fn on_report(&mut self, peer: PeerId, connection: ConnectionId, report: Report) {
+        let (input, direct) = match report {
+            Report::Started { role, attempt } => (
+                Input::Started {
+                    connection,
+                    role,
+                    attempt,
+                },
+                None,
+            ),
+            Report::Upgraded {
+                connection: direct,
+                role,
+                timings,
+                ..
+            } => (
+                Input::Upgraded {
+                    connection,
+                    role,
+                    timings,
+                },
+                Some(direct),
+            ),
+            Report::Failed {
+                role,
+                attempt,
+                error,
+            } => (
+                Input::Failed {
+                    connection,
+                    role,
+                    attempt,
+                    error,
+                },
+                None,
+            ),
+            Report::Superseded { .. } => (Input::Superseded { connection }, None),
+        };
+        self.input(peer, input, direct);
+    }
+
+    /// Ticks every peer whose deadline passed; returns the next deadline.
+    fn tick(&mut self, now: Instant) -> Option<Instant> {
+        let due: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.next_deadline().is_some_and(|at| at <= now))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in due {
+            self.input(peer, Input::Tick, None);
+        }
+        self.peers
+            .values()
+            .filter_map(PeerPolicy::next_deadline)
+            .min()
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = Event;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if *local_addr == listen_addr() {
+            self.direct_ids.insert(connection_id, peer);
+            return Ok(self.handler(false, peer, connection_id));
+        }
+        let relayed = is_relayed(remote_addr) || is_relayed(local_addr);
+        Ok(self.handler(relayed, peer, connection_id))
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        _role_override: Endpoint,
+        _port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        Ok(self.handler(is_relayed(addr), peer, connection_id))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => self.on_established(e),
+            FromSwarm::ConnectionClosed(e) => self.on_closed(e),
+            FromSwarm::ListenFailure(e) => self.on_listen_failure(e),
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        report: THandlerOutEvent<Self>,
+    ) {
+        self.on_report(peer, connection, report);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        if let Some(opts) = self.listen.take() {
+            return Poll::Ready(ToSwarm::ListenOn { opts });
+        }
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Poll::Ready(event);
+            }
+            let Some(next) = self.tick(Instant::now()) else {
+                self.sleep = None;
+                return Poll::Pending;
+            };
+            if !self.events.is_empty() {
+                continue;
+            }
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(next.into())));
+            if sleep.deadline() != next.into() {
+                sleep.as_mut().reset(next.into());
+            }
+            if sleep.poll_unpin(cx).is_ready() {
+                self.sleep = None;
+                continue;
+            }
+            return Poll::Pending;
+        }
+    }
+}

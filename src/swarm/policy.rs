@@ -1,0 +1,995 @@
+//! The upgrade policy: every per-peer decision, as a plain state machine.
+//!
+//! One [`PeerPolicy`] per remote peer owns that peer's relayed connections, the running
+//! upgrade attempt, glare, retries and their backoff, the direct connections and the drain of
+//! the relayed ones. It does no I/O and reads no clock: the [`Behaviour`](super::behaviour)
+//! feeds it Swarm events and handler reports as [`Input`]s with the current time, carries out
+//! the [`Action`]s it returns, and calls [`Input::Tick`] at [`PeerPolicy::next_deadline`].
+//! The unit tests below drive it with made-up connection ids and instants.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p_core::multiaddr::{Multiaddr, Protocol};
+use libp2p_identity::PeerId;
+use libp2p_swarm::ConnectionId;
+
+use super::exchange::Timings;
+use super::handler::Command;
+use crate::{Config, Error, Event, SdpRole};
+
+/// Whether `offerer`'s offer wins a glare against an offer from `other`: the smaller peer id
+/// (by its byte encoding) offers. Both sides reach the same answer; every glare decision (the
+/// handler's on one connection, the policy's across connections and between two direct
+/// connections) goes through here.
+pub(crate) fn offer_wins(offerer: &PeerId, other: &PeerId) -> bool {
+    offerer.to_bytes() < other.to_bytes()
+}
+
+/// Whether `addr` goes through a relay.
+pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::P2pCircuit)
+}
+
+/// `/p2p-circuit` followed by `/webrtc`: the user asked for a WebRTC upgrade.
+pub(crate) fn is_explicit(addr: &Multiaddr) -> bool {
+    let mut after_circuit = false;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2pCircuit => after_circuit = true,
+            Protocol::WebRTC if after_circuit => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+/// `<relayed addr>/webrtc/p2p/<peer>`, from a relayed address with or without the tail.
+pub(crate) fn direct_addr(relayed: &Multiaddr, peer: PeerId) -> Multiaddr {
+    let mut addr: Multiaddr = relayed
+        .iter()
+        .filter(|p| !matches!(p, Protocol::P2p(id) if *id == peer) && *p != Protocol::WebRTC)
+        .collect();
+    addr.push(Protocol::WebRTC);
+    addr.push(Protocol::P2p(peer));
+    addr
+}
+
+/// What happened, as far as the policy cares.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// A relayed connection to the peer was established. `addr` is the relayed address the
+    /// direct connection's address is built from; `dialer`: this side dialed it (and offers).
+    RelayEstablished {
+        connection: ConnectionId,
+        addr: Multiaddr,
+        dialer: bool,
+    },
+    /// A direct connection handed to the transport was established in the Swarm.
+    DirectEstablished { connection: ConnectionId },
+    /// A direct connection handed to the transport was refused by the Swarm.
+    DirectRefused {
+        connection: ConnectionId,
+        reason: String,
+    },
+    /// A connection to the peer closed (relayed or direct).
+    Closed { connection: ConnectionId },
+    /// The application asked for an upgrade ([`Behaviour::upgrade`](crate::Behaviour::upgrade)).
+    UpgradeRequested,
+    /// A handler started an attempt.
+    Started {
+        connection: ConnectionId,
+        role: SdpRole,
+        attempt: u32,
+    },
+    /// A handler's attempt produced a verified direct connection.
+    Upgraded {
+        connection: ConnectionId,
+        role: SdpRole,
+        timings: Timings,
+    },
+    /// A handler's attempt failed.
+    Failed {
+        connection: ConnectionId,
+        role: SdpRole,
+        attempt: u32,
+        error: Error,
+    },
+    /// A handler dropped its offer for the remote's (glare on one connection).
+    Superseded { connection: ConnectionId },
+    /// Time passed: fire the timers that are due.
+    Tick,
+}
+
+/// What the policy asks for.
+#[derive(Debug)]
+pub(crate) enum Action {
+    /// Send a command to the handler of a connection to the peer.
+    Command {
+        connection: ConnectionId,
+        command: Command,
+    },
+    /// Close a connection to the peer.
+    Close { connection: ConnectionId },
+    /// Report an event to the application.
+    Emit(Event),
+    /// Hand the direct connection made over `relayed` to the transport, under `remote_addr`.
+    /// (Without this action, after [`Input::Upgraded`], the direct connection is dropped.)
+    HandOff {
+        relayed: ConnectionId,
+        remote_addr: Multiaddr,
+    },
+}
+
+#[derive(Debug)]
+struct Relayed {
+    /// The address the direct connection's remote address is built from.
+    addr: Multiaddr,
+    /// This side dialed the relayed connection: it offers.
+    dialer: bool,
+    /// The peer is upgraded: the connection is being drained, then closed.
+    draining: bool,
+}
+
+/// The running attempt (one at a time per peer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Attempt {
+    connection: ConnectionId,
+    role: SdpRole,
+    number: u32,
+}
+
+/// A direct connection handed to the transport, not established yet.
+#[derive(Debug)]
+struct Handed {
+    relayed: ConnectionId,
+    offerer: PeerId,
+    at: Instant,
+    timings: Timings,
+}
+
+#[derive(Debug)]
+struct Direct {
+    connection: ConnectionId,
+    offerer: PeerId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Timer {
+    /// Start attempt `attempt` on `connection`.
+    Retry {
+        connection: ConnectionId,
+        attempt: u32,
+    },
+    /// Close the drained relayed `connection`.
+    Drain { connection: ConnectionId },
+}
+
+impl Timer {
+    fn connection(&self) -> ConnectionId {
+        match self {
+            Timer::Retry { connection, .. } | Timer::Drain { connection } => *connection,
+        }
+    }
+}
+
+/// The upgrade policy for one remote peer.
+#[derive(Debug)]
+pub(crate) struct PeerPolicy {
+    local: PeerId,
+    peer: PeerId,
+    config: Arc<Config>,
+    relayed: BTreeMap<ConnectionId, Relayed>,
+    attempt: Option<Attempt>,
+    handed: VecDeque<Handed>,
+    direct: Vec<Direct>,
+    timers: Vec<(Instant, Timer)>,
+}
+
+impl PeerPolicy {
+    pub(crate) fn new(local: PeerId, peer: PeerId, config: Arc<Config>) -> Self {
+        Self {
+            local,
+            peer,
+            config,
+            relayed: BTreeMap::new(),
+            attempt: None,
+            handed: VecDeque::new(),
+            direct: Vec::new(),
+            timers: Vec::new(),
+        }
+    }
+
+    /// Whether the peer has a direct connection made by an upgrade.
+    pub(crate) fn is_upgraded(&self) -> bool {
+        !self.direct.is_empty()
+    }
+
+    /// Whether an attempt is running.
+    pub(crate) fn is_upgrading(&self) -> bool {
+        self.attempt.is_some()
+    }
+
+    /// Nothing left to track: the entry can go.
+    pub(crate) fn is_idle(&self) -> bool {
+        self.relayed.is_empty()
+            && self.direct.is_empty()
+            && self.handed.is_empty()
+            && self.attempt.is_none()
+            && self.timers.is_empty()
+    }
+
+    /// When [`Input::Tick`] is due next.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.timers.iter().map(|(at, _)| *at).min()
+    }
+
+    /// Applies one input at time `now`; returns what to do, in order.
+    pub(crate) fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
+        let mut out = Vec::new();
+        match input {
+            Input::RelayEstablished {
+                connection,
+                addr,
+                dialer,
+            } => self.on_relay_established(now, connection, addr, dialer, &mut out),
+            Input::DirectEstablished { connection } => {
+                self.on_direct_established(now, connection, &mut out)
+            }
+            Input::DirectRefused { connection, reason } => {
+                if let Some(h) = self.handed.pop_front() {
+                    tracing::debug!(peer = %self.peer, %connection, "direct connection refused: {reason}");
+                    out.push(Action::Emit(Event::UpgradeFailed {
+                        peer: self.peer,
+                        relayed_connection: h.relayed,
+                        error: Error::Denied(reason),
+                        attempt: 1,
+                        will_retry: false,
+                    }));
+                }
+            }
+            Input::Closed { connection } => self.on_closed(connection, &mut out),
+            Input::UpgradeRequested => {
+                // Prefer a connection we dialed: that is the one the remote expects an offer on.
+                let chosen = self
+                    .relayed
+                    .iter()
+                    .filter(|(_, r)| !r.draining)
+                    .max_by_key(|(id, r)| (r.dialer, std::cmp::Reverse(**id)))
+                    .map(|(id, _)| *id);
+                if let Some(connection) = chosen {
+                    self.start(connection, 1, &mut out);
+                }
+            }
+            Input::Started {
+                connection,
+                role,
+                attempt,
+            } => self.on_started(connection, role, attempt, &mut out),
+            Input::Upgraded {
+                connection,
+                role,
+                timings,
+            } => {
+                self.clear_attempt(connection);
+                if let Some(r) = self.relayed.get(&connection) {
+                    let offerer = match role {
+                        SdpRole::Offerer => self.local,
+                        SdpRole::Answerer => self.peer,
+                    };
+                    out.push(Action::HandOff {
+                        relayed: connection,
+                        remote_addr: direct_addr(&r.addr, self.peer),
+                    });
+                    self.handed.push_back(Handed {
+                        relayed: connection,
+                        offerer,
+                        at: now,
+                        timings,
+                    });
+                }
+            }
+            Input::Failed {
+                connection,
+                role,
+                attempt,
+                error,
+            } => self.on_failed(now, connection, role, attempt, error, &mut out),
+            Input::Superseded { connection } => self.clear_attempt(connection),
+            Input::Tick => {
+                while let Some(i) = self.timers.iter().position(|(at, _)| *at <= now) {
+                    let (_, timer) = self.timers.swap_remove(i);
+                    self.fire(timer, &mut out);
+                }
+            }
+        }
+        out
+    }
+
+    fn on_relay_established(
+        &mut self,
+        now: Instant,
+        connection: ConnectionId,
+        addr: Multiaddr,
+        dialer: bool,
+        out: &mut Vec<Action>,
+    ) {
+        let explicit = dialer && is_explicit(&addr);
+        let upgraded = self.is_upgraded();
+        self.relayed.insert(
+            connection,
+            Relayed {
+                addr,
+                dialer,
+                draining: upgraded,
+            },
+        );
+        if upgraded {
+            self.drain(now, connection, out);
+        } else if dialer && (self.config.auto_upgrade || explicit) {
+            self.start(connection, 1, out);
+        } else {
+            out.push(Action::Command {
+                connection,
+                command: Command::Idle,
+            });
+        }
+    }
+
+    fn on_direct_established(
+        &mut self,
+        now: Instant,
+        connection: ConnectionId,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(h) = self.handed.pop_front() else {
+            return;
+        };
+        self.direct.push(Direct {
+            connection,
+            offerer: h.offerer,
+        });
+        let timings = Timings {
+            handoff: now.saturating_duration_since(h.at),
+            ..h.timings
+        };
+        out.push(Action::Emit(Event::Upgraded {
+            peer: self.peer,
+            relayed_connection: h.relayed,
+            direct_connection: connection,
+            took: timings.total(),
+            timings,
+        }));
+        // Glare safety net: keep one direct connection, the one the glare winner offered
+        // (the same choice on both sides).
+        if self.direct.len() > 1 {
+            let winner = if offer_wins(&self.local, &self.peer) {
+                self.local
+            } else {
+                self.peer
+            };
+            let keep = self
+                .direct
+                .iter()
+                .position(|d| d.offerer == winner)
+                .unwrap_or(0);
+            for (i, d) in self.direct.iter().enumerate() {
+                if i != keep {
+                    out.push(Action::Close {
+                        connection: d.connection,
+                    });
+                }
+            }
+        }
+        // Drain the relayed connections.
+        let drain: Vec<ConnectionId> = self
+            .relayed
+            .iter_mut()
+            .filter(|(_, r)| !r.draining)
+            .map(|(id, r)| {
+                r.draining = true;
+                *id
+            })
+            .collect();
+        for connection in drain {
+            self.drain(now, connection, out);
+        }
+    }
+
+    fn on_closed(&mut self, connection: ConnectionId, out: &mut Vec<Action>) {
+        if let Some(i) = self.direct.iter().position(|d| d.connection == connection) {
+            self.direct.swap_remove(i);
+            return;
+        }
+        let Some(r) = self.relayed.remove(&connection) else {
+            return;
+        };
+        self.timers.retain(|(_, t)| t.connection() != connection);
+        if let Some(a) = self.attempt.filter(|a| a.connection == connection) {
+            // The attempt went with its connection (the handler is gone).
+            self.attempt = None;
+            out.push(Action::Emit(Event::UpgradeFailed {
+                peer: self.peer,
+                relayed_connection: connection,
+                error: Error::RelayLost,
+                attempt: a.number,
+                will_retry: false,
+            }));
+        }
+        if r.draining {
+            out.push(Action::Emit(Event::RelayClosed {
+                peer: self.peer,
+                relayed_connection: connection,
+            }));
+        }
+    }
+
+    fn on_started(
+        &mut self,
+        connection: ConnectionId,
+        role: SdpRole,
+        attempt: u32,
+        out: &mut Vec<Action>,
+    ) {
+        if role == SdpRole::Answerer {
+            if let Some(ours) = self
+                .attempt
+                .filter(|a| a.role == SdpRole::Offerer && a.connection != connection)
+            {
+                // Glare across two relayed connections: one offer wins, on both sides.
+                if offer_wins(&self.local, &self.peer) {
+                    out.push(Action::Command {
+                        connection,
+                        command: Command::Abort,
+                    });
+                    return;
+                }
+                out.push(Action::Command {
+                    connection: ours.connection,
+                    command: Command::Abort,
+                });
+            }
+            self.attempt = Some(Attempt {
+                connection,
+                role,
+                number: attempt,
+            });
+        }
+        out.push(Action::Emit(Event::UpgradeStarted {
+            peer: self.peer,
+            relayed_connection: connection,
+            role,
+            attempt,
+        }));
+    }
+
+    fn on_failed(
+        &mut self,
+        now: Instant,
+        connection: ConnectionId,
+        role: SdpRole,
+        attempt: u32,
+        error: Error,
+        out: &mut Vec<Action>,
+    ) {
+        self.clear_attempt(connection);
+        let will_retry = role == SdpRole::Offerer
+            && attempt < self.config.max_upgrade_attempts
+            && !self.is_upgraded()
+            && self.relayed.get(&connection).is_some_and(|r| !r.draining);
+        tracing::debug!(peer = %self.peer, %connection, attempt, will_retry, "upgrade failed: {error}");
+        out.push(Action::Emit(Event::UpgradeFailed {
+            peer: self.peer,
+            relayed_connection: connection,
+            error,
+            attempt,
+            will_retry,
+        }));
+        if will_retry {
+            self.timers.push((
+                now + retry_delay(self.config.retry_backoff, attempt),
+                Timer::Retry {
+                    connection,
+                    attempt: attempt + 1,
+                },
+            ));
+        } else if role == SdpRole::Offerer {
+            out.push(Action::Command {
+                connection,
+                command: Command::Idle,
+            });
+        }
+    }
+
+    fn fire(&mut self, timer: Timer, out: &mut Vec<Action>) {
+        match timer {
+            Timer::Retry {
+                connection,
+                attempt,
+            } => self.start(connection, attempt, out),
+            Timer::Drain { connection } => {
+                if self.relayed.contains_key(&connection) {
+                    out.push(Action::Close { connection });
+                }
+            }
+        }
+    }
+
+    /// Starts attempt `attempt` as the offerer on `connection`, if nothing forbids it.
+    fn start(&mut self, connection: ConnectionId, attempt: u32, out: &mut Vec<Action>) {
+        let Some(r) = self.relayed.get(&connection) else {
+            return;
+        };
+        if r.draining || self.is_upgraded() || self.attempt.is_some() {
+            return;
+        }
+        self.attempt = Some(Attempt {
+            connection,
+            role: SdpRole::Offerer,
+            number: attempt,
+        });
+        out.push(Action::Command {
+            connection,
+            command: Command::Start { attempt },
+        });
+    }
+
+    /// Stops keeping `connection` alive for upgrades and closes it after the drain timeout.
+    fn drain(&mut self, now: Instant, connection: ConnectionId, out: &mut Vec<Action>) {
+        out.push(Action::Command {
+            connection,
+            command: Command::Idle,
+        });
+        self.timers
+            .push((now + self.config.drain_timeout, Timer::Drain { connection }));
+    }
+
+    /// Forgets the running attempt if it is the one on `connection`.
+    fn clear_attempt(&mut self, connection: ConnectionId) {
+        if self.attempt.is_some_and(|a| a.connection == connection) {
+            self.attempt = None;
+        }
+    }
+}
+
+/// The wait before attempt `attempt + 1`: the backoff, doubled per failed attempt.
+fn retry_delay(backoff: Duration, attempt: u32) -> Duration {
+    backoff.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay_addr(peer: PeerId) -> Multiaddr {
+        let relay: Multiaddr =
+            "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
+                .parse()
+                .unwrap();
+        relay.with(Protocol::P2pCircuit).with(Protocol::P2p(peer))
+    }
+
+    fn conn(n: usize) -> ConnectionId {
+        ConnectionId::new_unchecked(n)
+    }
+
+    /// Two peer ids, the first of which wins glares.
+    fn ordered_peers() -> (PeerId, PeerId) {
+        let (a, b) = (PeerId::random(), PeerId::random());
+        if offer_wins(&a, &b) {
+            (a, b)
+        } else {
+            (b, a)
+        }
+    }
+
+    struct Fixture {
+        policy: PeerPolicy,
+        now: Instant,
+    }
+
+    impl Fixture {
+        fn new(local: PeerId, peer: PeerId, config: Config) -> Self {
+            Self {
+                policy: PeerPolicy::new(local, peer, Arc::new(config)),
+                now: Instant::now(),
+            }
+        }
+
+        fn with_defaults() -> Self {
+            Self::new(PeerId::random(), PeerId::random(), Config::default())
+        }
+
+        fn input(&mut self, input: Input) -> Vec<Action> {
+            self.policy.handle(self.now, input)
+        }
+
+        fn relay(&mut self, connection: ConnectionId, dialer: bool) -> Vec<Action> {
+            let addr = relay_addr(self.policy.peer);
+            self.input(Input::RelayEstablished {
+                connection,
+                addr,
+                dialer,
+            })
+        }
+
+        /// Advances to the next deadline and ticks.
+        fn advance(&mut self) -> Vec<Action> {
+            let at = self.policy.next_deadline().expect("a timer");
+            assert!(at >= self.now, "deadlines never lie in the past");
+            self.now = at;
+            self.input(Input::Tick)
+        }
+
+        fn fail(&mut self, connection: ConnectionId, attempt: u32) -> Vec<Action> {
+            self.input(Input::Failed {
+                connection,
+                role: SdpRole::Offerer,
+                attempt,
+                error: Error::ConnectionFailed,
+            })
+        }
+
+        /// A successful upgrade over `connection`, direct connection `direct`.
+        fn upgrade(&mut self, connection: ConnectionId, role: SdpRole, direct: ConnectionId) {
+            let out = self.input(Input::Upgraded {
+                connection,
+                role,
+                timings: Timings::default(),
+            });
+            assert!(matches!(out[..], [Action::HandOff { relayed, .. }] if relayed == connection));
+            let out = self.input(Input::DirectEstablished { connection: direct });
+            assert!(matches!(
+                out.first(),
+                Some(Action::Emit(Event::Upgraded { direct_connection, .. })) if *direct_connection == direct
+            ));
+        }
+    }
+
+    fn commands(out: &[Action]) -> Vec<(ConnectionId, String)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Command {
+                    connection,
+                    command,
+                } => Some((*connection, format!("{command:?}"))),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn closes(out: &[Action]) -> Vec<ConnectionId> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Close { connection } => Some(*connection),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn failures(out: &[Action]) -> Vec<(u32, bool)> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Emit(Event::UpgradeFailed {
+                    attempt,
+                    will_retry,
+                    ..
+                }) => Some((*attempt, *will_retry)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn addresses() {
+        let peer = PeerId::random();
+        let circuit = relay_addr(peer);
+        assert!(is_relayed(&circuit));
+        assert!(!is_explicit(&circuit));
+        let relay: Multiaddr = circuit
+            .iter()
+            .take_while(|p| *p != Protocol::P2pCircuit)
+            .collect();
+        let explicit = relay
+            .clone()
+            .with(Protocol::P2pCircuit)
+            .with(Protocol::WebRTC)
+            .with(Protocol::P2p(peer));
+        assert!(is_explicit(&explicit));
+        assert!(!is_explicit(&relay.clone().with(Protocol::WebRTC)));
+        // Both forms give the same direct address.
+        assert_eq!(direct_addr(&circuit, peer), explicit);
+        assert_eq!(direct_addr(&explicit, peer), explicit);
+        let bare = relay.with(Protocol::P2pCircuit);
+        assert_eq!(direct_addr(&bare, peer), explicit);
+    }
+
+    #[test]
+    fn glare_has_one_winner_both_ways() {
+        for _ in 0..32 {
+            let (a, b) = (PeerId::random(), PeerId::random());
+            assert_ne!(offer_wins(&a, &b), offer_wins(&b, &a));
+        }
+    }
+
+    #[test]
+    fn the_dialer_offers_and_the_listener_waits() {
+        let mut f = Fixture::with_defaults();
+        assert_eq!(
+            commands(&f.relay(conn(1), true)),
+            [(conn(1), "Start { attempt: 1 }".into())]
+        );
+        assert!(f.policy.is_upgrading());
+        let mut f = Fixture::with_defaults();
+        assert_eq!(
+            commands(&f.relay(conn(1), false)),
+            [(conn(1), "Idle".into())]
+        );
+        assert!(!f.policy.is_upgrading());
+    }
+
+    #[test]
+    fn without_auto_upgrade_only_explicit_dials_upgrade() {
+        let config = Config::default().with_auto_upgrade(false);
+        let peer = PeerId::random();
+        let mut f = Fixture::new(PeerId::random(), peer, config);
+        assert_eq!(
+            commands(&f.relay(conn(1), true)),
+            [(conn(1), "Idle".into())]
+        );
+        let explicit = relay_addr(peer)
+            .iter()
+            .filter(|p| !matches!(p, Protocol::P2p(id) if *id == peer))
+            .collect::<Multiaddr>()
+            .with(Protocol::WebRTC);
+        let out = f.input(Input::RelayEstablished {
+            connection: conn(2),
+            addr: explicit,
+            dialer: true,
+        });
+        assert_eq!(commands(&out), [(conn(2), "Start { attempt: 1 }".into())]);
+        // An explicit request picks the dialed connection again once this one is done.
+        f.fail(conn(2), f.policy.config.max_upgrade_attempts);
+        let out = f.input(Input::UpgradeRequested);
+        assert_eq!(commands(&out).len(), 1);
+    }
+
+    #[test]
+    fn retries_back_off_and_are_bounded() {
+        let config = Config::default().with_retries(3, Duration::from_millis(100));
+        let mut f = Fixture::new(PeerId::random(), PeerId::random(), config);
+        f.relay(conn(1), true);
+        let start = f.now;
+        assert_eq!(failures(&f.fail(conn(1), 1)), [(1, true)]);
+        assert_eq!(
+            f.policy.next_deadline(),
+            Some(start + Duration::from_millis(100))
+        );
+        assert_eq!(
+            commands(&f.advance()),
+            [(conn(1), "Start { attempt: 2 }".into())]
+        );
+        assert_eq!(failures(&f.fail(conn(1), 2)), [(2, true)]);
+        assert_eq!(
+            f.policy.next_deadline(),
+            Some(start + Duration::from_millis(300)),
+            "the backoff doubles"
+        );
+        assert_eq!(
+            commands(&f.advance()),
+            [(conn(1), "Start { attempt: 3 }".into())]
+        );
+        let out = f.fail(conn(1), 3);
+        assert_eq!(failures(&out), [(3, false)], "retries exhausted");
+        assert_eq!(commands(&out), [(conn(1), "Idle".into())]);
+        assert_eq!(f.policy.next_deadline(), None);
+        // The application may ask again.
+        assert_eq!(
+            commands(&f.input(Input::UpgradeRequested)),
+            [(conn(1), "Start { attempt: 1 }".into())]
+        );
+    }
+
+    #[test]
+    fn the_answerer_never_retries() {
+        let mut f = Fixture::with_defaults();
+        f.relay(conn(1), false);
+        f.input(Input::Started {
+            connection: conn(1),
+            role: SdpRole::Answerer,
+            attempt: 1,
+        });
+        let out = f.input(Input::Failed {
+            connection: conn(1),
+            role: SdpRole::Answerer,
+            attempt: 1,
+            error: Error::Timeout,
+        });
+        assert_eq!(failures(&out), [(1, false)]);
+        assert!(commands(&out).is_empty());
+        assert_eq!(f.policy.next_deadline(), None);
+    }
+
+    #[test]
+    fn an_upgrade_drains_every_relayed_connection() {
+        let mut f = Fixture::with_defaults();
+        f.relay(conn(1), true);
+        f.relay(conn(2), false);
+        let before = f.now;
+        f.upgrade(conn(1), SdpRole::Offerer, conn(10));
+        assert!(f.policy.is_upgraded());
+        assert_eq!(
+            f.policy.next_deadline(),
+            Some(before + f.policy.config.drain_timeout)
+        );
+        let mut closed = closes(&f.advance());
+        closed.sort();
+        assert_eq!(closed, [conn(1), conn(2)]);
+        for c in [conn(1), conn(2)] {
+            let out = f.input(Input::Closed { connection: c });
+            assert!(matches!(out[..], [Action::Emit(Event::RelayClosed { .. })]));
+        }
+        // A relayed connection made later is drained too, and never upgraded.
+        let out = f.relay(conn(3), true);
+        assert_eq!(commands(&out), [(conn(3), "Idle".into())]);
+        assert!(!f.policy.is_upgrading());
+        f.input(Input::Closed {
+            connection: conn(3),
+        });
+        f.input(Input::Closed {
+            connection: conn(10),
+        });
+        assert!(f.policy.is_idle(), "nothing left behind: {:?}", f.policy);
+    }
+
+    #[test]
+    fn the_drain_timer_of_a_closed_relay_is_dropped() {
+        let mut f = Fixture::with_defaults();
+        f.relay(conn(1), true);
+        f.upgrade(conn(1), SdpRole::Offerer, conn(10));
+        f.input(Input::Closed {
+            connection: conn(1),
+        });
+        assert_eq!(f.policy.next_deadline(), None);
+    }
+
+    #[test]
+    fn losing_the_relay_fails_the_attempt_without_retry() {
+        let mut f = Fixture::with_defaults();
+        f.relay(conn(1), true);
+        let out = f.input(Input::Closed {
+            connection: conn(1),
+        });
+        assert!(matches!(
+            out[..],
+            [Action::Emit(Event::UpgradeFailed {
+                error: Error::RelayLost,
+                will_retry: false,
+                ..
+            })]
+        ));
+        assert!(f.policy.is_idle());
+        // A retry scheduled on a relay that then closes never fires.
+        f.relay(conn(2), true);
+        f.fail(conn(2), 1);
+        assert!(f.policy.next_deadline().is_some());
+        f.input(Input::Closed {
+            connection: conn(2),
+        });
+        assert!(f.policy.is_idle());
+    }
+
+    #[test]
+    fn glare_across_two_relayed_connections() {
+        // We win: the remote's offer on the other connection is aborted.
+        let (winner, loser) = ordered_peers();
+        let mut f = Fixture::new(winner, loser, Config::default());
+        f.relay(conn(1), true);
+        f.relay(conn(2), false);
+        let out = f.input(Input::Started {
+            connection: conn(2),
+            role: SdpRole::Answerer,
+            attempt: 1,
+        });
+        assert_eq!(commands(&out), [(conn(2), "Abort".into())]);
+        assert!(!out.iter().any(|a| matches!(a, Action::Emit(_))));
+        // We lose: our offer is aborted and we answer.
+        let mut f = Fixture::new(loser, winner, Config::default());
+        f.relay(conn(1), true);
+        f.relay(conn(2), false);
+        let out = f.input(Input::Started {
+            connection: conn(2),
+            role: SdpRole::Answerer,
+            attempt: 1,
+        });
+        assert_eq!(commands(&out), [(conn(1), "Abort".into())]);
+        assert!(matches!(
+            out.last(),
+            Some(Action::Emit(Event::UpgradeStarted {
+                role: SdpRole::Answerer,
+                ..
+            }))
+        ));
+        f.upgrade(conn(2), SdpRole::Answerer, conn(10));
+        assert!(f.policy.is_upgraded());
+    }
+
+    #[test]
+    fn two_direct_connections_keep_the_glare_winners() {
+        for local_wins in [true, false] {
+            let (winner, loser) = ordered_peers();
+            let (local, peer) = if local_wins {
+                (winner, loser)
+            } else {
+                (loser, winner)
+            };
+            let mut f = Fixture::new(local, peer, Config::default());
+            f.relay(conn(1), true);
+            f.relay(conn(2), false);
+            f.upgrade(conn(1), SdpRole::Offerer, conn(10));
+            // The other direction completes too: its direct connection arrives second.
+            f.input(Input::Upgraded {
+                connection: conn(2),
+                role: SdpRole::Answerer,
+                timings: Timings::default(),
+            });
+            let out = f.input(Input::DirectEstablished {
+                connection: conn(11),
+            });
+            // Ours (conn 10) was offered by us; the remote's (conn 11) by the peer.
+            let loser_conn = if local_wins { conn(11) } else { conn(10) };
+            assert_eq!(closes(&out), [loser_conn]);
+        }
+    }
+
+    #[test]
+    fn a_refused_direct_connection_is_reported_and_forgotten() {
+        let mut f = Fixture::with_defaults();
+        f.relay(conn(1), true);
+        f.input(Input::Upgraded {
+            connection: conn(1),
+            role: SdpRole::Offerer,
+            timings: Timings::default(),
+        });
+        let out = f.input(Input::DirectRefused {
+            connection: conn(10),
+            reason: "denied".into(),
+        });
+        assert!(matches!(
+            out[..],
+            [Action::Emit(Event::UpgradeFailed {
+                error: Error::Denied(_),
+                ..
+            })]
+        ));
+        assert!(!f.policy.is_upgraded());
+        f.input(Input::Closed {
+            connection: conn(1),
+        });
+        assert!(f.policy.is_idle());
+    }
+
+    #[test]
+    fn handoff_time_comes_from_the_inputs() {
+        let mut f = Fixture::with_defaults();
+        f.relay(conn(1), true);
+        f.input(Input::Upgraded {
+            connection: conn(1),
+            role: SdpRole::Offerer,
+            timings: Timings {
+                ice: Duration::from_millis(5),
+                ..Timings::default()
+            },
+        });
+        f.now += Duration::from_millis(7);
+        let out = f.input(Input::DirectEstablished {
+            connection: conn(10),
+        });
+        let Some(Action::Emit(Event::Upgraded { took, timings, .. })) = out.first() else {
+            panic!("{out:?}");
+        };
+        assert_eq!(timings.handoff, Duration::from_millis(7));
+        assert_eq!(*took, Duration::from_millis(12));
+    }
+}
