@@ -2,6 +2,7 @@
 //! echo protocol for checked transfers.
 #![allow(dead_code)]
 
+pub mod payload;
 pub mod streams;
 
 use std::time::{Duration, Instant};
@@ -14,6 +15,7 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{NetworkBehaviour, StreamProtocol, SwarmEvent};
 use libp2p::{noise, ping, relay, tcp, yamux, Multiaddr, Stream, Swarm};
 
+pub use payload::payload;
 pub use streams::Raw;
 
 /// The echo protocol: everything written is sent back, until the writer closes.
@@ -54,9 +56,26 @@ pub fn peer_with(
     ping_interval: Duration,
     protocol: StreamProtocol,
 ) -> anyhow::Result<(Swarm<Peer>, Inbound)> {
-    let (transport, webrtc) = upgrade(&key, webrtc);
     let (echo, inbound) = Raw::new(protocol);
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+    let swarm = swarm(key, webrtc, move |relay, webrtc| Peer {
+        relay,
+        webrtc,
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_interval)),
+        echo,
+    })?;
+    Ok((swarm, inbound))
+}
+
+/// The one `SwarmBuilder` chain of the examples and tests: TCP (noise, yamux), QUIC, the
+/// upgrade's transport (with `webrtc: Some`), the relay client; `behaviour` builds the
+/// node's behaviour from the relay client and the upgrade's behaviour.
+pub fn swarm<B: NetworkBehaviour>(
+    key: Keypair,
+    webrtc: Option<libp2p_webrtc_signal::Config>,
+    behaviour: impl FnOnce(relay::client::Behaviour, Toggle<libp2p_webrtc_signal::Behaviour>) -> B,
+) -> anyhow::Result<Swarm<B>> {
+    let (transport, webrtc) = upgrade(&key, webrtc);
+    Ok(libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(
             tcp::Config::default(),
@@ -66,15 +85,9 @@ pub fn peer_with(
         .with_quic()
         .with_other_transport(move |_| transport)?
         .with_relay_client(noise::Config::new, yamux::Config::default)?
-        .with_behaviour(move |_, relay| Peer {
-            relay,
-            webrtc,
-            ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_interval)),
-            echo,
-        })?
+        .with_behaviour(move |_, relay| behaviour(relay, webrtc))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    Ok((swarm, inbound))
+        .build())
 }
 
 /// The upgrade's transport and behaviour for a swarm, or (with `None`) neither.
@@ -217,19 +230,6 @@ pub async fn serve_echo(mut stream: Stream) -> Served {
     Served { bytes, end }
 }
 
-/// `len` bytes of a fixed pattern, so a corrupted or reordered echo is caught.
-pub fn payload(len: usize) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// What [`echo_transfer`] measured.
 #[derive(Debug, Clone, Copy)]
 pub struct Echoed {
@@ -242,7 +242,7 @@ pub struct Echoed {
 
 /// Sends `len` bytes over an echo stream while reading the echo; checks it byte for byte.
 pub async fn echo_transfer(stream: Stream, len: usize) -> anyhow::Result<Echoed> {
-    let data = payload(len);
+    let data = payload(len, 1);
     let started = Instant::now();
     let (mut r, mut w) = stream.split();
     let (echoed_tx, echoed_rx) = futures::channel::oneshot::channel::<()>();
@@ -285,7 +285,7 @@ pub async fn echo_transfer(stream: Stream, len: usize) -> anyhow::Result<Echoed>
 /// Sends `len` bytes over an echo stream, reads them back, checks them, then resets the
 /// stream (drops it unclosed): the remote's echo server must see the reset.
 pub async fn echo_then_reset(mut stream: Stream, len: usize) -> anyhow::Result<()> {
-    let data = payload(len);
+    let data = payload(len, 1);
     stream.write_all(&data).await?;
     stream.flush().await?;
     let mut got = vec![0u8; len];

@@ -4,8 +4,8 @@
 //! `sdpMLineIndex` / `sdpMid` / `usernameFragment` null, missing or set, and end-of-candidates
 //! as a missing `data`, `""`, `"null"`, or an object whose `candidate` is empty.
 
-use serde::{Deserialize, Serialize};
 use crate::rtc::CandidateInit as RTCIceCandidateInit;
+use serde::{Deserialize, Serialize};
 
 use crate::Error;
 

@@ -302,15 +302,7 @@ pub async fn driven_pair(config: Config) -> (Driver, Driver) {
     (Driver::new(a), Driver::new(b))
 }
 
-/// A deterministic pseudo-random payload.
-pub fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+#[path = "../../examples/support/payload.rs"]
+mod payload_gen;
+#[allow(unused_imports)] // Not every includer uses it.
+pub use payload_gen::payload;

@@ -9,8 +9,8 @@ use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, Stream, StreamProtocol, SwarmEvent};
-use libp2p::{noise, ping, relay, request_response, tcp, yamux, Multiaddr, PeerId, Swarm};
-use libp2p_webrtc_signal::Config;
+use libp2p::{ping, relay, request_response, Multiaddr, PeerId, Swarm};
+use libp2p_webrtc_signal::{Config, Event};
 use serde::{Deserialize, Serialize};
 
 pub const ECHO: StreamProtocol = StreamProtocol::new("/test/echo/1.0.0");
@@ -47,22 +47,9 @@ pub fn node(
     NodeSwarm,
     mpsc::UnboundedReceiver<(PeerId, ConnectionId, Stream)>,
 ) {
-    let key = Keypair::generate_ed25519();
-    let (transport, webrtc) = support::upgrade(&key, webrtc);
     let (raw, raw_rx) = Raw::new(raw_protocol);
-    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_other_transport(move |_| transport)
-        .unwrap()
-        .with_relay_client(noise::Config::new, yamux::Config::default)
-        .unwrap()
-        .with_behaviour(move |_, relay| Node {
+    let swarm = support::swarm(Keypair::generate_ed25519(), webrtc, move |relay, webrtc| {
+        Node {
             relay,
             webrtc,
             ping: ping::Behaviour::new(
@@ -76,10 +63,9 @@ pub fn node(
                 request_response::Config::default(),
             ),
             raw,
-        })
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
+        }
+    })
+    .expect("a swarm");
     (swarm, raw_rx)
 }
 
@@ -151,4 +137,159 @@ where
         swarm
     });
     (rx, stop_tx, handle)
+}
+
+// What the upgrade tests share: two nodes and a relay, driving both, waiting for events.
+
+pub const T: Duration = Duration::from_secs(60);
+
+/// Which node an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+}
+
+/// Drives both nodes until `f` returns `Some`.
+pub async fn both<R>(
+    a: &mut NodeSwarm,
+    b: &mut NodeSwarm,
+    mut f: impl FnMut(Side, SwarmEvent<NodeEvent>) -> Option<R>,
+) -> R {
+    use futures::StreamExt;
+    tokio::time::timeout(T, async {
+        loop {
+            let r = tokio::select! {
+                e = a.select_next_some() => f(Side::A, e),
+                e = b.select_next_some() => f(Side::B, e),
+            };
+            if let Some(r) = r {
+                return r;
+            }
+        }
+    })
+    .await
+    .expect("timed out (hang)")
+}
+
+pub fn is_webrtc(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| p == Protocol::WebRTC)
+}
+
+pub type RawRx = futures::channel::mpsc::UnboundedReceiver<(
+    PeerId,
+    libp2p::swarm::ConnectionId,
+    libp2p::Stream,
+)>;
+
+pub struct Setup {
+    pub a: NodeSwarm,
+    pub b: NodeSwarm,
+    pub b_raw: RawRx,
+    pub relay_addr: Multiaddr,
+    pub _relay: (
+        futures::channel::oneshot::Sender<()>,
+        tokio::task::JoinHandle<libp2p::Swarm<libp2p::relay::Behaviour>>,
+    ),
+}
+
+/// A relay, node B reserved on it, node A (not yet connected).
+pub async fn setup(a_config: Option<Config>, b_config: Option<Config>) -> Setup {
+    setup_raw(a_config, b_config, ECHO).await
+}
+
+pub async fn setup_raw(
+    a_config: Option<Config>,
+    b_config: Option<Config>,
+    raw: libp2p::StreamProtocol,
+) -> Setup {
+    let (relay, relay_addr) = relay_server().await;
+    let (_events, stop, handle) = spawn(relay);
+    let (a, _) = node(a_config, raw.clone());
+    let (mut b, b_raw) = node(b_config, raw);
+    reserve(&mut b, &relay_addr).await;
+    Setup {
+        a,
+        b,
+        b_raw,
+        relay_addr,
+        _relay: (stop, handle),
+    }
+}
+
+/// A dials B through the relay; returns A's id of the relayed connection once established.
+pub async fn dial_relayed(
+    a: &mut NodeSwarm,
+    b: &mut NodeSwarm,
+    relay_addr: &Multiaddr,
+) -> libp2p::swarm::ConnectionId {
+    let b_id = *b.local_peer_id();
+    a.dial(circuit(relay_addr, b_id)).unwrap();
+    both(a, b, |side, e| match e {
+        SwarmEvent::ConnectionEstablished {
+            connection_id,
+            peer_id,
+            ..
+        } if side == Side::A && peer_id == b_id => Some(connection_id),
+        _ => None,
+    })
+    .await
+}
+
+pub fn circuit(relay: &Multiaddr, peer: PeerId) -> Multiaddr {
+    relay
+        .clone()
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::P2p(peer))
+}
+
+pub fn webrtc_event(e: &SwarmEvent<NodeEvent>) -> Option<&Event> {
+    match e {
+        SwarmEvent::Behaviour(NodeEvent::Webrtc(e)) => Some(e),
+        _ => None,
+    }
+}
+
+/// Waits until A pinged B successfully over `connection`, twice.
+pub async fn pings_over(
+    a: &mut NodeSwarm,
+    b: &mut NodeSwarm,
+    connection: libp2p::swarm::ConnectionId,
+) {
+    let mut n = 0;
+    both(a, b, |side, e| {
+        if let SwarmEvent::Behaviour(NodeEvent::Ping(ping::Event {
+            connection: c,
+            result: Ok(_),
+            ..
+        })) = e
+        {
+            if side == Side::A && c == connection {
+                n += 1;
+            }
+        }
+        (n >= 2).then_some(())
+    })
+    .await;
+}
+
+/// Drives both swarms (their events are dropped) until `fut` completes.
+pub async fn drive<F: std::future::Future>(
+    a: &mut NodeSwarm,
+    b: &mut NodeSwarm,
+    fut: F,
+) -> F::Output {
+    use futures::StreamExt;
+    tokio::pin!(fut);
+    tokio::time::timeout(T, async {
+        loop {
+            tokio::select! {
+                r = &mut fut => return r,
+                _ = a.select_next_some() => {}
+                _ = b.select_next_some() => {}
+            }
+        }
+    })
+    .await
+    .expect("timed out (hang)")
 }

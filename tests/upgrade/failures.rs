@@ -1,0 +1,390 @@
+//! Upgrades that fail: bounded retries, hostile signaling, silent peers, relay loss, the concurrency limit. The relayed connection always survives.
+
+use std::time::{Duration, Instant};
+
+use libp2p::ping;
+use libp2p::swarm::SwarmEvent;
+use libp2p_webrtc_signal::Event;
+
+use crate::common::{init_tracing, loopback_config};
+use crate::swarm::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_upgrade_keeps_the_relay_and_retries_are_bounded() {
+    init_tracing();
+    // Relay-only candidates and no TURN server, on both sides: ICE cannot find a path.
+    let a_config = loopback_config()
+        .with_relay_only(true)
+        .with_upgrade_timeout(Duration::from_secs(3))
+        .with_retries(2, Duration::from_millis(200));
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(a_config.clone()), Some(a_config)).await;
+    let b_id = *b.local_peer_id();
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    let mut relayed = None;
+    let mut failures = Vec::new();
+    let mut b_failed = false;
+    both(&mut a, &mut b, |side, e| {
+        if let SwarmEvent::ConnectionEstablished {
+            connection_id,
+            peer_id,
+            ..
+        } = &e
+        {
+            if side == Side::A && *peer_id == b_id {
+                relayed = Some(*connection_id);
+            }
+        }
+        match webrtc_event(&e) {
+            Some(Event::Upgraded { .. }) => panic!("upgrade cannot succeed here"),
+            Some(Event::UpgradeFailed {
+                attempt,
+                will_retry,
+                relayed_connection,
+                ..
+            }) => {
+                if side == Side::A {
+                    assert_eq!(Some(*relayed_connection), relayed);
+                    failures.push((*attempt, *will_retry));
+                } else {
+                    assert!(!will_retry, "the answering side does not retry");
+                    b_failed = true;
+                }
+            }
+            _ => {}
+        }
+        (failures.len() == 2 && b_failed).then_some(())
+    })
+    .await;
+    assert_eq!(failures, vec![(1, true), (2, false)]);
+    // The relayed connection still carries ping, and no third attempt starts.
+    let relayed = relayed.unwrap();
+    let mut started = 0;
+    let mut pinged = 0;
+    both(&mut a, &mut b, |side, e| {
+        match (&e, webrtc_event(&e)) {
+            (_, Some(Event::UpgradeStarted { .. })) if side == Side::A => started += 1,
+            (
+                SwarmEvent::Behaviour(NodeEvent::Ping(ping::Event {
+                    connection,
+                    result: Ok(_),
+                    ..
+                })),
+                _,
+            ) if side == Side::A && *connection == relayed => pinged += 1,
+            _ => {}
+        }
+        (pinged >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(started, 0, "retries must stop at max_upgrade_attempts");
+    assert!(a.is_connected(&b_id));
+}
+
+/// One signaling message, varint length-prefixed, encoded by hand.
+fn message(kind: u8, data: &[u8]) -> Vec<u8> {
+    fn varint(mut n: usize, out: &mut Vec<u8>) {
+        while n >= 0x80 {
+            out.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        out.push(n as u8);
+    }
+    let mut body = vec![0x08, kind, 0x12];
+    varint(data.len(), &mut body);
+    body.extend_from_slice(data);
+    let mut out = Vec::new();
+    varint(body.len(), &mut out);
+    out.extend(body);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_signaling_input_fails_the_upgrade_not_the_relay() {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    // A is hostile: no WebRTC behaviour, raw access to the signaling protocol.
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup_raw(
+        None,
+        Some(loopback_config()),
+        libp2p_webrtc_signal::PROTOCOL_NAME,
+    )
+    .await;
+    let b_id = *b.local_peer_id();
+    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
+
+    let offer = {
+        let mut s = libp2p_webrtc_signal::Session::new(
+            &loopback_config(),
+            libp2p_webrtc_signal::SdpRole::Offerer,
+        )
+        .await
+        .unwrap();
+        s.create_offer().await.unwrap()
+    };
+    let mut flood = message(0, offer.as_bytes());
+    for i in 0..100 {
+        let c = format!(
+            r#"{{"candidate":"candidate:{i} 1 udp 2130706431 127.0.0.1 {} typ host","sdpMid":"0"}}"#,
+            10000 + i
+        );
+        flood.extend(message(2, c.as_bytes()));
+    }
+    type Check = fn(&libp2p_webrtc_signal::Error) -> bool;
+    let cases: Vec<(&str, Vec<u8>, Check)> = vec![
+        (
+            "oversized message",
+            message(0, &vec![b'v'; 1024 * 1024]),
+            |e| matches!(e, libp2p_webrtc_signal::Error::Protocol(_)),
+        ),
+        (
+            "garbage",
+            vec![0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            |e| matches!(e, libp2p_webrtc_signal::Error::Protocol(_)),
+        ),
+        (
+            "SDP that does not parse",
+            message(0, b"this is not SDP"),
+            |e| {
+                matches!(
+                    e,
+                    libp2p_webrtc_signal::Error::InvalidSdp(_)
+                        | libp2p_webrtc_signal::Error::NoFingerprint
+                )
+            },
+        ),
+        ("candidate flood", flood, |e| {
+            matches!(e, libp2p_webrtc_signal::Error::TooManyCandidates(64))
+        }),
+    ];
+    for (name, bytes, expected) in cases {
+        let rx = a.behaviour_mut().raw.open(b_id, relayed);
+        let mut stream = drive(&mut a, &mut b, rx)
+            .await
+            .expect("open")
+            .expect("negotiated");
+        let io = tokio::spawn(async move {
+            let _ = stream.write_all(&bytes).await;
+            let _ = stream.flush().await;
+            let mut buf = Vec::new();
+            // The victim resets or closes the stream: reading ends, it does not hang.
+            let _ = stream.read_to_end(&mut buf).await;
+        });
+        let error = both(&mut a, &mut b, |side, e| match webrtc_event(&e) {
+            Some(Event::UpgradeFailed {
+                error, will_retry, ..
+            }) => {
+                assert_eq!(side, Side::B);
+                assert!(!will_retry);
+                assert!(expected(error), "{name}: unexpected error {error}");
+                Some(error.to_string())
+            }
+            Some(Event::Upgraded { .. }) => panic!("{name}: upgraded"),
+            _ => None,
+        })
+        .await;
+        eprintln!("{name}: {error}");
+        tokio::time::timeout(T, io)
+            .await
+            .expect("stream not ended")
+            .unwrap();
+        // The relayed connection keeps working.
+        pings_over(&mut a, &mut b, relayed).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_times_out() {
+    init_tracing();
+    // B is silent: it accepts the signaling stream and never writes.
+    let a_config = loopback_config()
+        .with_upgrade_timeout(Duration::from_secs(2))
+        .with_retries(2, Duration::from_millis(100));
+    let Setup {
+        mut a,
+        mut b,
+        mut b_raw,
+        relay_addr,
+        _relay,
+        ..
+    } = setup_raw(Some(a_config), None, libp2p_webrtc_signal::PROTOCOL_NAME).await;
+    let b_id = *b.local_peer_id();
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    let mut held = Vec::new();
+    let mut failures = Vec::new();
+    both(&mut a, &mut b, |side, e| {
+        while let Ok(s) = b_raw.try_recv() {
+            held.push(s);
+        }
+        if let Some(Event::UpgradeFailed {
+            error,
+            attempt,
+            will_retry,
+            ..
+        }) = webrtc_event(&e)
+        {
+            assert_eq!(side, Side::A);
+            assert!(
+                matches!(error, libp2p_webrtc_signal::Error::Timeout),
+                "{error}"
+            );
+            failures.push((*attempt, *will_retry));
+        }
+        (failures.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(failures, vec![(1, true), (2, false)]);
+    assert!(
+        !held.is_empty(),
+        "the silent peer got the signaling streams"
+    );
+    assert!(a.is_connected(&b_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_relay_mid_upgrade_fails_the_attempt() {
+    init_tracing();
+    // B is silent (it takes the signaling stream and never answers), so A's attempt is
+    // still running when the relay server goes away.
+    let Setup {
+        mut a,
+        mut b,
+        mut b_raw,
+        relay_addr,
+        _relay,
+        ..
+    } = setup_raw(
+        Some(loopback_config()),
+        None,
+        libp2p_webrtc_signal::PROTOCOL_NAME,
+    )
+    .await;
+    let b_id = *b.local_peer_id();
+    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
+    let mut held = Vec::new();
+    both(&mut a, &mut b, |side, e| {
+        while let Ok(s) = b_raw.try_recv() {
+            held.push(s);
+        }
+        (side == Side::A && matches!(webrtc_event(&e), Some(Event::UpgradeStarted { .. })))
+            .then_some(())
+    })
+    .await;
+    let (stop, relay_task) = _relay;
+    let _ = stop.send(());
+    drop(relay_task.await.expect("relay task"));
+    let (error, will_retry, connection) = both(&mut a, &mut b, |side, e| match webrtc_event(&e) {
+        Some(Event::UpgradeFailed {
+            error,
+            will_retry,
+            relayed_connection,
+            ..
+        }) if side == Side::A => Some((error.to_string(), *will_retry, *relayed_connection)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(connection, relayed);
+    assert!(!will_retry);
+    assert_eq!(error, libp2p_webrtc_signal::Error::RelayLost.to_string());
+    assert!(!a.is_connected(&b_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrent_upgrade_limit_is_enforced() {
+    use futures::AsyncWriteExt;
+    init_tracing();
+    // B allows one upgrade at a time. H (hostile) holds that slot with an offer that never
+    // completes; A's upgrade is refused until B's attempt with H times out, then succeeds.
+    let b_config = loopback_config()
+        .with_max_concurrent_upgrades(1)
+        .with_upgrade_timeout(Duration::from_secs(3));
+    let a_config = loopback_config().with_retries(6, Duration::from_millis(250));
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(a_config), Some(b_config)).await;
+    let b_id = *b.local_peer_id();
+    let a_id = *a.local_peer_id();
+    let (mut h, _) = node(None, libp2p_webrtc_signal::PROTOCOL_NAME);
+    let h_id = *h.local_peer_id();
+
+    let relayed = dial_relayed(&mut h, &mut b, &relay_addr).await;
+    let mut rx = h.behaviour_mut().raw.open(b_id, relayed);
+    // B may negotiate the stream (and start answering) before H's side reports it open.
+    let mut stream = None;
+    let mut b_started = false;
+    both(&mut h, &mut b, |side, e| {
+        if let Some(Event::UpgradeStarted { peer, .. }) = webrtc_event(&e) {
+            assert_eq!((side, *peer), (Side::B, h_id));
+            b_started = true;
+        }
+        if let Ok(Some(s)) = rx.try_recv() {
+            stream = Some(s.expect("negotiated"));
+        }
+        (b_started && stream.is_some()).then_some(())
+    })
+    .await;
+    let mut stream = stream.expect("stream");
+    // The start of a 100-byte message: B's answerer waits for the rest, holding its slot.
+    let holder = tokio::spawn(async move {
+        let _ = stream.write_all(&[100, 0x0a]).await;
+        let _ = stream.flush().await;
+        futures::future::pending::<()>().await;
+        drop(stream);
+    });
+    let (_h_events, _h_stop, _h_task) = spawn(h);
+
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    let started = Instant::now();
+    let mut refused = 0;
+    let mut h_timed_out = None;
+    let upgraded = both(&mut a, &mut b, |side, e| match (side, webrtc_event(&e)) {
+        (Side::B, Some(Event::UpgradeFailed { peer, error, .. })) if *peer == a_id => {
+            assert!(
+                matches!(error, libp2p_webrtc_signal::Error::TooManyUpgrades),
+                "{error}"
+            );
+            refused += 1;
+            None
+        }
+        (Side::B, Some(Event::UpgradeFailed { peer, error, .. })) if *peer == h_id => {
+            assert!(
+                matches!(error, libp2p_webrtc_signal::Error::Timeout),
+                "{error}"
+            );
+            h_timed_out = Some(started.elapsed());
+            None
+        }
+        (Side::B, Some(Event::UpgradeStarted { peer, .. })) if *peer == a_id => {
+            assert!(
+                h_timed_out.is_some(),
+                "a second upgrade ran beside the first"
+            );
+            None
+        }
+        (_, Some(Event::Upgraded { peer, .. })) if *peer == b_id => Some(started.elapsed()),
+        _ => None,
+    })
+    .await;
+    holder.abort();
+    assert!(refused >= 1, "B never refused A's upgrade");
+    let h_timed_out = h_timed_out.expect("H's attempt ended before A's upgrade");
+    assert!(upgraded >= h_timed_out);
+    eprintln!(
+        "refused {refused} times; H timed out at {h_timed_out:?}; A upgraded at {upgraded:?}"
+    );
+}

@@ -1,0 +1,309 @@
+//! Upgrades that succeed: automatic, on request, explicit `/webrtc` dials, glare.
+
+use std::time::{Duration, Instant};
+
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::SwarmEvent;
+use libp2p::{ping, request_response};
+use libp2p_webrtc_signal::Event;
+
+use crate::common::{init_tracing, loopback_config};
+use crate::swarm::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_connection_is_upgraded_without_app_code() {
+    init_tracing();
+    let config = loopback_config().with_drain_timeout(Duration::from_secs(3));
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(config.clone()), Some(config)).await;
+    let b_id = *b.local_peer_id();
+    let a_id = *a.local_peer_id();
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+
+    // Both sides report the upgrade, and the relayed connections close.
+    let mut upgraded = [None, None];
+    let mut relay_closed = [false, false];
+    let mut relayed_at = None;
+    both(&mut a, &mut b, |side, e| {
+        let i = side as usize;
+        match e {
+            SwarmEvent::ConnectionEstablished { endpoint, .. }
+                if side == Side::A && !is_webrtc(endpoint.get_remote_address()) =>
+            {
+                relayed_at = Some(Instant::now());
+            }
+            SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::Upgraded {
+                direct_connection,
+                took,
+                timings,
+                ..
+            })) => {
+                assert_eq!(took, timings.total());
+                assert!(timings.signaling_bytes_sent > 0 && timings.signaling_bytes_received > 0);
+                assert!(timings.ice > Duration::ZERO && timings.dtls > Duration::ZERO);
+                if side == Side::A {
+                    assert!(timings.stream > Duration::ZERO, "A opened the stream");
+                } else {
+                    assert_eq!(timings.stream, Duration::ZERO, "B answered");
+                }
+                eprintln!("{side:?}: {timings:?}");
+                upgraded[i] = Some(direct_connection)
+            }
+            SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::UpgradeFailed { error, .. })) => {
+                panic!("{side:?}: upgrade failed: {error}")
+            }
+            SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::RelayClosed { .. })) => {
+                relay_closed[i] = true
+            }
+            _ => {}
+        }
+        (upgraded.iter().all(Option::is_some) && relay_closed.iter().all(|c| *c)).then_some(())
+    })
+    .await;
+    let direct_a = upgraded[0].unwrap();
+    eprintln!(
+        "relayed connection established → upgraded and relay closed: {:?}",
+        relayed_at.map(|t| t.elapsed())
+    );
+
+    // Exactly one connection each way, and it is the WebRTC one.
+    assert!(a.is_connected(&b_id));
+    assert_eq!(a.network_info().num_peers(), 2, "relay server and B");
+    assert_eq!(
+        a.network_info().connection_counters().num_established(),
+        2,
+        "one to the relay server, one (direct) to B"
+    );
+    assert!(a.behaviour().webrtc.as_ref().unwrap().is_upgraded(&b_id));
+    assert!(b.behaviour().webrtc.as_ref().unwrap().is_upgraded(&a_id));
+
+    // Ping and a request/response protocol run over the direct connection.
+    let request = a
+        .behaviour_mut()
+        .rr
+        .send_request(&b_id, Req("hello".into()));
+    let channel = both(&mut a, &mut b, |side, e| match e {
+        SwarmEvent::Behaviour(NodeEvent::Rr(request_response::Event::Message {
+            message:
+                request_response::Message::Request {
+                    request, channel, ..
+                },
+            connection_id,
+            ..
+        })) => {
+            assert_eq!(side, Side::B);
+            assert_eq!(request, Req("hello".into()));
+            assert_eq!(
+                connection_id,
+                upgraded[1].unwrap(),
+                "request over the direct connection"
+            );
+            Some(channel)
+        }
+        _ => None,
+    })
+    .await;
+    b.behaviour_mut()
+        .rr
+        .send_response(channel, Resp("hello back".into()))
+        .unwrap();
+    let (mut pinged, mut answered) = (false, false);
+    both(&mut a, &mut b, |side, e| {
+        match e {
+            SwarmEvent::Behaviour(NodeEvent::Ping(ping::Event {
+                connection,
+                result,
+                peer,
+                ..
+            })) if side == Side::A && peer == b_id => {
+                assert_eq!(connection, direct_a, "ping over another connection");
+                result.expect("ping over the direct connection");
+                pinged = true;
+            }
+            SwarmEvent::Behaviour(NodeEvent::Rr(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                connection_id,
+                ..
+            })) => {
+                assert_eq!(request_id, request);
+                assert_eq!(response, Resp("hello back".into()));
+                assert_eq!(connection_id, direct_a, "response over another connection");
+                answered = true;
+            }
+            SwarmEvent::Behaviour(NodeEvent::Rr(request_response::Event::OutboundFailure {
+                error,
+                ..
+            })) => panic!("request failed: {error}"),
+            _ => {}
+        }
+        (pinged && answered).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_upgrade_off_upgrades_only_explicit_webrtc_dials() {
+    init_tracing();
+    let config = loopback_config()
+        .with_auto_upgrade(false)
+        .with_drain_timeout(Duration::from_secs(2));
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(config.clone()), Some(config)).await;
+    let b_id = *b.local_peer_id();
+
+    // A plain relayed dial stays relayed.
+    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
+    let mut started = false;
+    let mut pinged = 0;
+    both(&mut a, &mut b, |side, e| {
+        started |= matches!(webrtc_event(&e), Some(Event::UpgradeStarted { .. }));
+        if let SwarmEvent::Behaviour(NodeEvent::Ping(ping::Event {
+            connection,
+            result: Ok(_),
+            ..
+        })) = e
+        {
+            if side == Side::A && connection == relayed {
+                pinged += 1;
+            }
+        }
+        (pinged >= 3).then_some(())
+    })
+    .await;
+    assert!(!started, "auto-upgrade is off");
+
+    // An explicit `/p2p-circuit/webrtc` dial is upgraded.
+    let explicit = relay_addr
+        .clone()
+        .with(Protocol::P2pCircuit)
+        .with(Protocol::WebRTC)
+        .with(Protocol::P2p(b_id));
+    a.dial(explicit).unwrap();
+    let mut upgraded = [false, false];
+    both(&mut a, &mut b, |side, e| {
+        match webrtc_event(&e) {
+            Some(Event::Upgraded { .. }) => upgraded[side as usize] = true,
+            Some(Event::UpgradeFailed { error, .. }) => panic!("{side:?}: {error}"),
+            _ => {}
+        }
+        upgraded.iter().all(|u| *u).then_some(())
+    })
+    .await;
+    assert!(a.behaviour().webrtc.as_ref().unwrap().is_upgraded(&b_id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_on_request_from_either_side() {
+    init_tracing();
+    let config = loopback_config()
+        .with_auto_upgrade(false)
+        .with_drain_timeout(Duration::from_secs(2));
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(config.clone()), Some(config)).await;
+    let a_id = *a.local_peer_id();
+    let b_id = *b.local_peer_id();
+    fn webrtc(s: &mut NodeSwarm) -> &mut libp2p_webrtc_signal::Behaviour {
+        s.behaviour_mut().webrtc.as_mut().unwrap()
+    }
+    assert!(
+        !webrtc(&mut a).upgrade(b_id),
+        "no connection to upgrade yet"
+    );
+    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
+    pings_over(&mut a, &mut b, relayed).await;
+
+    // B, the side that accepted the circuit, asks for the upgrade: it offers.
+    assert!(webrtc(&mut b).upgrade(a_id));
+    assert!(!webrtc(&mut b).upgrade(a_id), "one upgrade at a time");
+    let mut upgraded = [false, false];
+    both(&mut a, &mut b, |side, e| {
+        match webrtc_event(&e) {
+            Some(Event::UpgradeStarted { role, .. }) => {
+                let offers = *role == libp2p_webrtc_signal::SdpRole::Offerer;
+                assert_eq!(offers, side == Side::B, "{side:?} {role:?}");
+            }
+            Some(Event::Upgraded { .. }) => upgraded[side as usize] = true,
+            Some(Event::UpgradeFailed { error, .. }) => panic!("{side:?}: {error}"),
+            _ => {}
+        }
+        upgraded.iter().all(|u| *u).then_some(())
+    })
+    .await;
+    assert!(!webrtc(&mut a).upgrade(b_id), "already upgraded");
+    assert!(!webrtc(&mut b).upgrade(a_id), "already upgraded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glare_two_relayed_connections_end_with_one_direct_connection() {
+    init_tracing();
+    let config = loopback_config().with_drain_timeout(Duration::from_secs(1));
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(config.clone()), Some(config)).await;
+    reserve(&mut a, &relay_addr).await;
+    let (a_id, b_id) = (*a.local_peer_id(), *b.local_peer_id());
+    // Both dial at once: two relayed connections, each side the offerer on one.
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    b.dial(circuit(&relay_addr, a_id)).unwrap();
+    let mut direct: [std::collections::HashSet<libp2p::swarm::ConnectionId>; 2] =
+        Default::default();
+    let mut settle_until: Option<Instant> = None;
+    loop {
+        let next = both(&mut a, &mut b, |side, e| Some((side, e)));
+        let (side, e) = match settle_until {
+            Some(t) => match tokio::time::timeout_at(t.into(), next).await {
+                Ok(x) => x,
+                Err(_) => break,
+            },
+            None => next.await,
+        };
+        let i = side as usize;
+        match e {
+            SwarmEvent::ConnectionEstablished {
+                connection_id,
+                endpoint,
+                ..
+            } if endpoint
+                .get_remote_address()
+                .iter()
+                .any(|p| p == Protocol::WebRTC)
+                && !endpoint.is_dialer() =>
+            {
+                direct[i].insert(connection_id);
+            }
+            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                direct[i].remove(&connection_id);
+            }
+            SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::Upgraded { .. })) => {
+                settle_until.get_or_insert(Instant::now() + Duration::from_secs(4));
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(direct[0].len(), 1, "A: {:?}", direct[0]);
+    assert_eq!(direct[1].len(), 1, "B: {:?}", direct[1]);
+    assert!(a.is_connected(&b_id) && b.is_connected(&a_id));
+}
