@@ -141,6 +141,11 @@ pub struct Config {
     /// How long an outbound stream's data channel may take to open before the stream moves
     /// to a fresh channel (nothing is lost: no data was sent on it). Default: 2 s.
     pub stream_open_timeout: Duration,
+    /// How long an inbound stream's data channel may stay without its first message; then it
+    /// is closed and its slot of [`Config::max_streams`] freed. In libp2p the opener writes
+    /// first (multistream-select), so an honest channel carries a message within a round
+    /// trip or two; an idle one only holds a slot. Default: 10 s.
+    pub inbound_stream_timeout: Duration,
 
     /// Upgrade relayed connections as soon as they are established. When off, only relayed
     /// connections dialed as `<relay>/p2p-circuit/webrtc/p2p/<peer>` are upgraded.
@@ -154,6 +159,11 @@ pub struct Config {
     /// An inbound upgrade over it is refused (stream reset); an outbound one fails and is
     /// retried. Default: 16.
     pub max_concurrent_upgrades: usize,
+    /// Upgrades running at once with one remote peer, both roles together and across all its
+    /// relayed connections: one peer cannot take every slot of
+    /// [`Config::max_concurrent_upgrades`]. Over it, as there. Default: 2 (a glare over two
+    /// relayed connections runs two at once, briefly).
+    pub max_concurrent_upgrades_per_peer: usize,
     /// Time one upgrade attempt may take, from opening the signaling stream to the verified
     /// direct connection. Default: 30 s (well inside a relay circuit's default 2 minutes).
     pub upgrade_timeout: Duration,
@@ -191,9 +201,11 @@ impl Default for Config {
             sctp_mtu: DEFAULT_SCTP_MTU,
             sctp_receive_window: 1024 * 1024,
             stream_open_timeout: Duration::from_secs(2),
+            inbound_stream_timeout: Duration::from_secs(10),
             auto_upgrade: true,
             max_signaling_message_size: 64 * 1024,
             max_concurrent_upgrades: 16,
+            max_concurrent_upgrades_per_peer: 2,
             upgrade_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             max_upgrade_attempts: 3,
@@ -251,6 +263,18 @@ impl Config {
         self.ice_disconnected_timeout = disconnected;
         self.ice_failed_timeout = failed;
         self.ice_keepalive_interval = keepalive;
+        self
+    }
+
+    /// Sets [`Config::inbound_stream_timeout`].
+    pub fn with_inbound_stream_timeout(mut self, timeout: Duration) -> Self {
+        self.inbound_stream_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::max_concurrent_upgrades_per_peer`].
+    pub fn with_max_concurrent_upgrades_per_peer(mut self, n: usize) -> Self {
+        self.max_concurrent_upgrades_per_peer = n;
         self
     }
 
@@ -387,8 +411,17 @@ impl Config {
         if self.max_signaling_message_size < 1024 {
             return bad("max_signaling_message_size below 1 KiB cannot carry an SDP".into());
         }
-        if self.max_concurrent_upgrades == 0 || self.max_upgrade_attempts == 0 {
-            return bad("max_concurrent_upgrades and max_upgrade_attempts must be non-zero".into());
+        if self.max_concurrent_upgrades == 0
+            || self.max_concurrent_upgrades_per_peer == 0
+            || self.max_upgrade_attempts == 0
+        {
+            return bad(
+                "max_concurrent_upgrades(_per_peer) and max_upgrade_attempts must be non-zero"
+                    .into(),
+            );
+        }
+        if self.inbound_stream_timeout.is_zero() {
+            return bad("inbound_stream_timeout is 0".into());
         }
         if self.upgrade_timeout.is_zero() {
             return bad("upgrade_timeout is 0".into());
@@ -431,6 +464,8 @@ mod tests {
             Config::default().with_stream_send_buffer(0),
             Config::default().with_max_signaling_message_size(100),
             Config::default().with_max_concurrent_upgrades(0),
+            Config::default().with_max_concurrent_upgrades_per_peer(0),
+            Config::default().with_inbound_stream_timeout(Duration::ZERO),
             Config::default().with_retries(0, Duration::from_secs(1)),
             Config::default().with_upgrade_timeout(Duration::ZERO),
             Config::default().with_sctp_mtu(1190),

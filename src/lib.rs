@@ -31,6 +31,8 @@ extern crate self as libp2p_webrtc_signal;
 mod config;
 mod direct;
 mod error;
+#[cfg(test)]
+mod fuzz;
 mod generated;
 mod rtc;
 mod slots;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::{AsyncReadExt, AsyncWriteExt};
-use libp2p_webrtc_signal::{Config, Error};
+use libp2p_webrtc_signal::{Config, Error, SdpRole, Session, SessionEvent};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -632,4 +632,60 @@ async fn streams_opened_right_after_connecting_open_at_once() {
         .await
         .expect("a first stream did not open");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_towards_a_remote_candidate_are_bounded() {
+    common::init_tracing();
+    // A hostile answer points the offerer's connectivity checks at a UDP port of ours that
+    // never answers: it gets at most `ice_max_binding_requests` checks per local candidate
+    // (plus one: webrtc-rs gives up on the check after the limit).
+    let max_checks = 10;
+    let config = loopback_config().with_ice_checks(Duration::from_millis(20), max_checks);
+    let sink = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = sink.local_addr().unwrap();
+    let mut offerer = Session::new(&config, SdpRole::Offerer).await.unwrap();
+    let mut answerer = Session::new(&config, SdpRole::Answerer).await.unwrap();
+    let offer = offerer.create_offer().await.unwrap();
+    let answer = answerer.accept_offer(&offer).await.unwrap();
+    offerer.accept_answer(&answer).await.unwrap();
+    let mut local_candidates = 0;
+    let mut forged = false;
+    let mut received = 0usize;
+    let mut buf = [0u8; 2048];
+    let quiet = Duration::from_secs(3);
+    let mut last = tokio::time::Instant::now();
+    let mut failed = false;
+    loop {
+        tokio::select! {
+            event = offerer.next_event(), if !failed => match event {
+                // ICE gave up: the checks are over.
+                Err(_) => failed = true,
+                Ok(SessionEvent::LocalCandidate(json)) => {
+                    local_candidates += 1;
+                    if !forged {
+                        // The answerer's would-be candidate, moved to the sink.
+                        let c = common::rewrite_candidate_addr(&json, sink_addr);
+                        offerer.add_remote_candidate(Some(&c)).await.unwrap();
+                        forged = true;
+                    }
+                }
+                Ok(SessionEvent::LocalCandidatesComplete) => {}
+                Ok(SessionEvent::Connected) => panic!("connected to a sink"),
+            },
+            r = sink.recv_from(&mut buf) => {
+                r.unwrap();
+                received += 1;
+                last = tokio::time::Instant::now();
+            }
+            _ = tokio::time::sleep_until(last + quiet) => break,
+        }
+    }
+    assert!(forged && received > 0, "no checks reached the sink");
+    assert!(
+        received <= (usize::from(max_checks) + 1) * local_candidates,
+        "{received} checks from {local_candidates} local candidates"
+    );
+    offerer.close().await;
+    answerer.close().await;
 }

@@ -14,7 +14,7 @@ use libp2p_core::muxing::{StreamMuxer, StreamMuxerEvent};
 
 use super::framing;
 use super::stream::{Stream, StreamContext};
-use crate::rtc::{Channel, Peer, PeerEvent, PeerState, INIT_CHANNEL_LABEL};
+use crate::rtc::{Channel, ChannelEvent, Peer, PeerEvent, PeerState, INIT_CHANNEL_LABEL};
 use crate::slots::{Slot, Slots};
 use crate::{Config, Error};
 
@@ -35,8 +35,14 @@ pub struct Connection {
     events: mpsc::UnboundedReceiver<PeerEvent>,
     /// Inbound channels whose label is being read.
     labelling: Vec<BoxFuture<'static, (Channel, String)>>,
-    /// Inbound streams waiting for their first message.
-    arriving: Vec<Stream>,
+    /// Inbound streams waiting for their first message, with their deadline
+    /// ([`Config::inbound_stream_timeout`]).
+    arriving: Vec<(Stream, Instant)>,
+    /// Fires at the earliest deadline in `arriving`.
+    arriving_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    inbound_timeout: std::time::Duration,
+    /// The remote's `init` channel arrived (one is drained; more are closed).
+    remote_init_seen: bool,
     /// Inbound streams ready to be handed out.
     inbound: VecDeque<Stream>,
     outbound: Option<(OpenChannel, Slot)>,
@@ -86,6 +92,9 @@ impl Connection {
             events,
             labelling: Vec::new(),
             arriving: Vec::new(),
+            arriving_timer: None,
+            inbound_timeout: config.inbound_stream_timeout,
+            remote_init_seen: false,
             inbound: VecDeque::new(),
             outbound: None,
             reuse_wait: None,
@@ -155,11 +164,20 @@ impl Connection {
             };
             drop(self.labelling.swap_remove(i));
             if label == INIT_CHANNEL_LABEL {
-                // Not a stream. Its opener may close it (js-libp2p does); we leave it be.
-                tracing::trace!("ignoring the remote's init channel");
+                if self.remote_init_seen {
+                    // One `init` channel per connection: more are a flood.
+                    tracing::debug!("closing a second init channel");
+                    self.close_channel(dc);
+                } else {
+                    // Not a stream. Its opener may close it (js-libp2p does); until then,
+                    // whatever arrives on it is read and discarded, so nothing piles up.
+                    self.remote_init_seen = true;
+                    self.handle.spawn(discard(dc));
+                }
             } else if let Some(slot) = self.slots.try_acquire() {
                 let stream = Stream::new(dc, None, self.ctx.clone(), slot, &self.handle);
-                self.arriving.push(stream);
+                self.arriving
+                    .push((stream, Instant::now() + self.inbound_timeout));
             } else {
                 tracing::debug!(
                     limit = self.slots.used(),
@@ -168,12 +186,18 @@ impl Connection {
                 self.close_channel(dc);
             }
         }
+        let now = Instant::now();
         let mut i = 0;
         while i < self.arriving.len() {
-            match self.arriving[i].poll_surface(cx) {
-                Poll::Pending => i += 1,
+            let (stream, deadline) = &self.arriving[i];
+            match stream.poll_surface(cx) {
+                Poll::Pending if *deadline > now => i += 1,
+                Poll::Pending => {
+                    tracing::debug!("closing an inbound channel that stayed without a message");
+                    drop(self.arriving.swap_remove(i));
+                }
                 Poll::Ready(true) => {
-                    let stream = self.arriving.swap_remove(i);
+                    let (stream, _) = self.arriving.swap_remove(i);
                     self.inbound.push_back(stream);
                 }
                 Poll::Ready(false) => {
@@ -182,7 +206,36 @@ impl Connection {
                 }
             }
         }
+        self.poll_arriving_timer(cx);
         Ok(())
+    }
+
+    /// Wakes the task at the earliest deadline of the inbound streams still arriving.
+    fn poll_arriving_timer(&mut self, cx: &mut Context<'_>) {
+        let Some(next) = self.arriving.iter().map(|(_, at)| *at).min() else {
+            self.arriving_timer = None;
+            return;
+        };
+        let timer = self
+            .arriving_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(next.into())));
+        if timer.deadline() != next.into() {
+            timer.as_mut().reset(next.into());
+        }
+        if timer.as_mut().poll(cx).is_ready() {
+            // Due now: look again at once.
+            self.arriving_timer = None;
+            cx.waker().wake_by_ref();
+        }
+    }
+}
+
+/// Reads and discards a remote's `init` channel until it closes.
+async fn discard(dc: Channel) {
+    while let Some(event) = dc.next_event().await {
+        if matches!(event, ChannelEvent::Closed) {
+            return;
+        }
     }
 }
 
@@ -225,7 +278,7 @@ impl StreamMuxer for Connection {
                 return Poll::Pending;
             };
             let peer = this.peer.clone();
-            let fut = async move { peer.create_channel().await }.boxed();
+            let fut = async move { peer.create_channel("").await }.boxed();
             this.outbound = Some((fut, slot));
         }
         let Some((fut, _)) = this.outbound.as_mut() else {
@@ -270,5 +323,146 @@ impl Drop for Connection {
             let peer = self.peer.clone();
             self.handle.spawn(async move { peer.close().await });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! A hostile remote on the WebRTC connection, with raw data channels.
+
+    use std::time::Duration;
+
+    use bytes::BytesMut;
+    use futures::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::test_common as common;
+
+    async fn within<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(60), f)
+            .await
+            .expect("hang")
+    }
+
+    /// A raw data channel with `label`, once open.
+    async fn open_raw(peer: &Peer, label: &str) -> Channel {
+        let dc = peer.create_channel(label).await.expect("channel");
+        loop {
+            match dc.next_event().await {
+                Some(ChannelEvent::Open) => return dc,
+                Some(ChannelEvent::Closed) | None => panic!("closed before opening"),
+                Some(_) => {}
+            }
+        }
+    }
+
+    /// Waits until the remote closes `dc`.
+    async fn closed(dc: &Channel) {
+        while let Some(event) = dc.next_event().await {
+            if matches!(event, ChannelEvent::Closed) {
+                return;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn init_channels_are_drained_and_only_one_is_kept() {
+        common::init_tracing();
+        let (offerer, answerer) = common::pair(common::loopback_config()).await;
+        let (offerer_peer, answerer_peer) = (offerer.peer.clone(), answerer.peer.clone());
+        let (_o, _a) = (common::Driver::new(offerer), common::Driver::new(answerer));
+        within(async {
+            // The offerer's own `init` channel is the answerer's first: the offerer gets every
+            // further one closed at once.
+            for _ in 0..16 {
+                let extra = offerer_peer.create_channel(INIT_CHANNEL_LABEL).await;
+                closed(&extra.expect("channel")).await;
+            }
+            // An answerer's first `init` channel is read and discarded by the offerer:
+            // 16 MiB go through it. Nobody reading it, they would stop at the buffers
+            // (webrtc-rs's 256 messages, the SCTP window, the send buffer: ~6 MiB).
+            let first = open_raw(&answerer_peer, INIT_CHANNEL_LABEL).await;
+            let chunk = BytesMut::from(&[7u8; 16 * 1024][..]);
+            for _ in 0..1024 {
+                first.send(chunk.clone()).await.expect("send");
+            }
+            let extra = answerer_peer.create_channel(INIT_CHANNEL_LABEL).await;
+            closed(&extra.expect("channel")).await;
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_inbound_channels_give_their_slots_back() {
+        common::init_tracing();
+        let config = common::loopback_config()
+            .with_max_streams(4)
+            .with_inbound_stream_timeout(Duration::from_millis(500));
+        let (a, b) = common::pair(config).await;
+        let peer = a.peer.clone();
+        let (_a, b) = (common::Driver::new(a), common::Driver::new(b));
+        within(async {
+            // A takes every stream slot of B's with channels that never carry a byte.
+            let mut idle = Vec::new();
+            for _ in 0..4 {
+                idle.push(open_raw(&peer, "").await);
+            }
+            // B can still open a stream: the idle channels are closed after the timeout.
+            let mut s = b.open().await;
+            s.write_all(b"hi").await.expect("write");
+            for dc in &idle {
+                closed(dc).await;
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_is_bounded_when_the_remote_stops_reading() {
+        common::init_tracing();
+        let fin_ack_timeout = Duration::from_secs(1);
+        let config = common::loopback_config()
+            .with_stream_send_buffer(64 * 1024)
+            .with_stream_receive_buffer(64 * 1024)
+            .with_sctp_receive_window(64 * 1024)
+            .with_fin_ack_timeout(fin_ack_timeout);
+        let (mut a, mut b) = common::driven_pair(config).await;
+        within(async {
+            let mut s = a.open().await;
+            s.write_all(b"x").await.expect("write");
+            s.flush().await.expect("flush");
+            // B accepts and never reads: its buffers fill, then the SCTP window closes.
+            let held = b.accept().await;
+            let chunk = vec![1u8; 16 * 1024];
+            let mut blocked = false;
+            for _ in 0..4096 {
+                let write = tokio::time::timeout(Duration::from_millis(500), s.write_all(&chunk));
+                if write.await.is_err() {
+                    blocked = true;
+                    break;
+                }
+            }
+            assert!(blocked, "the writer never blocked");
+            let started = std::time::Instant::now();
+            let result = s.close().await;
+            let took = started.elapsed();
+            assert!(
+                took < fin_ack_timeout * 3,
+                "close took {took:?} with the remote not reading"
+            );
+            let err = result.expect_err("data was still queued");
+            assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+            drop(held);
+            // The connection still carries new streams once B reads again.
+            let mut s2 = a.open().await;
+            s2.write_all(b"after").await.expect("write");
+            s2.close().await.expect("close");
+            let mut r = b.accept().await;
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).await.expect("read");
+            assert_eq!(got, b"after");
+            let _ = &mut a;
+        })
+        .await;
     }
 }

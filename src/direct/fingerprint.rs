@@ -21,7 +21,8 @@ impl Fingerprint {
         let mut parts = s.trim().split(':');
         for byte in out.iter_mut() {
             let part = parts.next()?;
-            if part.len() != 2 {
+            // Exactly two hex digits (`from_str_radix` alone would take "+F").
+            if part.len() != 2 || !part.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return None;
             }
             *byte = u8::from_str_radix(part, 16).ok()?;

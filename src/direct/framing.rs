@@ -122,11 +122,14 @@ pub fn encode(flag: Option<Flag>, data: &[u8]) -> BytesMut {
 /// Accumulates received bytes and yields complete frames.
 ///
 /// A frame may span data channel messages, and one message may hold several frames; both are
-/// accepted. Memory is bounded by `max_frame_size` plus one received message.
+/// accepted. Memory is bounded by `max_frame_size` plus one received message. After a
+/// malformed frame nothing more can be framed: the decoder keeps failing quietly, discarding
+/// whatever arrives.
 #[derive(Debug)]
 pub struct FrameDecoder {
     buf: BytesMut,
     max_frame_size: usize,
+    failed: bool,
 }
 
 impl FrameDecoder {
@@ -135,12 +138,20 @@ impl FrameDecoder {
         Self {
             buf: BytesMut::new(),
             max_frame_size,
+            failed: false,
         }
     }
 
-    /// Adds received bytes.
+    /// Adds received bytes (discarded once a malformed frame was found).
     pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        if !self.failed {
+            self.buf.extend_from_slice(data);
+        }
+    }
+
+    /// Whether a malformed frame was found.
+    pub fn has_failed(&self) -> bool {
+        self.failed
     }
 
     /// Bytes received but not yet decoded into a frame.
@@ -148,8 +159,21 @@ impl FrameDecoder {
         self.buf.len()
     }
 
-    /// The next complete frame, `Ok(None)` if more bytes are needed.
+    /// The next complete frame, `Ok(None)` if more bytes are needed. The first malformed
+    /// frame is an error; from then on there is nothing more (`Ok(None)`).
     pub fn next_frame(&mut self) -> Result<Option<Frame>, FrameError> {
+        if self.failed {
+            return Ok(None);
+        }
+        let frame = self.decode();
+        if frame.is_err() {
+            self.failed = true;
+            self.buf = BytesMut::new();
+        }
+        frame
+    }
+
+    fn decode(&mut self) -> Result<Option<Frame>, FrameError> {
         if self.buf.is_empty() {
             return Ok(None);
         }
@@ -248,6 +272,20 @@ mod tests {
         prost::encode_length_delimiter(1 << 20, &mut prefix).unwrap();
         dec.push(&prefix);
         assert!(matches!(dec.next_frame(), Err(FrameError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn nothing_is_buffered_after_a_malformed_frame() {
+        let mut d = FrameDecoder::new(MAX_FRAME_SIZE);
+        // A length prefix of 1 MiB: too large.
+        d.push(&[0x80, 0x80, 0x40]);
+        assert!(matches!(d.next_frame(), Err(FrameError::TooLarge { .. })));
+        for _ in 0..64 {
+            d.push(&[0u8; 16 * 1024]);
+            assert!(matches!(d.next_frame(), Ok(None)));
+        }
+        assert_eq!(d.buffered(), 0);
+        assert!(d.has_failed());
     }
 
     #[test]

@@ -177,7 +177,7 @@ impl Session {
     /// (`None`, `""`, `"null"`) and unusable candidates (mDNS `.local`, TCP) are accepted and
     /// ignored. More than [`Config::max_remote_candidates`] is an error.
     pub async fn add_remote_candidate(&mut self, data: Option<&str>) -> Result<(), Error> {
-        let init = match candidate::parse(data)? {
+        let init = match candidate::parse(data, self.config.allow_loopback_candidates)? {
             RemoteCandidate::EndOfCandidates => return Ok(()),
             RemoteCandidate::Skipped(why) => {
                 self.count_remote_candidate()?;

@@ -294,9 +294,11 @@ impl Peer {
         Ok(certs.into_iter().next())
     }
 
-    /// Creates an in-band data channel with an empty label (a libp2p stream).
-    pub(crate) async fn create_channel(&self) -> Result<Channel, Error> {
-        Ok(Channel::new(self.pc.create_data_channel("", None).await?))
+    /// Creates an in-band data channel; libp2p streams have the label `""`.
+    pub(crate) async fn create_channel(&self, label: &str) -> Result<Channel, Error> {
+        Ok(Channel::new(
+            self.pc.create_data_channel(label, None).await?,
+        ))
     }
 
     /// Closes the peer connection; its driver stops and its sockets are released.

@@ -84,6 +84,8 @@ pub struct Behaviour {
     config: Arc<Config>,
     local: PeerId,
     slots: Arc<Slots>,
+    /// Each connected peer's share of the upgrade slots, shared by its connections' handlers.
+    peer_slots: HashMap<PeerId, Arc<Slots>>,
     handoffs: mpsc::UnboundedSender<Handoff>,
     listen: Option<ListenOpts>,
     /// The upgrade policy of each peer with something to track.
@@ -114,6 +116,7 @@ impl Behaviour {
             config: Arc::new(config),
             local,
             slots,
+            peer_slots: HashMap::new(),
             handoffs,
             listen: Some(ListenOpts::new(listen_addr())),
             peers: HashMap::new(),
@@ -152,7 +155,13 @@ impl Behaviour {
         self.peers.get(&peer).is_some_and(PeerPolicy::is_upgrading)
     }
 
-    fn handler(&self, relayed: bool, peer: PeerId, connection: ConnectionId) -> Handler {
+    fn handler(&mut self, relayed: bool, peer: PeerId, connection: ConnectionId) -> Handler {
+        let per_peer = self.config.max_concurrent_upgrades_per_peer;
+        let peer_slots = self
+            .peer_slots
+            .entry(peer)
+            .or_insert_with(|| Slots::new(per_peer))
+            .clone();
         Handler::new(
             relayed,
             self.config.clone(),
@@ -160,6 +169,7 @@ impl Behaviour {
             peer,
             connection,
             self.slots.clone(),
+            peer_slots,
         )
     }
 
@@ -250,6 +260,11 @@ impl Behaviour {
 
     fn on_closed(&mut self, e: ConnectionClosed) {
         self.direct_ids.remove(&e.connection_id);
+        if e.remaining_established == 0 {
+            // Forget the shares no handler holds any more (this peer's, and any left by a
+            // connection that was denied before it was established).
+            self.peer_slots.retain(|_, s| Arc::strong_count(s) > 1);
+        }
         if self.peers.contains_key(&e.peer_id) {
             let input = Input::Closed {
                 connection: e.connection_id,

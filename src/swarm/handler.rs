@@ -73,13 +73,22 @@ pub enum Report {
     },
 }
 
+/// An outbound signaling stream request: a fresh id, so a stream that was asked for by an
+/// aborted attempt is recognised when it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    id: u64,
+    attempt: u32,
+}
+
 struct Running {
     role: SdpRole,
     attempt: u32,
     /// How long opening the signaling stream took (offerer).
     stream: Duration,
     future: BoxFuture<'static, Result<(Connection, Timings), Error>>,
-    _slot: Slot,
+    /// Permits of the node's and the peer's upgrade limits.
+    _slots: (Slot, Slot),
 }
 
 /// Handler of one connection; inert unless the connection is relayed.
@@ -90,11 +99,15 @@ pub struct Handler {
     remote: PeerId,
     connection: ConnectionId,
     slots: Arc<Slots>,
+    /// The remote peer's share of the upgrade slots ([`Config::max_concurrent_upgrades_per_peer`]).
+    peer_slots: Arc<Slots>,
     keep_alive: bool,
     /// An outbound signaling stream to request, for this attempt.
     to_open: Option<u32>,
     /// An outbound signaling stream requested, for this attempt.
-    opening: Option<u32>,
+    opening: Option<Request>,
+    /// The id of the next outbound signaling stream request.
+    next_request: u64,
     /// When the current outbound signaling stream was asked for.
     open_started: Option<Instant>,
     running: Option<Running>,
@@ -124,6 +137,7 @@ impl Handler {
         remote: PeerId,
         connection: ConnectionId,
         slots: Arc<Slots>,
+        peer_slots: Arc<Slots>,
     ) -> Self {
         Self {
             relayed,
@@ -132,9 +146,11 @@ impl Handler {
             remote,
             connection,
             slots,
+            peer_slots,
             keep_alive: relayed,
             to_open: None,
             opening: None,
+            next_request: 0,
             open_started: None,
             running: None,
             reports: VecDeque::new(),
@@ -150,7 +166,11 @@ impl Handler {
 
     /// Starts an attempt on a negotiated stream, if a slot is free.
     fn start(&mut self, stream: libp2p_swarm::Stream, role: SdpRole, attempt: u32) {
-        let Some(slot) = self.slots.try_acquire() else {
+        let slots = self
+            .peer_slots
+            .try_acquire()
+            .and_then(|peer| Some((self.slots.try_acquire()?, peer)));
+        let Some(slots) = slots else {
             tracing::debug!(peer = %self.remote, "refusing upgrade: too many running");
             self.reports.push_back(Report::Failed {
                 role,
@@ -179,7 +199,7 @@ impl Handler {
             attempt,
             stream: stream_time.unwrap_or_default(),
             future,
-            _slot: slot,
+            _slots: slots,
         });
     }
 
@@ -195,7 +215,7 @@ impl ConnectionHandler for Handler {
     type InboundProtocol = Upgrade;
     type OutboundProtocol = Upgrade;
     type InboundOpenInfo = ();
-    type OutboundOpenInfo = u32;
+    type OutboundOpenInfo = Request;
 
     fn listen_protocol(&self) -> SubstreamProtocol<Upgrade, ()> {
         SubstreamProtocol::new(Upgrade, ()).with_timeout(Duration::from_secs(10))
@@ -209,14 +229,22 @@ impl ConnectionHandler for Handler {
                 || self.to_open.is_some())
     }
 
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionHandlerEvent<Upgrade, u32, Report>> {
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnectionHandlerEvent<Upgrade, Request, Report>> {
         if let Some(report) = self.reports.pop_front() {
             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(report));
         }
         if let Some(attempt) = self.to_open.take() {
-            self.opening = Some(attempt);
+            let request = Request {
+                id: self.next_request,
+                attempt,
+            };
+            self.next_request += 1;
+            self.opening = Some(request);
             return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
-                protocol: SubstreamProtocol::new(Upgrade, attempt)
+                protocol: SubstreamProtocol::new(Upgrade, request)
                     .with_timeout(Duration::from_secs(10)),
             });
         }
@@ -260,6 +288,7 @@ impl ConnectionHandler for Handler {
             }
             Command::Abort => {
                 self.to_open = None;
+                self.opening = None;
                 if let Some(running) = self.running.take() {
                     tracing::debug!(peer = %self.remote, role = ?running.role, "upgrade aborted");
                 }
@@ -269,13 +298,19 @@ impl ConnectionHandler for Handler {
         self.wake();
     }
 
-    fn on_connection_event(&mut self, event: ConnectionEvent<Upgrade, Upgrade, (), u32>) {
+    fn on_connection_event(&mut self, event: ConnectionEvent<Upgrade, Upgrade, (), Request>) {
         match event {
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: stream,
-                info: attempt,
+                info: request,
             }) => {
+                if self.opening != Some(request) {
+                    // Aborted while the stream was opening: nobody waits for this offer.
+                    tracing::debug!(peer = %self.remote, attempt = request.attempt, "dropping a signaling stream opened for an aborted attempt");
+                    return;
+                }
                 self.opening = None;
+                let attempt = request.attempt;
                 if self.running.is_some() {
                     // The remote's offer got here first and won the tie-break.
                     return;
@@ -302,7 +337,7 @@ impl ConnectionHandler for Handler {
                             .running
                             .take()
                             .map(|r| r.attempt)
-                            .or(self.opening.take())
+                            .or(self.opening.take().map(|r| r.attempt))
                             .unwrap_or(1);
                         self.reports.push_back(Report::Superseded { attempt });
                     }
@@ -312,9 +347,10 @@ impl ConnectionHandler for Handler {
                 self.start(stream, SdpRole::Answerer, 1);
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
-                if self.opening.take().is_none() {
+                if self.opening != Some(info) {
                     return;
                 }
+                self.opening = None;
                 let error = match error {
                     StreamUpgradeError::NegotiationFailed => Error::Unsupported,
                     StreamUpgradeError::Timeout => Error::Timeout,
@@ -323,7 +359,7 @@ impl ConnectionHandler for Handler {
                 };
                 self.reports.push_back(Report::Failed {
                     role: SdpRole::Offerer,
-                    attempt: info,
+                    attempt: info.attempt,
                     error,
                 });
             }

@@ -388,3 +388,73 @@ async fn the_concurrent_upgrade_limit_is_enforced() {
         "refused {refused} times; H timed out at {h_timed_out:?}; A upgraded at {upgraded:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_peer_cannot_take_every_upgrade_slot() {
+    use futures::AsyncWriteExt;
+    init_tracing();
+    // B runs two upgrades at once, one per peer. H (hostile) opens two relayed connections and
+    // a never-finished offer on each: one is answered, the other refused. A still upgrades
+    // at once, long before H's attempt times out.
+    let b_config = loopback_config()
+        .with_max_concurrent_upgrades(2)
+        .with_max_concurrent_upgrades_per_peer(1);
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(loopback_config()), Some(b_config)).await;
+    let (a_id, b_id) = (*a.local_peer_id(), *b.local_peer_id());
+    let (mut h, _) = node(None, libp2p_webrtc_signal::PROTOCOL_NAME);
+    let h_id = *h.local_peer_id();
+    let first = dial_relayed(&mut h, &mut b, &relay_addr).await;
+    let second = dial_relayed(&mut h, &mut b, &relay_addr).await;
+    assert_ne!(first, second);
+    let mut rxs = [
+        h.behaviour_mut().raw.open(b_id, first),
+        h.behaviour_mut().raw.open(b_id, second),
+    ];
+    let mut streams = Vec::new();
+    let (mut started, mut refused) = (0, 0);
+    both(&mut h, &mut b, |side, e| {
+        for rx in rxs.iter_mut() {
+            if let Ok(Some(s)) = rx.try_recv() {
+                streams.push(s.expect("negotiated"));
+            }
+        }
+        match (side, webrtc_event(&e)) {
+            (Side::B, Some(Event::UpgradeStarted { peer, .. })) if *peer == h_id => started += 1,
+            (Side::B, Some(Event::UpgradeFailed { peer, error, .. })) if *peer == h_id => {
+                assert!(
+                    matches!(error, libp2p_webrtc_signal::Error::TooManyUpgrades),
+                    "{error}"
+                );
+                refused += 1;
+            }
+            _ => {}
+        }
+        (started + refused == 2 && streams.len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!((started, refused), (1, 1));
+    // The answered offer stays unfinished: the start of a 100-byte message.
+    for s in streams.iter_mut() {
+        let _ = s.write_all(&[100, 0x0a]).await;
+        let _ = s.flush().await;
+    }
+    let (_h_events, _h_stop, _h_task) = spawn(h);
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    // A refusal of A, or H's attempt timing out first, would show as a failure on B.
+    both(&mut a, &mut b, |side, e| match (side, webrtc_event(&e)) {
+        (Side::B, Some(Event::UpgradeFailed { peer, error, .. })) => {
+            panic!("B failed an upgrade with {peer} ({error}) before A upgraded")
+        }
+        (Side::A, Some(Event::Upgraded { peer, .. })) if *peer == b_id => Some(()),
+        _ => None,
+    })
+    .await;
+    assert!(b.behaviour().webrtc.as_ref().unwrap().is_upgraded(&a_id));
+    drop(streams);
+}

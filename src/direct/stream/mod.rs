@@ -8,7 +8,7 @@
 mod pump;
 mod reopen;
 mod reuse;
-mod state;
+pub(crate) mod state;
 
 pub(crate) use reuse::ReuseGuard;
 
@@ -100,6 +100,9 @@ pub struct Stream {
     ctrl: mpsc::UnboundedSender<ControlOp>,
     send_fut: Option<BoxFuture<'static, Result<(), Error>>>,
     fin_ack_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Set when `close` starts: the queued data and the `FIN` must reach the data channel
+    /// by then, or the stream is reset.
+    close_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     ctx: Arc<StreamContext>,
     outbound: bool,
     _slot: Slot,
@@ -149,6 +152,7 @@ impl Stream {
             ctrl,
             send_fut: None,
             fin_ack_timer: None,
+            close_deadline: None,
             ctx,
             outbound,
             _slot: slot,
@@ -203,6 +207,36 @@ impl Stream {
     fn start_send(&mut self, shared: &mut Shared, frame: BytesMut) {
         shared.pristine = false;
         self.send_fut = Some(shared.dc.send(frame));
+    }
+}
+
+impl Stream {
+    /// Polls `step` of a `close`; if it is still pending once the close deadline passed (the
+    /// remote stopped acknowledging, so the send buffer never drains), resets the stream and
+    /// fails with `TimedOut`: the data still queued may not arrive.
+    fn poll_or_give_up(
+        &mut self,
+        step: fn(&mut Self, &mut Context<'_>) -> Poll<io::Result<()>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Poll::Ready(r) = step(self, cx) {
+            return Poll::Ready(r);
+        }
+        let expired = self
+            .close_deadline
+            .as_mut()
+            .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+        if !expired {
+            return Poll::Pending;
+        }
+        tracing::debug!("close timed out with data still queued; resetting the stream");
+        self.send_fut = None;
+        lock(&self.shared).state.reset();
+        let _ = self.ctrl.unbounded_send(ControlOp::Reset);
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the remote did not take the queued data before the close timeout",
+        )))
     }
 }
 
@@ -276,11 +310,14 @@ impl AsyncWrite for Stream {
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let timeout = this.ctx.fin_ack_timeout;
+        this.close_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         loop {
             let write = lock(&this.shared).state.write;
             match write {
                 WriteHalf::Open => {
-                    ready!(this.poll_writable(cx))?;
+                    ready!(this.poll_or_give_up(Self::poll_writable, cx))?;
                     let shared_arc = this.shared.clone();
                     let mut shared = lock(&shared_arc);
                     if shared.state.start_close() {
@@ -291,7 +328,7 @@ impl AsyncWrite for Stream {
                     }
                 }
                 WriteHalf::FinSent => {
-                    ready!(this.poll_send(cx))?;
+                    ready!(this.poll_or_give_up(Self::poll_send, cx))?;
                     let mut shared = lock(&this.shared);
                     if shared.state.write != WriteHalf::FinSent {
                         continue;

@@ -56,8 +56,6 @@ pub(super) struct Pump {
     peer: Option<Peer>,
     reopen: Reopen,
     decoder: FrameDecoder,
-    /// A malformed frame reset the stream: later bytes are discarded, not decoded.
-    malformed: bool,
     next_event: BoxFuture<'static, Option<ChannelEvent>>,
     /// Flags to send back, collected while applying an event.
     replies: Vec<Flag>,
@@ -91,7 +89,6 @@ impl Pump {
             control,
             reopen: Reopen::new(outbound),
             decoder: FrameDecoder::new(ctx.max_frame_size),
-            malformed: false,
             open_deadline: outbound.then(|| sleep(ctx.open_timeout)),
             ctx,
             peer,
@@ -263,9 +260,7 @@ impl Pump {
             ChannelEvent::Message(data) => {
                 s.opened = true;
                 s.pristine = false;
-                if self.malformed {
-                    return false;
-                }
+                // After a malformed frame the decoder discards what arrives.
                 self.decoder.push(&data);
                 loop {
                     let frame = match self.decoder.next_frame() {
@@ -273,9 +268,6 @@ impl Pump {
                         Ok(None) => break,
                         Err(e) => {
                             tracing::debug!(channel = %s.dc.id(), "resetting stream: {e}");
-                            // Nothing after a bad frame can be trusted or framed again.
-                            self.malformed = true;
-                            self.decoder = FrameDecoder::new(self.ctx.max_frame_size);
                             s.state.reset();
                             s.read_queue.clear();
                             s.read_queued = 0;
@@ -306,7 +298,7 @@ impl Pump {
             return Flow::Stop;
         };
         tokio::time::sleep(delay).await;
-        match peer.create_channel().await {
+        match peer.create_channel("").await {
             Ok(new) => {
                 tracing::debug!(old = %self.dc.id(), new = %new.id(), "replacing a data channel that died unused");
                 self.dc = new;
@@ -336,9 +328,20 @@ impl Pump {
         }
     }
 
+    /// Sends a flag, waiting at most [`crate::Config::fin_ack_timeout`] for room in the send
+    /// buffer: a remote that stopped acknowledging gets its channel closed instead, so the
+    /// pump never hangs on it.
     async fn send_flag(&mut self, flag: Flag) {
-        if let Err(e) = self.dc.send(framing::encode(Some(flag), &[])).await {
-            tracing::trace!(channel = %self.dc.id(), ?flag, "could not send a flag: {e}");
+        let send = self.dc.send(framing::encode(Some(flag), &[]));
+        match tokio::time::timeout(self.ctx.fin_ack_timeout, send).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::trace!(channel = %self.dc.id(), ?flag, "could not send a flag: {e}")
+            }
+            Err(_) => {
+                tracing::debug!(channel = %self.dc.id(), ?flag, "no room for a flag; closing the channel");
+                self.close_channel().await;
+            }
         }
     }
 

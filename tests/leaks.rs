@@ -1,0 +1,197 @@
+//! What hostile or unlucky upgrades leave behind: nothing. Each test counts this process's UDP
+//! sockets and live tokio tasks before and after, with real swarms (relay + two peers, real
+//! UDP). The counts are process-wide, so the tests of this binary run one at a time.
+
+// `common` and `swarm` (through `examples/support`) both include the one payload generator.
+#![allow(clippy::duplicate_mod)]
+
+mod common;
+mod swarm;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{init_tracing, loopback_config};
+use libp2p_webrtc_signal::{Error, Event, PROTOCOL_NAME};
+use swarm::*;
+
+/// The tests here run one at a time: they count process-wide resources.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The UDP sockets this process holds (IPv4 and IPv6), from `/proc`.
+fn udp_sockets() -> usize {
+    let ours: HashSet<String> = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_str()?;
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    ["/proc/self/net/udp", "/proc/self/net/udp6"]
+        .iter()
+        .flat_map(|table| {
+            std::fs::read_to_string(table)
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter_map(|line| line.split_whitespace().nth(9).map(str::to_owned))
+                .collect::<Vec<_>>()
+        })
+        .filter(|inode| ours.contains(inode))
+        .count()
+}
+
+fn alive_tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// What the process holds: UDP sockets and live tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    udp: usize,
+    tasks: usize,
+}
+
+fn held() -> Held {
+    Held {
+        udp: udp_sockets(),
+        tasks: alive_tasks(),
+    }
+}
+
+/// Drives both swarms until what the process holds is back to `baseline` (closes run in the
+/// background), or 10 s passed; returns what it holds then.
+async fn settle(a: &mut NodeSwarm, b: &mut NodeSwarm, baseline: Held) -> Held {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = held();
+        if (now.udp <= baseline.udp && now.tasks <= baseline.tasks)
+            || tokio::time::Instant::now() >= deadline
+        {
+            return now;
+        }
+        drive(a, b, tokio::time::sleep(Duration::from_millis(100))).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_signaling_streams_leave_nothing_behind() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    // H has no WebRTC: it opens signaling streams to B and never writes. Each makes B create
+    // an answering session (UDP sockets bound before the offer) that times out.
+    let b_config = loopback_config().with_upgrade_timeout(Duration::from_millis(700));
+    let Setup {
+        a: mut h,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup_raw(None, Some(b_config), PROTOCOL_NAME).await;
+    let (b_id, h_id) = (*b.local_peer_id(), *h.local_peer_id());
+    let relayed = dial_relayed(&mut h, &mut b, &relay_addr).await;
+    let baseline = held();
+    let mut streams = Vec::new();
+    for round in 0..4 {
+        let mut rx = h.behaviour_mut().raw.open(b_id, relayed);
+        let mut timed_out = false;
+        both(&mut h, &mut b, |side, e| {
+            if let Ok(Some(s)) = rx.try_recv() {
+                streams.push(s.expect("negotiated"));
+            }
+            if let Some(Event::UpgradeFailed { peer, error, .. }) = webrtc_event(&e) {
+                assert_eq!((side, *peer), (Side::B, h_id));
+                assert!(matches!(error, Error::Timeout), "round {round}: {error}");
+                timed_out = true;
+            }
+            (timed_out && streams.len() > round).then_some(())
+        })
+        .await;
+    }
+    let after = settle(&mut h, &mut b, baseline).await;
+    assert!(
+        after.udp <= baseline.udp && after.tasks <= baseline.tasks,
+        "before {baseline:?}, after 4 silent offers {after:?}"
+    );
+    assert!(b.is_connected(&h_id), "the relayed connection survives");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_cut_off_by_relay_loss_leaves_nothing_behind() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    // B is silent, so A's offer is still running (its session bound) when the relay goes.
+    let Setup {
+        mut a,
+        mut b,
+        mut b_raw,
+        relay_addr,
+        _relay,
+        ..
+    } = setup_raw(Some(loopback_config()), None, PROTOCOL_NAME).await;
+    let b_id = *b.local_peer_id();
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    // Measured before the attempt starts: the relayed connection is up, nothing else.
+    let mut baseline = None;
+    let mut held_streams = Vec::new();
+    both(&mut a, &mut b, |side, e| {
+        while let Ok(s) = b_raw.try_recv() {
+            held_streams.push(s);
+        }
+        if side == Side::A && matches!(e, libp2p::swarm::SwarmEvent::ConnectionEstablished { .. }) {
+            baseline.get_or_insert_with(held);
+        }
+        (side == Side::A && matches!(webrtc_event(&e), Some(Event::UpgradeStarted { .. })))
+            .then_some(())
+    })
+    .await;
+    let baseline = baseline.expect("established before started");
+    // The attempt binds its sockets once its task runs.
+    let mut during = held();
+    for _ in 0..50 {
+        if during.udp > baseline.udp {
+            break;
+        }
+        drive(
+            &mut a,
+            &mut b,
+            tokio::time::sleep(Duration::from_millis(100)),
+        )
+        .await;
+        during = held();
+    }
+    assert!(
+        during.udp > baseline.udp,
+        "the attempt binds sockets: {during:?}"
+    );
+    let (stop, relay_task) = _relay;
+    let _ = stop.send(());
+    drop(relay_task.await.expect("relay task"));
+    both(&mut a, &mut b, |side, e| {
+        matches!(
+            (side, webrtc_event(&e)),
+            (
+                Side::A,
+                Some(Event::UpgradeFailed {
+                    error: Error::RelayLost,
+                    ..
+                })
+            )
+        )
+        .then_some(())
+    })
+    .await;
+    drop(held_streams);
+    let after = settle(&mut a, &mut b, baseline).await;
+    assert!(
+        after.udp <= baseline.udp,
+        "UDP sockets: {} before, {} during, {} after the relay loss",
+        baseline.udp,
+        during.udp,
+        after.udp
+    );
+}
