@@ -195,3 +195,30 @@ async fn an_attempt_cut_off_by_relay_loss_leaves_nothing_behind() {
         after.udp
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn glare_leaves_one_peer_connection_per_side() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    // Both sides offer at once over two relayed connections: the losing attempts and the
+    // surplus direct connection are closed, with their sockets.
+    let config = loopback_config().with_drain_timeout(Duration::from_secs(1));
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(config.clone()), Some(config)).await;
+    reserve(&mut a, &relay_addr).await;
+    let baseline = held();
+    let direct = glare(&mut a, &mut b, &relay_addr).await;
+    assert_eq!((direct[0].len(), direct[1].len()), (1, 1), "{direct:?}");
+    // One peer connection per side, one socket each (loopback only).
+    let expected = Held {
+        udp: baseline.udp + 2,
+        tasks: usize::MAX,
+    };
+    let after = settle(&mut a, &mut b, expected).await;
+    assert_eq!(after.udp, baseline.udp + 2, "before {baseline:?}, after {after:?}");
+}

@@ -293,3 +293,51 @@ pub async fn drive<F: std::future::Future>(
     .await
     .expect("timed out (hang)")
 }
+
+/// Both nodes (each reserved on the relay) dial each other at once: two relayed connections,
+/// each side the offerer on one. Runs until 4 s after the first upgrade; returns each side's
+/// direct connections then (A first).
+pub async fn glare(
+    a: &mut NodeSwarm,
+    b: &mut NodeSwarm,
+    relay_addr: &Multiaddr,
+) -> [std::collections::HashSet<ConnectionId>; 2] {
+    let (a_id, b_id) = (*a.local_peer_id(), *b.local_peer_id());
+    a.dial(circuit(relay_addr, b_id)).unwrap();
+    b.dial(circuit(relay_addr, a_id)).unwrap();
+    let mut direct: [std::collections::HashSet<ConnectionId>; 2] = Default::default();
+    let mut settle_until: Option<std::time::Instant> = None;
+    loop {
+        let next = both(a, b, |side, e| Some((side, e)));
+        let (side, e) = match settle_until {
+            Some(t) => match tokio::time::timeout_at(t.into(), next).await {
+                Ok(x) => x,
+                Err(_) => break,
+            },
+            None => next.await,
+        };
+        let i = side as usize;
+        match e {
+            SwarmEvent::ConnectionEstablished {
+                connection_id,
+                endpoint,
+                ..
+            } if endpoint
+                .get_remote_address()
+                .iter()
+                .any(|p| p == Protocol::WebRTC)
+                && !endpoint.is_dialer() =>
+            {
+                direct[i].insert(connection_id);
+            }
+            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                direct[i].remove(&connection_id);
+            }
+            SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::Upgraded { .. })) => {
+                settle_until.get_or_insert(std::time::Instant::now() + Duration::from_secs(4));
+            }
+            _ => {}
+        }
+    }
+    direct
+}

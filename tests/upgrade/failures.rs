@@ -458,3 +458,54 @@ async fn one_peer_cannot_take_every_upgrade_slot() {
     assert!(b.behaviour().webrtc.as_ref().unwrap().is_upgraded(&a_id));
     drop(streams);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_offer_ends_at_the_upgrade_timeout() {
+    use futures::AsyncWriteExt;
+    init_tracing();
+    // H announces a 1000-byte offer and sends it one byte every 100 ms: B's attempt ends at
+    // its upgrade timeout, not when H is done.
+    let b_config = loopback_config().with_upgrade_timeout(Duration::from_secs(2));
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup_raw(None, Some(b_config), libp2p_webrtc_signal::PROTOCOL_NAME).await;
+    let (b_id, h_id) = (*b.local_peer_id(), *a.local_peer_id());
+    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
+    let mut rx = a.behaviour_mut().raw.open(b_id, relayed);
+    let mut stream = None;
+    both(&mut a, &mut b, |_, _| {
+        if let Ok(Some(s)) = rx.try_recv() {
+            stream = Some(s.expect("negotiated"));
+        }
+        stream.is_some().then_some(())
+    })
+    .await;
+    let mut stream = stream.expect("stream");
+    let drip = tokio::spawn(async move {
+        // Length 1000 (varint), then the type field, then the SDP, a byte at a time.
+        let _ = stream.write_all(&[0xe8, 0x07, 0x08, 0x00, 0x12]).await;
+        for _ in 0..1000 {
+            if stream.write_all(b"v").await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let started = Instant::now();
+    let error = both(&mut a, &mut b, |side, e| match (side, webrtc_event(&e)) {
+        (Side::B, Some(Event::UpgradeFailed { peer, error, .. })) if *peer == h_id => {
+            Some(error.to_string())
+        }
+        _ => None,
+    })
+    .await;
+    drip.abort();
+    assert_eq!(error, libp2p_webrtc_signal::Error::Timeout.to_string());
+    // 1000 bytes at 10 per second would take 100 s; the hang guard of `both` is 60 s.
+    eprintln!("slowloris ended after {:?}", started.elapsed());
+    assert!(b.is_connected(&h_id), "the relayed connection survives");
+}

@@ -265,44 +265,7 @@ async fn glare_two_relayed_connections_end_with_one_direct_connection() {
     } = setup(Some(config.clone()), Some(config)).await;
     reserve(&mut a, &relay_addr).await;
     let (a_id, b_id) = (*a.local_peer_id(), *b.local_peer_id());
-    // Both dial at once: two relayed connections, each side the offerer on one.
-    a.dial(circuit(&relay_addr, b_id)).unwrap();
-    b.dial(circuit(&relay_addr, a_id)).unwrap();
-    let mut direct: [std::collections::HashSet<libp2p::swarm::ConnectionId>; 2] =
-        Default::default();
-    let mut settle_until: Option<Instant> = None;
-    loop {
-        let next = both(&mut a, &mut b, |side, e| Some((side, e)));
-        let (side, e) = match settle_until {
-            Some(t) => match tokio::time::timeout_at(t.into(), next).await {
-                Ok(x) => x,
-                Err(_) => break,
-            },
-            None => next.await,
-        };
-        let i = side as usize;
-        match e {
-            SwarmEvent::ConnectionEstablished {
-                connection_id,
-                endpoint,
-                ..
-            } if endpoint
-                .get_remote_address()
-                .iter()
-                .any(|p| p == Protocol::WebRTC)
-                && !endpoint.is_dialer() =>
-            {
-                direct[i].insert(connection_id);
-            }
-            SwarmEvent::ConnectionClosed { connection_id, .. } => {
-                direct[i].remove(&connection_id);
-            }
-            SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::Upgraded { .. })) => {
-                settle_until.get_or_insert(Instant::now() + Duration::from_secs(4));
-            }
-            _ => {}
-        }
-    }
+    let direct = glare(&mut a, &mut b, &relay_addr).await;
     assert_eq!(direct[0].len(), 1, "A: {:?}", direct[0]);
     assert_eq!(direct[1].len(), 1, "B: {:?}", direct[1]);
     assert!(a.is_connected(&b_id) && b.is_connected(&a_id));
