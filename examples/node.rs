@@ -48,7 +48,9 @@ common:
   --no-upgrade             no WebRTC: stay on the relayed connection
   --loopback               allow loopback ICE candidates (everything on one machine)
   --upgrade-timeout <s>    bound of one upgrade attempt (default 30)
-  --max-attempts <n>       upgrade attempts before giving up (default 3)
+  --max-attempts <n>       upgrade attempts per round (default 3)
+  --round-backoff-ms <n>   after a round of attempts failed, the next one starts after this,
+                           doubled per round up to 8x (default 60000; 0: no more rounds)
   --early-dtls-records <n> DTLS records held until ICE is connected (default 16; 0: none)
   --ping-interval-ms <n>   between two pings on a connection (default 250)
   --timeout <s>            dial: give up after this long (default 120); relay and listen:
@@ -73,7 +75,10 @@ dial:
                            (default 0), so the listener's checks can finish
 
 events (stdout, one JSON object per line): listening, reserved, connected, upgrade_started,
-upgraded, upgrade_failed, relay_closed, ping, transfer, reset_sent, served, done, error.
+upgraded, upgrade_failed, direct_lost, fallback_failed, relay_closed, ping, transfer,
+reset_sent, served, done, error. When the direct connection dies, the dialer redials the
+relay and goes on pinging over whichever connection there is: direct_lost (after_ms: since
+the last answered ping on it), connected (relayed), upgraded again.
 exit status: 0 success, 1 a check failed or an error, 2 bad usage.";
 
 /// Parsed command line.
@@ -93,6 +98,7 @@ struct Args {
     loopback: bool,
     upgrade_timeout: Option<u64>,
     max_attempts: Option<u32>,
+    round_backoff_ms: Option<u64>,
     early_dtls_records: Option<usize>,
     ping_interval_ms: u64,
     timeout: Option<u64>,
@@ -134,6 +140,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--loopback" => args.loopback = true,
             "--upgrade-timeout" => args.upgrade_timeout = Some(value(&arg, it)?),
             "--max-attempts" => args.max_attempts = Some(value(&arg, it)?),
+            "--round-backoff-ms" => args.round_backoff_ms = Some(value(&arg, it)?),
             "--early-dtls-records" => args.early_dtls_records = Some(value(&arg, it)?),
             "--ping-interval-ms" => args.ping_interval_ms = value(&arg, it)?,
             "--timeout" => args.timeout = Some(value(&arg, it)?),
@@ -201,6 +208,9 @@ fn webrtc_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(n) = args.max_attempts {
         config = config.with_retries(n, Duration::from_secs(1));
+    }
+    if let Some(ms) = args.round_backoff_ms {
+        config = config.with_upgrade_round_backoff(Duration::from_millis(ms));
     }
     if let Some(n) = args.early_dtls_records {
         config = config.with_early_dtls_records(n);
@@ -346,14 +356,32 @@ fn peer_swarm(args: &Args) -> anyhow::Result<(Swarm<Peer>, support::Inbound)> {
     Ok((swarm, inbound))
 }
 
-/// Remote addresses of the open connections, for the `upgraded` event.
-type Addrs = HashMap<ConnectionId, Multiaddr>;
+/// What `report` remembers per open connection: the remote address (for the `upgraded`
+/// event) and when a ping was last answered on it (for `direct_lost`).
+#[derive(Default)]
+struct Addrs {
+    remote: HashMap<ConnectionId, Multiaddr>,
+    last_pong: HashMap<ConnectionId, Instant>,
+}
+
+impl Addrs {
+    fn get(&self, connection: &ConnectionId) -> Option<&Multiaddr> {
+        self.remote.get(connection)
+    }
+}
 
 /// Emits the events both listen and dial report.
 fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
     match event {
         SwarmEvent::ConnectionClosed { connection_id, .. } => {
-            addrs.remove(connection_id);
+            addrs.remote.remove(connection_id);
+        }
+        SwarmEvent::Behaviour(PeerEvent::Ping(ping::Event {
+            connection,
+            result: Ok(_),
+            ..
+        })) => {
+            addrs.last_pong.insert(*connection, Instant::now());
         }
         SwarmEvent::NewListenAddr { address, .. } => {
             emit(json!({"event": "listening", "addr": address.to_string()}))
@@ -365,7 +393,7 @@ fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
             ..
         } => {
             let addr = endpoint.get_remote_address();
-            addrs.insert(*connection_id, addr.clone());
+            addrs.remote.insert(*connection_id, addr.clone());
             emit(json!({
                 "event": "connected",
                 "peer": peer_id.to_string(),
@@ -424,6 +452,34 @@ fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
             Event::RelayClosed { peer, .. } => {
                 emit(json!({"event": "relay_closed", "peer": peer.to_string()}))
             }
+            Event::DirectLost {
+                peer,
+                direct_connection,
+                reason,
+                will_redial,
+            } => {
+                let after = addrs
+                    .last_pong
+                    .remove(direct_connection)
+                    .map(|at| at.elapsed().as_secs_f64() * 1000.0);
+                emit(json!({
+                    "event": "direct_lost",
+                    "peer": peer.to_string(),
+                    "reason": reason,
+                    "after_ms": after,
+                    "will_redial": will_redial,
+                }))
+            }
+            Event::FallbackFailed {
+                peer,
+                redials,
+                reason,
+            } => emit(json!({
+                "event": "fallback_failed",
+                "peer": peer.to_string(),
+                "redials": redials,
+                "reason": reason,
+            })),
             _ => {}
         },
         _ => {}
@@ -522,7 +578,7 @@ async fn run_listen(args: &Args) -> anyhow::Result<bool> {
         bail!("--relay {relay_addr} has no /p2p/<relay id>");
     }
     swarm.listen_on(relay_addr.clone().with(Protocol::P2pCircuit))?;
-    let mut addrs = Addrs::new();
+    let mut addrs = Addrs::default();
     let deadline = run_for(args.timeout);
     tokio::pin!(deadline);
     loop {
@@ -579,6 +635,9 @@ struct Dial {
     /// The connection the checks run on, once chosen.
     checked: Option<ConnectionId>,
     upgrade_gave_up: bool,
+    /// The direct connection under test died: pings go on over the relay until the upgrade
+    /// is made again.
+    falling_back: bool,
     pings: usize,
     ping_failures: usize,
     checks: Option<tokio::task::JoinHandle<bool>>,
@@ -596,7 +655,7 @@ async fn run_dial(args: &Args) -> anyhow::Result<bool> {
     let deadline = tokio::time::sleep(Duration::from_secs(args.timeout.unwrap_or(120)));
     tokio::pin!(deadline);
     let mut d = Dial::default();
-    let mut addrs = Addrs::new();
+    let mut addrs = Addrs::default();
     // Re-checks progress while no swarm event comes (the checks finishing).
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let ok = loop {
@@ -616,7 +675,9 @@ async fn run_dial(args: &Args) -> anyhow::Result<bool> {
         // Choose the connection to check: the direct one, or the relay once the upgrade is
         // off the table.
         if d.checked.is_none() {
-            d.checked = d.direct.or(d.relayed.filter(|_| d.upgrade_gave_up));
+            d.checked = d
+                .direct
+                .or(d.relayed.filter(|_| d.upgrade_gave_up || d.falling_back));
         }
         let Some(checked) = d.checked else { continue };
         let direct = d.direct == Some(checked);
@@ -682,10 +743,31 @@ fn on_dial_event(
         SwarmEvent::ConnectionClosed {
             peer_id,
             connection_id,
+            cause: Some(_),
+            ..
+        } if peer_id == peer
+            && Some(connection_id) == d.checked
+            && d.direct == Some(connection_id) =>
+        {
+            // The direct connection died: the behaviour falls back (`direct_lost`), or says
+            // the fallback failed.
+            d.checked = None;
+            d.direct = None;
+            d.relayed = None;
+            d.falling_back = true;
+        }
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            connection_id,
             cause,
             ..
         } if peer_id == peer && Some(connection_id) == d.checked => {
             bail!("the connection under test closed: {cause:?}")
+        }
+        SwarmEvent::Behaviour(PeerEvent::Webrtc(Event::FallbackFailed {
+            peer: p, reason, ..
+        })) if p == peer => {
+            bail!("the connection under test closed and the fallback failed: {reason}")
         }
         SwarmEvent::ConnectionClosed {
             peer_id,
@@ -699,7 +781,14 @@ fn on_dial_event(
             peer: p,
             direct_connection,
             ..
-        })) if p == peer => d.direct = Some(direct_connection),
+        })) if p == peer => {
+            d.direct = Some(direct_connection);
+            if d.falling_back {
+                // Upgraded again: the pings move to the new direct connection.
+                d.falling_back = false;
+                d.checked = Some(direct_connection);
+            }
+        }
         SwarmEvent::Behaviour(PeerEvent::Webrtc(Event::UpgradeFailed {
             peer: p,
             will_retry: false,

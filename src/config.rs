@@ -103,11 +103,18 @@ pub struct Config {
     /// Connectivity checks per candidate pair before it is given up. Default: 100
     /// (2 s at the default interval).
     pub ice_max_binding_requests: u16,
-    /// Time without ICE traffic before the connection counts as disconnected. Default: 5 s.
+    /// Time without any packet from the remote before the connection counts as
+    /// disconnected. Default: 2 s.
     pub ice_disconnected_timeout: Duration,
-    /// Time disconnected before the connection fails and is closed. Default: 10 s.
+    /// Time disconnected before the connection fails and is closed: a path that drops every
+    /// packet is declared dead after `ice_disconnected_timeout + ice_failed_timeout`
+    /// (default 5 s), and the peer falls back to the relay ([`Event::DirectLost`]).
+    /// Default: 3 s.
+    ///
+    /// [`Event::DirectLost`]: crate::Event::DirectLost
     pub ice_failed_timeout: Duration,
-    /// Interval of ICE keep-alives on an idle connection. Default: 2 s.
+    /// Interval of ICE keep-alives (consent checks) on the selected pair; both sides send
+    /// them, so an idle healthy path carries a packet each way per interval. Default: 1 s.
     pub ice_keepalive_interval: Duration,
     /// Remote ICE candidates accepted per session; more is a protocol error. Default: 64.
     pub max_remote_candidates: usize,
@@ -176,6 +183,17 @@ pub struct Config {
     pub max_upgrade_attempts: u32,
     /// Delay before the first retry of a failed upgrade. Default: 1 s.
     pub retry_backoff: Duration,
+    /// After a round of [`Config::max_upgrade_attempts`] failed, the offering side starts a
+    /// new round after this delay, doubled per failed round up to 8×, for as long as the
+    /// relayed connection lives (the path may come back). Zero: no later rounds.
+    /// Default: 60 s.
+    pub upgrade_round_backoff: Duration,
+    /// Redials of the relayed address after the direct connection died, by the side that
+    /// dialed the relayed connection. Default: 5.
+    pub max_redials: u32,
+    /// Delay before the second redial (the first is immediate), doubled for each further
+    /// one. Default: 1 s.
+    pub redial_backoff: Duration,
 }
 
 impl Default for Config {
@@ -189,9 +207,9 @@ impl Default for Config {
             early_dtls_records: 16,
             ice_check_interval: Duration::from_millis(20),
             ice_max_binding_requests: 100,
-            ice_disconnected_timeout: Duration::from_secs(5),
-            ice_failed_timeout: Duration::from_secs(10),
-            ice_keepalive_interval: Duration::from_secs(2),
+            ice_disconnected_timeout: Duration::from_secs(2),
+            ice_failed_timeout: Duration::from_secs(3),
+            ice_keepalive_interval: Duration::from_secs(1),
             max_remote_candidates: 64,
             max_streams: 512,
             max_frame_size: MAX_FRAME_SIZE,
@@ -210,6 +228,9 @@ impl Default for Config {
             drain_timeout: Duration::from_secs(10),
             max_upgrade_attempts: 3,
             retry_backoff: Duration::from_secs(1),
+            upgrade_round_backoff: Duration::from_secs(60),
+            max_redials: 5,
+            redial_backoff: Duration::from_secs(1),
         }
     }
 }
@@ -263,6 +284,19 @@ impl Config {
         self.ice_disconnected_timeout = disconnected;
         self.ice_failed_timeout = failed;
         self.ice_keepalive_interval = keepalive;
+        self
+    }
+
+    /// Sets [`Config::upgrade_round_backoff`].
+    pub fn with_upgrade_round_backoff(mut self, backoff: Duration) -> Self {
+        self.upgrade_round_backoff = backoff;
+        self
+    }
+
+    /// Sets [`Config::max_redials`] and [`Config::redial_backoff`].
+    pub fn with_redials(mut self, max: u32, backoff: Duration) -> Self {
+        self.max_redials = max;
+        self.redial_backoff = backoff;
         self
     }
 

@@ -196,7 +196,10 @@ fn start(kind: Kind, host: &str, args: &[&str]) -> Node {
     match kind {
         Kind::Rust => {
             cmd.arg(example("node"));
-            cmd.env("RUST_LOG", "warn,libp2p_webrtc_signal::stream=debug");
+            cmd.env(
+                "RUST_LOG",
+                "warn,libp2p_webrtc_signal::direct::stream=debug",
+            );
             cmd.env("NO_COLOR", "1");
             let log = std::fs::File::create(log_path(host)).expect("log file");
             cmd.args(args);

@@ -220,5 +220,9 @@ async fn glare_leaves_one_peer_connection_per_side() {
         tasks: usize::MAX,
     };
     let after = settle(&mut a, &mut b, expected).await;
-    assert_eq!(after.udp, baseline.udp + 2, "before {baseline:?}, after {after:?}");
+    assert_eq!(
+        after.udp,
+        baseline.udp + 2,
+        "before {baseline:?}, after {after:?}"
+    );
 }

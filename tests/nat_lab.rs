@@ -875,3 +875,138 @@ fn measure_lossy_path() {
         eprintln!("\n{note}");
     }
 }
+
+/// Dialer flags for the fallback cases: pings every 250 ms throughout, later upgrade rounds
+/// every few seconds (the default is a minute).
+const FALLBACK_DIAL: &[&str] = &[
+    "--ping",
+    "100000",
+    "--ping-interval-ms",
+    "250",
+    "--round-backoff-ms",
+    "3000",
+    "--timeout",
+    "300",
+];
+
+/// The pings of `events`, from the first relayed one after a fallback: all answered.
+fn pings_after_fallback_answered(seen: &[Value]) -> usize {
+    let pings: Vec<&Value> = events(seen, "ping").collect();
+    let from = pings
+        .iter()
+        .position(|p| p["direct"] == false)
+        .unwrap_or(pings.len());
+    let after = &pings[from..];
+    let failed: Vec<_> = after.iter().filter(|p| p["ok"] != true).collect();
+    assert!(
+        failed.is_empty(),
+        "pings failed after the fallback: {failed:#?}"
+    );
+    after.len()
+}
+
+fn core_udp_drop(lab: &Lab, op: &str) {
+    for (src, dst) in [(lab::R1_WAN, lab::R2_WAN), (lab::R2_WAN, lab::R1_WAN)] {
+        lab::sh(&format!(
+            "ip netns exec {} iptables {op} FORWARD -p udp -s {src} -d {dst} -j DROP",
+            lab.ns("core")
+        ));
+    }
+}
+
+#[test]
+fn a_dead_direct_path_falls_back_to_the_relay_and_upgrades_again() {
+    let Some(_lab) = lab_lock() else { return };
+    let lab = Lab::up(Nat::Cone, Nat::Cone, Links::default());
+    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, &[]);
+    let mut dial = dialer(&lab, &addr, Ice::Stun, FALLBACK_DIAL);
+    dial.wait("upgraded");
+    // Once the relayed connection is drained and closed, a fallback must redial it.
+    dial.wait("relay_closed");
+    dial.next("a direct ping", |e| {
+        e["event"] == "ping" && e["direct"] == true
+    });
+    // Every UDP packet between the two home routers is dropped for 30 s.
+    core_udp_drop(&lab, "-I");
+    let cut = Instant::now();
+    let lost = dial.wait("direct_lost");
+    let detected = cut.elapsed();
+    assert_eq!(lost["will_redial"], true, "{lost}");
+    dial.next("the relayed connection again", |e| {
+        e["event"] == "connected" && e["relayed"] == true
+    });
+    dial.next("a relayed ping", |e| {
+        e["event"] == "ping" && e["direct"] == false
+    });
+    let relayed = cut.elapsed();
+    std::thread::sleep(Duration::from_secs(30).saturating_sub(cut.elapsed()));
+    core_udp_drop(&lab, "-D");
+    let healed = Instant::now();
+    dial.wait("upgraded");
+    let upgraded = healed.elapsed();
+    dial.next("a direct ping again", |e| {
+        e["event"] == "ping" && e["direct"] == true && e["ok"] == true
+    });
+    let after = pings_after_fallback_answered(dial.seen());
+    assert!(after > 0);
+    // Generous bounds that catch a hang, not a measurement (the README has the timeline).
+    assert!(
+        detected < Duration::from_secs(20),
+        "detected after {detected:?}"
+    );
+    assert!(
+        upgraded < Duration::from_secs(90),
+        "upgraded after {upgraded:?}"
+    );
+    eprintln!(
+        "fallback timeline: path cut; direct_lost after {:.1} s (after_ms {}); \
+         pinging over the relay after {:.1} s; path healed at 30 s; direct again {:.1} s later; \
+         {after} pings after the fallback, all answered",
+        detected.as_secs_f64(),
+        lost["after_ms"],
+        relayed.as_secs_f64(),
+        upgraded.as_secs_f64()
+    );
+}
+
+#[test]
+fn a_flushed_nat_mapping_keeps_the_peer_reachable() {
+    let Some(_lab) = lab_lock() else { return };
+    let lab = Lab::up(Nat::Cone, Nat::Cone, Links::default());
+    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, &[]);
+    let mut dial = dialer(&lab, &addr, Ice::Stun, FALLBACK_DIAL);
+    dial.wait("upgraded");
+    dial.next("a direct ping", |e| {
+        e["event"] == "ping" && e["direct"] == true
+    });
+    let before = dial.seen().len();
+    // The listener's router forgets every mapping and firewall state.
+    lab::sh(&format!("ip netns exec {} conntrack -F", lab.ns("r1")));
+    let flushed = Instant::now();
+    // Either the path survives (a keep-alive from behind the NAT makes a new mapping), or the
+    // peer falls back and upgrades again. Either way: pings go on, and end up direct.
+    // 40 pings (10 s) are longer than the 5 s it takes to declare a path dead.
+    for _ in 0..40 {
+        dial.wait("ping");
+    }
+    let since: Vec<Value> = dial.seen()[before..].to_vec();
+    let lost_at = since.iter().position(|e| e["event"] == "direct_lost");
+    let outcome = match lost_at {
+        Some(at) => {
+            if !events(&since[at..], "upgraded").any(|_| true) {
+                dial.wait("upgraded");
+            }
+            format!("fell back ({}) and upgraded again", since[at]["reason"])
+        }
+        None => "the direct path survived".to_string(),
+    };
+    pings_after_fallback_answered(&dial.seen()[before..]);
+    let pings = events(&dial.seen()[before..], "ping").count();
+    dial.next("a direct ping at the end", |e| {
+        e["event"] == "ping" && e["direct"] == true && e["ok"] == true
+    });
+    eprintln!(
+        "conntrack -F on the listener's router: {outcome}, {:.1} s after the flush ({pings} pings since, all answered)",
+        flushed.elapsed().as_secs_f64()
+    );
+}

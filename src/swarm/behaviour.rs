@@ -15,7 +15,10 @@ use libp2p_core::multiaddr::Multiaddr;
 use libp2p_core::transport::PortUse;
 use libp2p_core::{ConnectedPoint, Endpoint};
 use libp2p_identity::PeerId;
-use libp2p_swarm::behaviour::{ConnectionClosed, ConnectionEstablished, FromSwarm, ListenFailure};
+use libp2p_swarm::behaviour::{
+    ConnectionClosed, ConnectionEstablished, DialFailure, FromSwarm, ListenFailure,
+};
+use libp2p_swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p_swarm::{
     CloseConnection, ConnectionDenied, ConnectionId, ListenOpts, NetworkBehaviour, NotifyHandler,
     THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
@@ -66,8 +69,36 @@ pub enum Event {
         error: Error,
         /// The attempt number, from 1.
         attempt: u32,
-        /// Whether this side will try again (only the offering side retries).
+        /// Whether this side tries again in this round of
+        /// [`Config::max_upgrade_attempts`] (only the offering side retries). After the
+        /// last attempt of a round, a new round follows after
+        /// [`Config::upgrade_round_backoff`] while the relayed connection lives.
         will_retry: bool,
+    },
+    /// The direct connection to a peer died (ICE or DTLS failed, consent lost: the path
+    /// stopped carrying packets); it was not closed on purpose by either side. Streams on it
+    /// failed. The peer falls back to the relay: a relayed connection still being drained
+    /// is kept and upgraded again; otherwise the side that dialed the relayed connection
+    /// dials it again (`will_redial`), and the new relayed connection is upgraded as usual.
+    DirectLost {
+        /// The remote peer.
+        peer: PeerId,
+        /// The direct connection that died.
+        direct_connection: ConnectionId,
+        /// Why, as the Swarm reported it.
+        reason: String,
+        /// Whether this side dials the relayed address again.
+        will_redial: bool,
+    },
+    /// Every redial after a [`Event::DirectLost`] failed
+    /// ([`Config::max_redials`](crate::Config::max_redials)); the peer is disconnected.
+    FallbackFailed {
+        /// The remote peer.
+        peer: PeerId,
+        /// Redials made.
+        redials: u32,
+        /// Why the last one failed.
+        reason: String,
     },
     /// A relayed connection to an upgraded peer was closed.
     RelayClosed {
@@ -93,6 +124,8 @@ pub struct Behaviour {
     /// Direct connections handed to the transport, known from their local address before
     /// they are established.
     direct_ids: HashMap<ConnectionId, PeerId>,
+    /// Redials of relayed addresses in flight, after a direct connection died.
+    redials: HashMap<ConnectionId, PeerId>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     events: VecDeque<ToSwarm<Event, Command>>,
 }
@@ -121,6 +154,7 @@ impl Behaviour {
             listen: Some(ListenOpts::new(listen_addr())),
             peers: HashMap::new(),
             direct_ids: HashMap::new(),
+            redials: HashMap::new(),
             sleep: None,
             events: VecDeque::new(),
         }
@@ -200,6 +234,14 @@ impl Behaviour {
                     connection: CloseConnection::One(connection),
                 }),
                 Action::Emit(event) => self.events.push_back(ToSwarm::GenerateEvent(event)),
+                Action::Dial { addr } => {
+                    let opts = DialOpts::peer_id(peer)
+                        .addresses(vec![addr])
+                        .condition(PeerCondition::Always)
+                        .build();
+                    self.redials.insert(opts.connection_id(), peer);
+                    self.events.push_back(ToSwarm::Dial { opts });
+                }
                 Action::HandOff {
                     relayed,
                     remote_addr,
@@ -228,6 +270,7 @@ impl Behaviour {
 
     fn on_established(&mut self, e: ConnectionEstablished) {
         let peer = e.peer_id;
+        self.redials.remove(&e.connection_id);
         if self.direct_ids.contains_key(&e.connection_id) {
             let input = Input::DirectEstablished {
                 connection: e.connection_id,
@@ -259,7 +302,7 @@ impl Behaviour {
     }
 
     fn on_closed(&mut self, e: ConnectionClosed) {
-        self.direct_ids.remove(&e.connection_id);
+        let direct = self.direct_ids.remove(&e.connection_id).is_some();
         if e.remaining_established == 0 {
             // Forget the shares no handler holds any more (this peer's, and any left by a
             // connection that was denied before it was established).
@@ -268,9 +311,25 @@ impl Behaviour {
         if self.peers.contains_key(&e.peer_id) {
             let input = Input::Closed {
                 connection: e.connection_id,
+                failed: direct && died(e.cause),
+                reason: e
+                    .cause
+                    .map_or_else(|| "closed".to_owned(), |c| c.to_string()),
             };
             self.input(e.peer_id, input, None);
         }
+    }
+
+    fn on_dial_failure(&mut self, e: DialFailure) {
+        self.redials.remove(&e.connection_id);
+        let Some(peer) = e.peer_id else { return };
+        if !self.peers.contains_key(&peer) {
+            return;
+        }
+        let input = Input::RedialFailed {
+            reason: e.error.to_string(),
+        };
+        self.input(peer, input, None);
     }
 
     fn on_listen_failure(&mut self, e: ListenFailure) {
@@ -343,6 +402,20 @@ impl Behaviour {
     }
 }
 
+/// Whether a direct connection closed because it died rather than on purpose: the WebRTC
+/// connection failed (ICE or DTLS; consent lost), as opposed to a local close, a close by the
+/// remote, or an idle timeout.
+fn died(cause: Option<&libp2p_swarm::ConnectionError>) -> bool {
+    let Some(libp2p_swarm::ConnectionError::IO(e)) = cause else {
+        return false;
+    };
+    // The muxer's error, boxed by the Swarm.
+    !matches!(
+        e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()),
+        Some(Error::Closed)
+    )
+}
+
 impl NetworkBehaviour for Behaviour {
     type ConnectionHandler = Handler;
     type ToSwarm = Event;
@@ -378,6 +451,9 @@ impl NetworkBehaviour for Behaviour {
             FromSwarm::ConnectionEstablished(e) => self.on_established(e),
             FromSwarm::ConnectionClosed(e) => self.on_closed(e),
             FromSwarm::ListenFailure(e) => self.on_listen_failure(e),
+            FromSwarm::DialFailure(e) if self.redials.contains_key(&e.connection_id) => {
+                self.on_dial_failure(e)
+            }
             _ => {}
         }
     }
@@ -418,5 +494,23 @@ impl NetworkBehaviour for Behaviour {
             }
             return Poll::Pending;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_connection_died_a_closed_one_did_not() {
+        use libp2p_swarm::ConnectionError;
+        let io = |e: Error| ConnectionError::IO(std::io::Error::other(e));
+        assert!(died(Some(&io(Error::ConnectionFailed))));
+        assert!(died(Some(&ConnectionError::IO(
+            std::io::ErrorKind::ConnectionReset.into()
+        ))));
+        assert!(!died(Some(&io(Error::Closed))));
+        assert!(!died(Some(&ConnectionError::KeepAliveTimeout)));
+        assert!(!died(None));
     }
 }

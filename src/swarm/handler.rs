@@ -34,6 +34,8 @@ pub enum Command {
     Abort,
     /// No more upgrades here: stop keeping the connection alive.
     Idle,
+    /// Keep the connection alive for upgrades again (after a fallback to the relay).
+    Resume,
 }
 
 /// From a handler to the behaviour.
@@ -294,6 +296,7 @@ impl ConnectionHandler for Handler {
                 }
             }
             Command::Idle => self.keep_alive = false,
+            Command::Resume => self.keep_alive = true,
         }
         self.wake();
     }

@@ -73,8 +73,15 @@ pub(crate) enum Input {
         connection: ConnectionId,
         reason: String,
     },
-    /// A connection to the peer closed (relayed or direct).
-    Closed { connection: ConnectionId },
+    /// A connection to the peer closed (relayed or direct). `failed`: it died (ICE/DTLS
+    /// failure, consent lost), as opposed to a close on purpose by either side.
+    Closed {
+        connection: ConnectionId,
+        failed: bool,
+        reason: String,
+    },
+    /// A redial of the relayed address, after the direct connection died, failed.
+    RedialFailed { reason: String },
     /// The application asked for an upgrade ([`Behaviour::upgrade`](crate::Behaviour::upgrade)).
     UpgradeRequested,
     /// A handler started an attempt.
@@ -112,6 +119,8 @@ pub(crate) enum Action {
     },
     /// Close a connection to the peer.
     Close { connection: ConnectionId },
+    /// Dial the peer again at this relayed address (the direct connection died).
+    Dial { addr: Multiaddr },
     /// Report an event to the application.
     Emit(Event),
     /// Hand the direct connection made over `relayed` to the transport, under `remote_addr`.
@@ -164,12 +173,19 @@ enum Timer {
     },
     /// Close the drained relayed `connection`.
     Drain { connection: ConnectionId },
+    /// Start a new round of attempts on `connection`.
+    Round { connection: ConnectionId },
+    /// Redial the relayed address.
+    Redial,
 }
 
 impl Timer {
-    fn connection(&self) -> ConnectionId {
+    fn connection(&self) -> Option<ConnectionId> {
         match self {
-            Timer::Retry { connection, .. } | Timer::Drain { connection } => *connection,
+            Timer::Retry { connection, .. }
+            | Timer::Drain { connection }
+            | Timer::Round { connection } => Some(*connection),
+            Timer::Redial => None,
         }
     }
 }
@@ -185,6 +201,12 @@ pub(crate) struct PeerPolicy {
     handed: VecDeque<Handed>,
     direct: Vec<Direct>,
     timers: Vec<(Instant, Timer)>,
+    /// The relayed address this side dialed: redialed when the direct connection dies.
+    redial_addr: Option<Multiaddr>,
+    /// Redials made since the direct connection died (`None`: not redialing).
+    redials: Option<u32>,
+    /// Rounds of attempts that failed since the last upgrade.
+    failed_rounds: u32,
 }
 
 impl PeerPolicy {
@@ -198,6 +220,9 @@ impl PeerPolicy {
             handed: VecDeque::new(),
             direct: Vec::new(),
             timers: Vec::new(),
+            redial_addr: None,
+            redials: None,
+            failed_rounds: 0,
         }
     }
 
@@ -218,6 +243,7 @@ impl PeerPolicy {
             && self.handed.is_empty()
             && self.attempt.is_none()
             && self.timers.is_empty()
+            && self.redials.is_none()
     }
 
     /// When [`Input::Tick`] is due next.
@@ -249,7 +275,12 @@ impl PeerPolicy {
                     }));
                 }
             }
-            Input::Closed { connection } => self.on_closed(connection, &mut out),
+            Input::Closed {
+                connection,
+                failed,
+                reason,
+            } => self.on_closed(now, connection, failed, reason, &mut out),
+            Input::RedialFailed { reason } => self.on_redial_failed(now, reason, &mut out),
             Input::UpgradeRequested => {
                 // Prefer a connection we dialed: that is the one the remote expects an offer on.
                 let chosen = self
@@ -300,7 +331,7 @@ impl PeerPolicy {
             Input::Tick => {
                 while let Some(i) = self.timers.iter().position(|(at, _)| *at <= now) {
                     let (_, timer) = self.timers.swap_remove(i);
-                    self.fire(timer, &mut out);
+                    self.fire(now, timer, &mut out);
                 }
             }
         }
@@ -317,6 +348,11 @@ impl PeerPolicy {
     ) {
         let explicit = dialer && is_explicit(&addr);
         let upgraded = self.is_upgraded();
+        if dialer {
+            self.redial_addr = Some(addr.clone());
+            self.redials = None;
+            self.timers.retain(|(_, t)| *t != Timer::Redial);
+        }
         self.relayed.insert(
             connection,
             Relayed {
@@ -346,6 +382,7 @@ impl PeerPolicy {
         let Some(h) = self.handed.pop_front() else {
             return;
         };
+        self.failed_rounds = 0;
         self.direct.push(Direct {
             connection,
             offerer: h.offerer,
@@ -397,15 +434,26 @@ impl PeerPolicy {
         }
     }
 
-    fn on_closed(&mut self, connection: ConnectionId, out: &mut Vec<Action>) {
+    fn on_closed(
+        &mut self,
+        now: Instant,
+        connection: ConnectionId,
+        failed: bool,
+        reason: String,
+        out: &mut Vec<Action>,
+    ) {
         if let Some(i) = self.direct.iter().position(|d| d.connection == connection) {
             self.direct.swap_remove(i);
+            if failed && self.direct.is_empty() {
+                self.fall_back(now, connection, reason, out);
+            }
             return;
         }
         let Some(r) = self.relayed.remove(&connection) else {
             return;
         };
-        self.timers.retain(|(_, t)| t.connection() != connection);
+        self.timers
+            .retain(|(_, t)| t.connection() != Some(connection));
         if let Some(a) = self.attempt.filter(|a| a.connection == connection) {
             // The attempt went with its connection (the handler is gone).
             self.attempt = None;
@@ -499,10 +547,92 @@ impl PeerPolicy {
                 connection,
                 command: Command::Idle,
             });
+            // The path may come back: a new round of attempts later, while the relayed
+            // connection lives.
+            let backoff = self.config.upgrade_round_backoff;
+            if !backoff.is_zero() && self.relayed.get(&connection).is_some_and(|r| !r.draining) {
+                let factor = 2u32.pow(self.failed_rounds.min(3));
+                self.failed_rounds += 1;
+                self.timers.push((
+                    now + backoff.saturating_mul(factor),
+                    Timer::Round { connection },
+                ));
+            }
         }
     }
 
-    fn fire(&mut self, timer: Timer, out: &mut Vec<Action>) {
+    /// The last direct connection died: go back to the relay. Relayed connections still
+    /// being drained are kept and upgraded again; without one, the side that dialed the
+    /// relayed connection dials it again.
+    fn fall_back(
+        &mut self,
+        now: Instant,
+        connection: ConnectionId,
+        reason: String,
+        out: &mut Vec<Action>,
+    ) {
+        let kept: Vec<ConnectionId> = self
+            .relayed
+            .iter_mut()
+            .map(|(id, r)| {
+                r.draining = false;
+                *id
+            })
+            .collect();
+        self.timers
+            .retain(|(_, t)| !matches!(t, Timer::Drain { .. }));
+        let will_redial = kept.is_empty() && self.redial_addr.is_some();
+        tracing::debug!(peer = %self.peer, %connection, will_redial, "direct connection lost: {reason}");
+        out.push(Action::Emit(Event::DirectLost {
+            peer: self.peer,
+            direct_connection: connection,
+            reason,
+            will_redial,
+        }));
+        for relayed in kept {
+            out.push(Action::Command {
+                connection: relayed,
+                command: Command::Resume,
+            });
+            if self.relayed.get(&relayed).is_some_and(|r| r.dialer) {
+                self.start(relayed, 1, out);
+            }
+        }
+        if will_redial {
+            self.redial(now, out);
+        }
+    }
+
+    /// Dials the relayed address again (the first redial at once, then per the backoff).
+    fn redial(&mut self, _now: Instant, out: &mut Vec<Action>) {
+        let Some(addr) = self.redial_addr.clone() else {
+            return;
+        };
+        self.redials = Some(self.redials.unwrap_or(0) + 1);
+        out.push(Action::Dial { addr });
+    }
+
+    fn on_redial_failed(&mut self, now: Instant, reason: String, out: &mut Vec<Action>) {
+        let Some(made) = self.redials else {
+            return;
+        };
+        if made < self.config.max_redials {
+            tracing::debug!(peer = %self.peer, made, "redial failed: {reason}");
+            self.timers.push((
+                now + retry_delay(self.config.redial_backoff, made),
+                Timer::Redial,
+            ));
+        } else {
+            self.redials = None;
+            out.push(Action::Emit(Event::FallbackFailed {
+                peer: self.peer,
+                redials: made,
+                reason,
+            }));
+        }
+    }
+
+    fn fire(&mut self, now: Instant, timer: Timer, out: &mut Vec<Action>) {
         match timer {
             Timer::Retry {
                 connection,
@@ -511,6 +641,20 @@ impl PeerPolicy {
             Timer::Drain { connection } => {
                 if self.relayed.contains_key(&connection) {
                     out.push(Action::Close { connection });
+                }
+            }
+            Timer::Round { connection } => {
+                if self.relayed.contains_key(&connection) {
+                    out.push(Action::Command {
+                        connection,
+                        command: Command::Resume,
+                    });
+                    self.start(connection, 1, out);
+                }
+            }
+            Timer::Redial => {
+                if self.redials.is_some() && self.relayed.is_empty() && self.direct.is_empty() {
+                    self.redial(now, out);
                 }
             }
         }
@@ -647,6 +791,30 @@ mod tests {
         }
     }
 
+    /// A close on purpose.
+    fn closed(connection: ConnectionId) -> Input {
+        Input::Closed {
+            connection,
+            failed: false,
+            reason: "closed".into(),
+        }
+    }
+
+    /// A connection that died.
+    fn died(connection: ConnectionId) -> Input {
+        Input::Closed {
+            connection,
+            failed: true,
+            reason: "ICE failed".into(),
+        }
+    }
+
+    fn dials(out: &[Action]) -> usize {
+        out.iter()
+            .filter(|a| matches!(a, Action::Dial { .. }))
+            .count()
+    }
+
     fn commands(out: &[Action]) -> Vec<(ConnectionId, String)> {
         out.iter()
             .filter_map(|a| match a {
@@ -757,7 +925,9 @@ mod tests {
 
     #[test]
     fn retries_back_off_and_are_bounded() {
-        let config = Config::default().with_retries(3, Duration::from_millis(100));
+        let config = Config::default()
+            .with_retries(3, Duration::from_millis(100))
+            .with_upgrade_round_backoff(Duration::ZERO);
         let mut f = Fixture::new(PeerId::random(), PeerId::random(), config);
         f.relay(conn(1), true);
         let start = f.now;
@@ -823,23 +993,19 @@ mod tests {
             f.policy.next_deadline(),
             Some(before + f.policy.config.drain_timeout)
         );
-        let mut closed = closes(&f.advance());
-        closed.sort();
-        assert_eq!(closed, [conn(1), conn(2)]);
+        let mut drained = closes(&f.advance());
+        drained.sort();
+        assert_eq!(drained, [conn(1), conn(2)]);
         for c in [conn(1), conn(2)] {
-            let out = f.input(Input::Closed { connection: c });
+            let out = f.input(closed(c));
             assert!(matches!(out[..], [Action::Emit(Event::RelayClosed { .. })]));
         }
         // A relayed connection made later is drained too, and never upgraded.
         let out = f.relay(conn(3), true);
         assert_eq!(commands(&out), [(conn(3), "Idle".into())]);
         assert!(!f.policy.is_upgrading());
-        f.input(Input::Closed {
-            connection: conn(3),
-        });
-        f.input(Input::Closed {
-            connection: conn(10),
-        });
+        f.input(closed(conn(3)));
+        f.input(closed(conn(10)));
         assert!(f.policy.is_idle(), "nothing left behind: {:?}", f.policy);
     }
 
@@ -848,9 +1014,7 @@ mod tests {
         let mut f = Fixture::with_defaults();
         f.relay(conn(1), true);
         f.upgrade(conn(1), SdpRole::Offerer, conn(10));
-        f.input(Input::Closed {
-            connection: conn(1),
-        });
+        f.input(closed(conn(1)));
         assert_eq!(f.policy.next_deadline(), None);
     }
 
@@ -858,9 +1022,7 @@ mod tests {
     fn losing_the_relay_fails_the_attempt_without_retry() {
         let mut f = Fixture::with_defaults();
         f.relay(conn(1), true);
-        let out = f.input(Input::Closed {
-            connection: conn(1),
-        });
+        let out = f.input(closed(conn(1)));
         assert!(matches!(
             out[..],
             [Action::Emit(Event::UpgradeFailed {
@@ -874,9 +1036,7 @@ mod tests {
         f.relay(conn(2), true);
         f.fail(conn(2), 1);
         assert!(f.policy.next_deadline().is_some());
-        f.input(Input::Closed {
-            connection: conn(2),
-        });
+        f.input(closed(conn(2)));
         assert!(f.policy.is_idle());
     }
 
@@ -964,9 +1124,7 @@ mod tests {
             })]
         ));
         assert!(!f.policy.is_upgraded());
-        f.input(Input::Closed {
-            connection: conn(1),
-        });
+        f.input(closed(conn(1)));
         assert!(f.policy.is_idle());
     }
 
@@ -991,5 +1149,144 @@ mod tests {
         };
         assert_eq!(timings.handoff, Duration::from_millis(7));
         assert_eq!(*took, Duration::from_millis(12));
+    }
+
+    fn lost(out: &[Action]) -> Option<bool> {
+        out.iter().find_map(|a| match a {
+            Action::Emit(Event::DirectLost { will_redial, .. }) => Some(*will_redial),
+            _ => None,
+        })
+    }
+
+    /// Upgraded over `conn(1)` (dialed by us when `dialer`), direct `conn(10)`, relay drained
+    /// and closed.
+    fn upgraded_and_drained(config: Config, dialer: bool) -> Fixture {
+        let mut f = Fixture::new(PeerId::random(), PeerId::random(), config);
+        f.relay(conn(1), dialer);
+        let role = if dialer {
+            SdpRole::Offerer
+        } else {
+            f.input(Input::Started {
+                connection: conn(1),
+                role: SdpRole::Answerer,
+                attempt: 1,
+            });
+            SdpRole::Answerer
+        };
+        f.upgrade(conn(1), role, conn(10));
+        assert_eq!(closes(&f.advance()), [conn(1)]);
+        f.input(closed(conn(1)));
+        f
+    }
+
+    #[test]
+    fn a_dead_direct_connection_falls_back_and_upgrades_again() {
+        let mut f = upgraded_and_drained(Config::default(), true);
+        let out = f.input(died(conn(10)));
+        assert_eq!(lost(&out), Some(true));
+        assert_eq!(dials(&out), 1, "the dialer redials at once");
+        assert!(!f.policy.is_upgraded() && !f.policy.is_idle());
+        // The new relayed connection is upgraded as usual.
+        let out = f.relay(conn(2), true);
+        assert_eq!(commands(&out), [(conn(2), "Start { attempt: 1 }".into())]);
+        f.upgrade(conn(2), SdpRole::Offerer, conn(11));
+        assert!(f.policy.is_upgraded());
+    }
+
+    #[test]
+    fn the_listener_waits_for_the_redial() {
+        let mut f = upgraded_and_drained(Config::default(), false);
+        let out = f.input(died(conn(10)));
+        assert_eq!(lost(&out), Some(false));
+        assert_eq!(dials(&out), 0);
+        assert!(f.policy.is_idle(), "nothing to wait for: {:?}", f.policy);
+    }
+
+    #[test]
+    fn a_close_on_purpose_is_not_a_fallback() {
+        let mut f = upgraded_and_drained(Config::default(), true);
+        let out = f.input(closed(conn(10)));
+        assert!(out.is_empty(), "{out:?}");
+        assert!(f.policy.is_idle());
+    }
+
+    #[test]
+    fn redials_back_off_and_are_bounded() {
+        let config = Config::default().with_redials(3, Duration::from_millis(100));
+        let mut f = upgraded_and_drained(config, true);
+        let start = f.now;
+        assert_eq!(dials(&f.input(died(conn(10)))), 1);
+        let failed = || Input::RedialFailed {
+            reason: "no route".into(),
+        };
+        assert!(f.input(failed()).is_empty());
+        assert_eq!(
+            f.policy.next_deadline(),
+            Some(start + Duration::from_millis(100))
+        );
+        assert_eq!(dials(&f.advance()), 1);
+        f.input(failed());
+        assert_eq!(
+            f.policy.next_deadline(),
+            Some(start + Duration::from_millis(300)),
+            "the backoff doubles"
+        );
+        assert_eq!(dials(&f.advance()), 1);
+        let out = f.input(failed());
+        assert!(matches!(
+            out[..],
+            [Action::Emit(Event::FallbackFailed { redials: 3, .. })]
+        ));
+        assert!(f.policy.is_idle());
+    }
+
+    #[test]
+    fn a_relay_still_draining_is_kept_and_upgraded_again() {
+        let mut f = Fixture::with_defaults();
+        f.relay(conn(1), true);
+        f.upgrade(conn(1), SdpRole::Offerer, conn(10));
+        // The direct connection dies before the drain timeout closed the relay.
+        let out = f.input(died(conn(10)));
+        assert_eq!(lost(&out), Some(false));
+        assert_eq!(dials(&out), 0);
+        assert_eq!(
+            commands(&out),
+            [
+                (conn(1), "Resume".into()),
+                (conn(1), "Start { attempt: 1 }".into())
+            ]
+        );
+        assert_eq!(f.policy.next_deadline(), None, "the drain is cancelled");
+    }
+
+    #[test]
+    fn a_dead_path_gets_later_rounds_of_attempts() {
+        let config = Config::default()
+            .with_retries(1, Duration::from_millis(100))
+            .with_upgrade_round_backoff(Duration::from_secs(10));
+        let mut f = Fixture::new(PeerId::random(), PeerId::random(), config);
+        f.relay(conn(1), true);
+        let start = f.now;
+        for (round, wait) in [(1, 10), (2, 30), (3, 70), (4, 150), (5, 230)] {
+            let out = f.fail(conn(1), 1);
+            assert_eq!(failures(&out), [(1, false)], "round {round}");
+            assert_eq!(
+                f.policy.next_deadline(),
+                Some(start + Duration::from_secs(wait)),
+                "round {round}: the delay doubles, up to 8x"
+            );
+            let out = f.advance();
+            assert_eq!(
+                commands(&out),
+                [
+                    (conn(1), "Resume".into()),
+                    (conn(1), "Start { attempt: 1 }".into())
+                ]
+            );
+        }
+        // A relayed connection that closes takes its rounds with it.
+        f.fail(conn(1), 1);
+        f.input(closed(conn(1)));
+        assert!(f.policy.is_idle());
     }
 }

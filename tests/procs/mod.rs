@@ -104,6 +104,11 @@ impl Node {
         }
     }
 
+    /// The next event, not seen yet, for which `pred` holds.
+    pub fn next(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.next_where(what, pred)
+    }
+
     /// The next event for which `pred` holds (events before it are kept in `seen`).
     fn next_where(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + T;
