@@ -226,3 +226,63 @@ async fn glare_leaves_one_peer_connection_per_side() {
         "before {baseline:?}, after {after:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_sessions_release_their_sockets() {
+    use libp2p_webrtc_signal::{SdpRole, Session, SessionEvent};
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let config = loopback_config();
+    let baseline = udp_sockets();
+    // Cancelled while being created (an attempt aborted at once, as in a glare).
+    for i in 0..20 {
+        let create = Session::new(&config, SdpRole::Offerer);
+        let _ = tokio::time::timeout(Duration::from_micros(50 * i), create).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while udp_sockets() > baseline && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(udp_sockets(), baseline, "cancelled creations left sockets");
+    // Dropped at each stage of the setup: after creation, after offer/answer, after some
+    // candidates crossed, once connected.
+    for stage in 0..4 {
+        for _ in 0..3 {
+            let mut offerer = Session::new(&config, SdpRole::Offerer).await.unwrap();
+            let mut answerer = Session::new(&config, SdpRole::Answerer).await.unwrap();
+            if stage >= 1 {
+                let offer = offerer.create_offer().await.unwrap();
+                let answer = answerer.accept_offer(&offer).await.unwrap();
+                offerer.accept_answer(&answer).await.unwrap();
+            }
+            if stage >= 2 {
+                let (mut a_up, mut b_up) = (false, false);
+                let until = tokio::time::Instant::now() + Duration::from_secs(10);
+                while !(a_up && b_up) && tokio::time::Instant::now() < until {
+                    tokio::select! {
+                        ev = offerer.next_event(), if !a_up => match ev.unwrap() {
+                            SessionEvent::LocalCandidate(c) => answerer.add_remote_candidate(Some(&c)).await.unwrap(),
+                            SessionEvent::LocalCandidatesComplete => {}
+                            SessionEvent::Connected => a_up = true,
+                        },
+                        ev = answerer.next_event(), if !b_up => match ev.unwrap() {
+                            SessionEvent::LocalCandidate(c) => offerer.add_remote_candidate(Some(&c)).await.unwrap(),
+                            SessionEvent::LocalCandidatesComplete => {}
+                            SessionEvent::Connected => b_up = true,
+                        },
+                    }
+                    if stage == 2 {
+                        break;
+                    }
+                }
+            }
+            drop(offerer);
+            drop(answerer);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while udp_sockets() > baseline && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(udp_sockets(), baseline, "stage {stage}: sockets left");
+    }
+}

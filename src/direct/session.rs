@@ -72,8 +72,6 @@ pub struct Session {
     /// When ICE connected (a candidate pair works), before DTLS.
     ice_connected_at: Option<std::time::Instant>,
     connected: bool,
-    /// The peer connection was handed to a [`Connection`] (or closed): no close on drop.
-    handed_out: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -112,7 +110,6 @@ impl Session {
             early_channels: VecDeque::new(),
             ice_connected_at: None,
             connected: false,
-            handed_out: false,
         })
     }
 
@@ -252,7 +249,6 @@ impl Session {
         let deadline = tokio::time::Instant::now() + self.config.upgrade_timeout;
         self.peer.wait_for_sctp(deadline).await?;
         // From here the connection owns the peer connection and closes it.
-        self.handed_out = true;
         let events = std::mem::replace(&mut self.events, mpsc::unbounded().1);
         // The init channel is closed by the answerer (the side that accepted it).
         Ok(Connection::new(
@@ -286,27 +282,8 @@ impl Session {
     }
 
     /// Closes the peer connection and waits until it is closed. Dropping a session closes it
-    /// too, in the background.
-    pub async fn close(mut self) {
-        self.handed_out = true;
+    /// too, in the background (webrtc-rs would otherwise keep its driver task and sockets).
+    pub async fn close(self) {
         self.peer.close().await;
-    }
-}
-
-impl Drop for Session {
-    /// A session dropped before [`Session::into_connection`] (a cancelled or failed attempt)
-    /// closes its peer connection: webrtc-rs would otherwise keep its driver task and UDP
-    /// sockets (workaround 8 in `rtc`).
-    fn drop(&mut self) {
-        if self.handed_out {
-            return;
-        }
-        let peer = self.peer.clone();
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move { peer.close().await });
-            }
-            Err(_) => tracing::debug!("session dropped outside a tokio runtime; not closed"),
-        }
     }
 }

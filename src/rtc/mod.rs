@@ -41,8 +41,11 @@
 //!    is never surfaced as a stream. Tests: every upgrade; interop with js-libp2p (which opens
 //!    and closes its own `init` channel).
 //! 8. **Dropping a peer connection does not stop its driver or release its sockets** (that
-//!    happens on `close`, or on drop only with a dedicated reactor): every owner closes it
-//!    explicitly ([`Peer::close`]; `Connection`'s `Drop` spawns a close).
+//!    happens on `close`, or on drop only with a dedicated reactor), and neither does dropping
+//!    the builder's future halfway. The last [`Peer`] clone closes the connection when it is
+//!    dropped, and [`Peer::new`] builds on a task of its own, so a cancelled setup completes
+//!    and is then closed. Tests: `tests/leaks.rs` (UDP sockets back to the baseline after
+//!    cancelled creations, dropped sessions at every stage, silent offers, relay loss, glare).
 //! 9. **A lone data channel or small window recovers from loss only by a 1 s timeout, and
 //!    Reno halves the window on random loss**: this is in `rtc-sctp`, patched in
 //!    `patches/rtc-sctp` (see its `PATCHES.md`); not a workaround here.

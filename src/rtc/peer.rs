@@ -19,6 +19,9 @@ use super::socket::{BufferedRuntime, EarlyDtls};
 use super::{CandidateInit, Channel, INIT_CHANNEL_LABEL};
 use crate::{Config, Error};
 
+/// A new peer connection: the [`Peer`], its events, and the offerer's `init` channel.
+pub(crate) type NewPeer = (Peer, mpsc::UnboundedReceiver<PeerEvent>, Option<Channel>);
+
 /// What the peer connection's driver reports, in order.
 pub(crate) enum PeerEvent {
     /// A local candidate was gathered.
@@ -108,9 +111,34 @@ impl PeerConnectionEventHandler for Callbacks {
     }
 }
 
-/// A webrtc-rs peer connection. Cheap to clone; all clones are the same connection.
+/// Owns the peer connection: when the last [`Peer`] clone goes, it is closed (workaround 8
+/// in [`super`]: webrtc-rs would keep its driver task and sockets).
+struct Owner {
+    pc: Arc<dyn PeerConnection>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let pc = self.pc.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(async move {
+                    if let Err(e) = pc.close().await {
+                        tracing::debug!("closing a dropped peer connection failed: {e}");
+                    }
+                });
+            }
+            Err(_) => tracing::debug!("peer connection dropped outside a tokio runtime"),
+        }
+    }
+}
+
+/// A webrtc-rs peer connection. Cheap to clone; all clones are the same connection, which is
+/// closed when the last clone is dropped (or earlier, by [`Peer::close`]).
 #[derive(Clone)]
 pub(crate) struct Peer {
+    /// Held for its `Drop`: the last clone closes the peer connection.
+    _owner: Arc<Owner>,
     pc: Arc<dyn PeerConnection>,
 }
 
@@ -123,10 +151,19 @@ impl std::fmt::Debug for Peer {
 impl Peer {
     /// Builds a peer connection from `config` and binds its UDP sockets; the offerer also
     /// creates the `init` data channel (workaround 7 in [`super`]), returned beside it.
-    pub(crate) async fn new(
-        config: &Config,
-        offerer: bool,
-    ) -> Result<(Self, mpsc::UnboundedReceiver<PeerEvent>, Option<Channel>), Error> {
+    ///
+    /// The setup runs on a task of its own: if the caller stops waiting (an attempt aborted
+    /// or timed out mid-setup), the setup still completes and its result is dropped, which
+    /// closes the peer connection. Dropping webrtc-rs's builder future halfway would leak
+    /// the sockets it bound.
+    pub(crate) async fn new(config: &Config, offerer: bool) -> Result<NewPeer, Error> {
+        let config = config.clone();
+        tokio::spawn(async move { Self::build(&config, offerer).await })
+            .await
+            .map_err(|e| Error::WebRtc(format!("peer connection setup: {e}")))?
+    }
+
+    async fn build(config: &Config, offerer: bool) -> Result<NewPeer, Error> {
         let ice_servers = config
             .ice_servers
             .iter()
@@ -177,14 +214,16 @@ impl Peer {
             .with_data_channel_send_buffer_limit(config.stream_send_buffer)
             .build()
             .await?;
-        let peer = Self { pc: Arc::new(pc) };
+        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
+        let peer = Self {
+            _owner: Arc::new(Owner { pc: pc.clone() }),
+            pc,
+        };
         let init = if offerer {
             match peer.pc.create_data_channel(INIT_CHANNEL_LABEL, None).await {
                 Ok(dc) => Some(Channel::new(dc)),
-                Err(e) => {
-                    peer.close().await;
-                    return Err(e.into());
-                }
+                // Dropping `peer` closes the peer connection.
+                Err(e) => return Err(e.into()),
             }
         } else {
             None
@@ -304,7 +343,7 @@ impl Peer {
     /// Closes the peer connection; its driver stops and its sockets are released.
     pub(crate) async fn close(&self) {
         if let Err(e) = self.pc.close().await {
-            tracing::trace!("closing the peer connection: {e}");
+            tracing::debug!("closing the peer connection failed: {e}");
         }
     }
 }

@@ -766,6 +766,15 @@ mod tests {
             self.input(Input::Tick)
         }
 
+        /// The handler of `connection` started answering the remote's offer.
+        fn answering(&mut self, connection: ConnectionId) -> Vec<Action> {
+            self.input(Input::Started {
+                connection,
+                role: SdpRole::Answerer,
+                attempt: 1,
+            })
+        }
+
         fn fail(&mut self, connection: ConnectionId, attempt: u32) -> Vec<Action> {
             self.input(Input::Failed {
                 connection,
@@ -965,11 +974,7 @@ mod tests {
     fn the_answerer_never_retries() {
         let mut f = Fixture::with_defaults();
         f.relay(conn(1), false);
-        f.input(Input::Started {
-            connection: conn(1),
-            role: SdpRole::Answerer,
-            attempt: 1,
-        });
+        f.answering(conn(1));
         let out = f.input(Input::Failed {
             connection: conn(1),
             role: SdpRole::Answerer,
@@ -1047,22 +1052,14 @@ mod tests {
         let mut f = Fixture::new(winner, loser, Config::default());
         f.relay(conn(1), true);
         f.relay(conn(2), false);
-        let out = f.input(Input::Started {
-            connection: conn(2),
-            role: SdpRole::Answerer,
-            attempt: 1,
-        });
+        let out = f.answering(conn(2));
         assert_eq!(commands(&out), [(conn(2), "Abort".into())]);
         assert!(!out.iter().any(|a| matches!(a, Action::Emit(_))));
         // We lose: our offer is aborted and we answer.
         let mut f = Fixture::new(loser, winner, Config::default());
         f.relay(conn(1), true);
         f.relay(conn(2), false);
-        let out = f.input(Input::Started {
-            connection: conn(2),
-            role: SdpRole::Answerer,
-            attempt: 1,
-        });
+        let out = f.answering(conn(2));
         assert_eq!(commands(&out), [(conn(1), "Abort".into())]);
         assert!(matches!(
             out.last(),
@@ -1166,11 +1163,7 @@ mod tests {
         let role = if dialer {
             SdpRole::Offerer
         } else {
-            f.input(Input::Started {
-                connection: conn(1),
-                role: SdpRole::Answerer,
-                attempt: 1,
-            });
+            f.answering(conn(1));
             SdpRole::Answerer
         };
         f.upgrade(conn(1), role, conn(10));
