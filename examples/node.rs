@@ -735,11 +735,12 @@ fn on_dial_event(
                 d.upgrade_gave_up = true;
             }
         }
+        // While falling back, the behaviour redials and reports when it gives up.
         SwarmEvent::OutgoingConnectionError {
             peer_id: Some(p),
             error,
             ..
-        } if p == peer => bail!("dialing {target} failed: {error}"),
+        } if p == peer && !d.falling_back => bail!("dialing {target} failed: {error}"),
         SwarmEvent::ConnectionClosed {
             peer_id,
             connection_id,

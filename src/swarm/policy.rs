@@ -522,6 +522,8 @@ impl PeerPolicy {
         out: &mut Vec<Action>,
     ) {
         self.clear_attempt(connection);
+        // A remote without the protocol will not gain it: no later rounds.
+        let hopeless = matches!(error, Error::Unsupported);
         let will_retry = role == SdpRole::Offerer
             && attempt < self.config.max_upgrade_attempts
             && !self.is_upgraded()
@@ -550,7 +552,10 @@ impl PeerPolicy {
             // The path may come back: a new round of attempts later, while the relayed
             // connection lives.
             let backoff = self.config.upgrade_round_backoff;
-            if !backoff.is_zero() && self.relayed.get(&connection).is_some_and(|r| !r.draining) {
+            if !hopeless
+                && !backoff.is_zero()
+                && self.relayed.get(&connection).is_some_and(|r| !r.draining)
+            {
                 let factor = 2u32.pow(self.failed_rounds.min(3));
                 self.failed_rounds += 1;
                 self.timers.push((
@@ -1281,5 +1286,21 @@ mod tests {
         f.fail(conn(1), 1);
         f.input(closed(conn(1)));
         assert!(f.policy.is_idle());
+    }
+
+    #[test]
+    fn a_remote_without_the_protocol_gets_no_later_rounds() {
+        let config = Config::default().with_retries(1, Duration::from_secs(1));
+        let mut f = Fixture::new(PeerId::random(), PeerId::random(), config);
+        f.relay(conn(1), true);
+        let out = f.input(Input::Failed {
+            connection: conn(1),
+            role: SdpRole::Offerer,
+            attempt: 1,
+            error: Error::Unsupported,
+        });
+        assert_eq!(failures(&out), [(1, false)]);
+        assert_eq!(commands(&out), [(conn(1), "Idle".into())]);
+        assert_eq!(f.policy.next_deadline(), None);
     }
 }
