@@ -1034,7 +1034,7 @@ fn measure_no_false_fallback_under_load_and_loss() {
     let (pings_s, bytes_s) = (pings.to_string(), bytes.to_string());
     let timeout = (pings / 4 + 600).to_string();
     let started = Instant::now();
-    let (code, all) = dialer(
+    let mut dial = dialer(
         &lab,
         &addr,
         Ice::Stun,
@@ -1048,8 +1048,12 @@ fn measure_no_false_fallback_under_load_and_loss() {
             "--timeout",
             &timeout,
         ],
-    )
-    .finish();
+    );
+    // Longer than `finish` waits: follow the events (one every 250 ms) to the end.
+    dial.next("done or an error", |e| {
+        e["event"] == "done" || e["event"] == "error"
+    });
+    let (code, all) = dial.finish();
     let lost = events(&all, "direct_lost").count();
     let answered = events(&all, "ping").filter(|p| p["ok"] == true).count();
     let transfer = events(&all, "transfer").next().cloned();
