@@ -744,7 +744,7 @@ fn on_dial_event(
         SwarmEvent::ConnectionClosed {
             peer_id,
             connection_id,
-            cause: Some(_),
+            cause: Some(libp2p::swarm::ConnectionError::IO(_)),
             ..
         } if peer_id == peer
             && Some(connection_id) == d.checked

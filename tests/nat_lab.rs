@@ -1026,8 +1026,8 @@ fn measure_no_false_fallback_under_load_and_loss() {
         Nat::Cone,
         Nat::Cone,
         Links {
-            delay_ms: 10,
-            loss_pct: 1.0,
+            delay_ms: env_or("FALSE_ALARM_DELAY_MS", 10),
+            loss_pct: env_or("FALSE_ALARM_LOSS", 1.0),
         },
     );
     let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, &[]);
