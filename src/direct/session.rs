@@ -241,7 +241,7 @@ impl Session {
     /// after 1 s, then 2 s, ..., so a shorter bound would fail attempts on a lossy path that
     /// would have connected (the behaviour's attempt is bounded by the same timeout from its
     /// start).
-    pub async fn into_connection(mut self) -> Result<Connection, Error> {
+    pub async fn into_connection(self) -> Result<Connection, Error> {
         if !self.connected {
             return Err(Error::InvalidState("not connected yet"));
         }
@@ -249,13 +249,11 @@ impl Session {
         let deadline = tokio::time::Instant::now() + self.config.upgrade_timeout;
         self.peer.wait_for_sctp(deadline).await?;
         // From here the connection owns the peer connection and closes it.
-        let events = std::mem::replace(&mut self.events, mpsc::unbounded().1);
-        // The init channel is closed by the answerer (the side that accepted it).
         Ok(Connection::new(
-            self.peer.clone(),
-            events,
-            std::mem::take(&mut self.early_channels),
-            self.init_channel.take(),
+            self.peer,
+            self.events,
+            self.early_channels,
+            self.init_channel,
             &self.config,
         ))
     }

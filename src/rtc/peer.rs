@@ -137,9 +137,8 @@ impl Drop for Owner {
 /// closed when the last clone is dropped (or earlier, by [`Peer::close`]).
 #[derive(Clone)]
 pub(crate) struct Peer {
-    /// Held for its `Drop`: the last clone closes the peer connection.
-    _owner: Arc<Owner>,
-    pc: Arc<dyn PeerConnection>,
+    /// The last clone's drop closes the peer connection.
+    owner: Arc<Owner>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -149,6 +148,10 @@ impl std::fmt::Debug for Peer {
 }
 
 impl Peer {
+    fn pc(&self) -> &Arc<dyn PeerConnection> {
+        &self.owner.pc
+    }
+
     /// Builds a peer connection from `config` and binds its UDP sockets; the offerer also
     /// creates the `init` data channel (workaround 7 in [`super`]), returned beside it.
     ///
@@ -214,13 +217,15 @@ impl Peer {
             .with_data_channel_send_buffer_limit(config.stream_send_buffer)
             .build()
             .await?;
-        let pc: Arc<dyn PeerConnection> = Arc::new(pc);
         let peer = Self {
-            _owner: Arc::new(Owner { pc: pc.clone() }),
-            pc,
+            owner: Arc::new(Owner { pc: Arc::new(pc) }),
         };
         let init = if offerer {
-            match peer.pc.create_data_channel(INIT_CHANNEL_LABEL, None).await {
+            match peer
+                .pc()
+                .create_data_channel(INIT_CHANNEL_LABEL, None)
+                .await
+            {
                 Ok(dc) => Some(Channel::new(dc)),
                 // Dropping `peer` closes the peer connection.
                 Err(e) => return Err(e.into()),
@@ -233,17 +238,17 @@ impl Peer {
 
     /// Creates the offer and applies it locally; returns its SDP.
     pub(crate) async fn create_offer(&self) -> Result<String, Error> {
-        let offer = self.pc.create_offer(None).await?;
+        let offer = self.pc().create_offer(None).await?;
         let sdp = offer.sdp.clone();
-        self.pc.set_local_description(offer).await?;
+        self.pc().set_local_description(offer).await?;
         Ok(sdp)
     }
 
     /// Creates the answer to the applied remote offer and applies it locally; returns its SDP.
     pub(crate) async fn create_answer(&self) -> Result<String, Error> {
-        let answer = self.pc.create_answer(None).await?;
+        let answer = self.pc().create_answer(None).await?;
         let sdp = answer.sdp.clone();
-        self.pc.set_local_description(answer).await?;
+        self.pc().set_local_description(answer).await?;
         Ok(sdp)
     }
 
@@ -255,7 +260,7 @@ impl Peer {
             RTCSessionDescription::answer(sdp.to_owned())
         }
         .map_err(|e| Error::InvalidSdp(e.to_string()))?;
-        self.pc
+        self.pc()
             .set_remote_description(desc)
             .await
             .map_err(|e| Error::InvalidSdp(e.to_string()))
@@ -268,7 +273,7 @@ impl Peer {
     ) -> Result<(), Error> {
         let mut added = false;
         for init in candidates {
-            self.pc
+            self.pc()
                 .add_ice_candidate(init)
                 .await
                 .map_err(|e| Error::InvalidCandidate(e.to_string()))?;
@@ -284,8 +289,8 @@ impl Peer {
     /// queued and re-arms its timers. Re-applying the unchanged configuration is the one
     /// public call that does this without side effects (webrtc-rs 0.21.1).
     pub(crate) async fn wake(&self) {
-        let configuration = self.pc.get_configuration().await;
-        if let Err(e) = self.pc.set_configuration(configuration).await {
+        let configuration = self.pc().get_configuration().await;
+        if let Err(e) = self.pc().set_configuration(configuration).await {
             tracing::debug!("could not wake the WebRTC driver: {e}");
         }
     }
@@ -295,7 +300,7 @@ impl Peer {
     /// to 10 ms.
     pub(crate) async fn wait_for_sctp(&self, deadline: tokio::time::Instant) -> Result<(), Error> {
         let sctp = self
-            .pc
+            .pc()
             .sctp()
             .await
             .ok_or(Error::InvalidState("no SCTP transport"))?;
@@ -325,7 +330,7 @@ impl Peer {
     /// The DER certificate the remote presented in the DTLS handshake, if any.
     pub(crate) async fn remote_certificate(&self) -> Result<Option<Vec<u8>>, Error> {
         let sctp = self
-            .pc
+            .pc()
             .sctp()
             .await
             .ok_or(Error::InvalidState("no SCTP transport"))?;
@@ -336,13 +341,13 @@ impl Peer {
     /// Creates an in-band data channel; libp2p streams have the label `""`.
     pub(crate) async fn create_channel(&self, label: &str) -> Result<Channel, Error> {
         Ok(Channel::new(
-            self.pc.create_data_channel(label, None).await?,
+            self.pc().create_data_channel(label, None).await?,
         ))
     }
 
     /// Closes the peer connection; its driver stops and its sockets are released.
     pub(crate) async fn close(&self) {
-        if let Err(e) = self.pc.close().await {
+        if let Err(e) = self.pc().close().await {
             tracing::debug!("closing the peer connection failed: {e}");
         }
     }

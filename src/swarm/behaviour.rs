@@ -264,8 +264,6 @@ impl Behaviour {
                 }
             }
         }
-        // A timer may have been set: compute the next wake-up afresh.
-        self.sleep = None;
     }
 
     fn on_established(&mut self, e: ConnectionEstablished) {

@@ -279,7 +279,7 @@ impl PeerPolicy {
                 connection,
                 failed,
                 reason,
-            } => self.on_closed(now, connection, failed, reason, &mut out),
+            } => self.on_closed(connection, failed, reason, &mut out),
             Input::RedialFailed { reason } => self.on_redial_failed(now, reason, &mut out),
             Input::UpgradeRequested => {
                 // Prefer a connection we dialed: that is the one the remote expects an offer on.
@@ -331,7 +331,7 @@ impl PeerPolicy {
             Input::Tick => {
                 while let Some(i) = self.timers.iter().position(|(at, _)| *at <= now) {
                     let (_, timer) = self.timers.swap_remove(i);
-                    self.fire(now, timer, &mut out);
+                    self.fire(timer, &mut out);
                 }
             }
         }
@@ -436,7 +436,6 @@ impl PeerPolicy {
 
     fn on_closed(
         &mut self,
-        now: Instant,
         connection: ConnectionId,
         failed: bool,
         reason: String,
@@ -445,7 +444,7 @@ impl PeerPolicy {
         if let Some(i) = self.direct.iter().position(|d| d.connection == connection) {
             self.direct.swap_remove(i);
             if failed && self.direct.is_empty() {
-                self.fall_back(now, connection, reason, out);
+                self.fall_back(connection, reason, out);
             }
             return;
         }
@@ -569,13 +568,7 @@ impl PeerPolicy {
     /// The last direct connection died: go back to the relay. Relayed connections still
     /// being drained are kept and upgraded again; without one, the side that dialed the
     /// relayed connection dials it again.
-    fn fall_back(
-        &mut self,
-        now: Instant,
-        connection: ConnectionId,
-        reason: String,
-        out: &mut Vec<Action>,
-    ) {
+    fn fall_back(&mut self, connection: ConnectionId, reason: String, out: &mut Vec<Action>) {
         let kept: Vec<ConnectionId> = self
             .relayed
             .iter_mut()
@@ -604,12 +597,12 @@ impl PeerPolicy {
             }
         }
         if will_redial {
-            self.redial(now, out);
+            self.redial(out);
         }
     }
 
     /// Dials the relayed address again (the first redial at once, then per the backoff).
-    fn redial(&mut self, _now: Instant, out: &mut Vec<Action>) {
+    fn redial(&mut self, out: &mut Vec<Action>) {
         let Some(addr) = self.redial_addr.clone() else {
             return;
         };
@@ -637,7 +630,7 @@ impl PeerPolicy {
         }
     }
 
-    fn fire(&mut self, now: Instant, timer: Timer, out: &mut Vec<Action>) {
+    fn fire(&mut self, timer: Timer, out: &mut Vec<Action>) {
         match timer {
             Timer::Retry {
                 connection,
@@ -659,7 +652,7 @@ impl PeerPolicy {
             }
             Timer::Redial => {
                 if self.redials.is_some() && self.relayed.is_empty() && self.direct.is_empty() {
-                    self.redial(now, out);
+                    self.redial(out);
                 }
             }
         }
