@@ -220,6 +220,7 @@ impl Driven {
             Some(config),
             Duration::from_secs(60),
             SINK,
+            support::IDLE_TIMEOUT,
         )?;
         let id = *swarm.local_peer_id();
         let (commands, mut commands_rx) = mpsc::unbounded::<Call>();

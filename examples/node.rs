@@ -53,6 +53,8 @@ common:
                            doubled per round up to 8x (default 60000; 0: no more rounds)
   --early-dtls-records <n> DTLS records held until ICE is connected (default 16; 0: none)
   --ping-interval-ms <n>   between two pings on a connection (default 250)
+  --idle-timeout <s>       close a connection with no open stream after this long; pings do
+                           not keep a connection open (default 60)
   --timeout <s>            dial: give up after this long (default 120); relay and listen:
                            exit 0 after this long (default: run until killed)
 
@@ -101,6 +103,7 @@ struct Args {
     round_backoff_ms: Option<u64>,
     early_dtls_records: Option<usize>,
     ping_interval_ms: u64,
+    idle_timeout: u64,
     timeout: Option<u64>,
     pings: usize,
     send_bytes: usize,
@@ -117,6 +120,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
     let mut args = Args {
         pings: 3,
         ping_interval_ms: 250,
+        idle_timeout: support::IDLE_TIMEOUT.as_secs(),
         ..Args::default()
     };
     let mut it = raw.into_iter();
@@ -143,6 +147,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--round-backoff-ms" => args.round_backoff_ms = Some(value(&arg, it)?),
             "--early-dtls-records" => args.early_dtls_records = Some(value(&arg, it)?),
             "--ping-interval-ms" => args.ping_interval_ms = value(&arg, it)?,
+            "--idle-timeout" => args.idle_timeout = value(&arg, it)?,
             "--timeout" => args.timeout = Some(value(&arg, it)?),
             "--ping" => args.pings = value(&arg, it)?,
             "--send-bytes" => args.send_bytes = value(&arg, it)?,
@@ -345,10 +350,12 @@ fn peer_swarm(args: &Args) -> anyhow::Result<(Swarm<Peer>, support::Inbound)> {
     } else {
         Some(webrtc_config(args)?)
     };
-    let (mut swarm, inbound) = support::peer(
+    let (mut swarm, inbound) = support::peer_with(
         identity(args.seed)?,
         webrtc,
         Duration::from_millis(args.ping_interval_ms),
+        support::ECHO,
+        Duration::from_secs(args.idle_timeout),
     )?;
     for addr in &args.listen {
         swarm.listen_on(addr.clone())?;

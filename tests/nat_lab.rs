@@ -1030,9 +1030,11 @@ fn measure_no_false_fallback_under_load_and_loss() {
             loss_pct: env_or("FALSE_ALARM_LOSS", 1.0),
         },
     );
-    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, &[]);
-    let (pings_s, bytes_s) = (pings.to_string(), bytes.to_string());
     let timeout = (pings / 4 + 600).to_string();
+    // Pings do not keep a connection open: keep the one under test for the whole run.
+    let idle = ["--idle-timeout", timeout.as_str()];
+    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, &idle);
+    let (pings_s, bytes_s) = (pings.to_string(), bytes.to_string());
     let started = Instant::now();
     let mut dial = dialer(
         &lab,
@@ -1046,6 +1048,8 @@ fn measure_no_false_fallback_under_load_and_loss() {
             "--send-bytes",
             &bytes_s,
             "--timeout",
+            &timeout,
+            "--idle-timeout",
             &timeout,
         ],
     );

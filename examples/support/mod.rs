@@ -45,8 +45,12 @@ pub fn peer(
     webrtc: Option<libp2p_webrtc_signal::Config>,
     ping_interval: Duration,
 ) -> anyhow::Result<(Swarm<Peer>, Inbound)> {
-    peer_with(key, webrtc, ping_interval, ECHO)
+    peer_with(key, webrtc, ping_interval, ECHO, IDLE_TIMEOUT)
 }
+
+/// How long the examples keep a connection with no open stream (pings do not keep a
+/// connection alive).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// [`peer`] whose raw streams speak `protocol` instead of [`ECHO`]; it also has QUIC, for
 /// side-by-side comparisons.
@@ -55,9 +59,10 @@ pub fn peer_with(
     webrtc: Option<libp2p_webrtc_signal::Config>,
     ping_interval: Duration,
     protocol: StreamProtocol,
+    idle: Duration,
 ) -> anyhow::Result<(Swarm<Peer>, Inbound)> {
     let (echo, inbound) = Raw::new(protocol);
-    let swarm = swarm(key, webrtc, move |relay, webrtc| Peer {
+    let swarm = swarm(key, webrtc, idle, move |relay, webrtc| Peer {
         relay,
         webrtc,
         ping: ping::Behaviour::new(ping::Config::new().with_interval(ping_interval)),
@@ -68,10 +73,12 @@ pub fn peer_with(
 
 /// The one `SwarmBuilder` chain of the examples and tests: TCP (noise, yamux), QUIC, the
 /// upgrade's transport (with `webrtc: Some`), the relay client; `behaviour` builds the
-/// node's behaviour from the relay client and the upgrade's behaviour.
+/// node's behaviour from the relay client and the upgrade's behaviour. A connection with
+/// no open stream is closed after `idle`.
 pub fn swarm<B: NetworkBehaviour>(
     key: Keypair,
     webrtc: Option<libp2p_webrtc_signal::Config>,
+    idle: Duration,
     behaviour: impl FnOnce(relay::client::Behaviour, Toggle<libp2p_webrtc_signal::Behaviour>) -> B,
 ) -> anyhow::Result<Swarm<B>> {
     let (transport, webrtc) = upgrade(&key, webrtc);
@@ -86,7 +93,7 @@ pub fn swarm<B: NetworkBehaviour>(
         .with_other_transport(move |_| transport)?
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(move |_, relay| behaviour(relay, webrtc))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
         .build())
 }
 
@@ -138,7 +145,7 @@ pub fn relay_server(
             yamux::Config::default,
         )?
         .with_behaviour(|_| relay::Behaviour::new(local, config))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build())
 }
 

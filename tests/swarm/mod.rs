@@ -48,8 +48,11 @@ pub fn node(
     mpsc::UnboundedReceiver<(PeerId, ConnectionId, Stream)>,
 ) {
     let (raw, raw_rx) = Raw::new(raw_protocol);
-    let swarm = support::swarm(Keypair::generate_ed25519(), webrtc, move |relay, webrtc| {
-        Node {
+    let swarm = support::swarm(
+        Keypair::generate_ed25519(),
+        webrtc,
+        support::IDLE_TIMEOUT,
+        move |relay, webrtc| Node {
             relay,
             webrtc,
             ping: ping::Behaviour::new(
@@ -63,8 +66,8 @@ pub fn node(
                 request_response::Config::default(),
             ),
             raw,
-        }
-    })
+        },
+    )
     .expect("a swarm");
     (swarm, raw_rx)
 }
