@@ -95,14 +95,16 @@ impl<'a> DataChannelHandler<'a> {
     /// stream id was only how SCTP referred to it. A channel already closed by handshake timeout
     /// has already fired `OnClose` and been counted, so it is not announced twice.
     fn announce_closed(&mut self, now: Instant, dc: RTCDataChannelInternal) {
+        // Patched (libp2p-webrtc-signal): the channel has left the registry, so its statistics
+        // entry goes too. Kept, it cost every connection ~160 bytes per data channel it ever
+        // had: unbounded on a long-lived connection that opens and closes channels.
+        // `data_channels_closed` still counts it.
+        self.stats.data_channels.remove(&dc.id);
         if dc.close_emitted {
             return;
         }
         let channel_id = dc.id;
         self.stats.peer_connection.on_data_channel_closed();
-        if let Some(dc_stats) = self.stats.data_channels.get_mut(&channel_id) {
-            dc_stats.on_state_changed(RTCDataChannelState::Closed);
-        }
         self.ctx.event_outs.push_back(TaggedRTCEventInternal {
             now,
             event: RTCEventInternal::RTCPeerConnectionEvent(RTCPeerConnectionEvent::OnDataChannel(
