@@ -51,6 +51,9 @@
 //!    `patches/rtc-sctp` (see its `PATCHES.md`); not a workaround here.
 //! 10. **mDNS candidates** are off (`MulticastDnsMode::Disabled`): a remote's `.local`
 //!     candidate is skipped by `direct::candidate`, never resolved.
+//! 11. **A statistics entry per data channel is kept for the connection's lifetime**: this is
+//!     in `rtc`, patched in `patches/rtc` (see its `PATCHES.md`). Test: `tests/leaks.rs`
+//!     `stream_churn_keeps_the_heap_bounded`.
 
 mod channel;
 mod peer;
