@@ -305,12 +305,7 @@ unsafe impl std::alloc::GlobalAlloc for Counting {
         unsafe { std::alloc::System.dealloc(ptr, layout) };
         HEAP.fetch_sub(layout.size() as isize, std::sync::atomic::Ordering::Relaxed);
     }
-    unsafe fn realloc(
-        &self,
-        ptr: *mut u8,
-        layout: std::alloc::Layout,
-        new_size: usize,
-    ) -> *mut u8 {
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         let p = unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             HEAP.fetch_add(
@@ -375,7 +370,11 @@ async fn stream_churn_keeps_the_heap_bounded() {
         for round in 0..4 {
             churn(250).await;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            eprintln!("after {} streams: heap {:+} bytes", 250 * (round + 1), heap() - before);
+            eprintln!(
+                "after {} streams: heap {:+} bytes",
+                250 * (round + 1),
+                heap() - before
+            );
         }
         heap() - before
     })

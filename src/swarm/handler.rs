@@ -371,3 +371,77 @@ impl ConnectionHandler for Handler {
         self.wake();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::task::noop_waker_ref;
+
+    fn relayed_handler() -> Handler {
+        Handler::new(
+            true,
+            Arc::new(Config::default()),
+            PeerId::random(),
+            PeerId::random(),
+            ConnectionId::new_unchecked(1),
+            Slots::new(4),
+            Slots::new(2),
+        )
+    }
+
+    /// Polls once; the request of an outbound signaling stream, if the handler asked for one.
+    fn requested(handler: &mut Handler) -> Option<Request> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        match handler.poll(&mut cx) {
+            Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { protocol }) => {
+                Some(*protocol.info())
+            }
+            _ => None,
+        }
+    }
+
+    fn reported(handler: &mut Handler) -> Option<Report> {
+        let mut cx = Context::from_waker(noop_waker_ref());
+        match handler.poll(&mut cx) {
+            Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(report)) => Some(report),
+            _ => None,
+        }
+    }
+
+    fn refused(request: Request) -> ConnectionEvent<'static, Upgrade, Upgrade, (), Request> {
+        ConnectionEvent::DialUpgradeError(DialUpgradeError {
+            info: request,
+            error: StreamUpgradeError::NegotiationFailed,
+        })
+    }
+
+    #[test]
+    fn an_attempt_aborted_while_its_stream_opens_leaves_nothing_behind() {
+        let mut handler = relayed_handler();
+        handler.on_behaviour_event(Command::Start { attempt: 1 });
+        let first = requested(&mut handler).expect("a signaling stream request");
+        handler.on_behaviour_event(Command::Abort);
+        handler.on_behaviour_event(Command::Idle);
+        // Nothing is pending any more: the connection may close.
+        assert!(!handler.connection_keep_alive());
+        // The aborted attempt's stream request ends later: nobody hears of it.
+        handler.on_connection_event(refused(first));
+        assert!(reported(&mut handler).is_none());
+        // The next attempt asks for a stream of its own; the old request's outcome is not
+        // taken for the new one's.
+        handler.on_behaviour_event(Command::Start { attempt: 2 });
+        let second = requested(&mut handler).expect("a new request");
+        assert_ne!(first, second);
+        handler.on_connection_event(refused(first));
+        assert!(reported(&mut handler).is_none());
+        handler.on_connection_event(refused(second));
+        match reported(&mut handler) {
+            Some(Report::Failed {
+                role: SdpRole::Offerer,
+                attempt: 2,
+                error: Error::Unsupported,
+            }) => {}
+            other => panic!("expected attempt 2 to fail as unsupported, got {other:?}"),
+        }
+    }
+}
