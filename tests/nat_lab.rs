@@ -1012,6 +1012,49 @@ fn a_flushed_nat_mapping_keeps_the_peer_reachable() {
     );
 }
 
+/// The listener's NAT starts mapping UDP to other ports (a NAT reboot, a new mapping after a
+/// timeout, a carrier NAT): packets to the old mapping go nowhere, while the peers can still
+/// reach each other. The direct connection must carry on, either moved to the new path by an
+/// ICE restart (streams survive) or replaced after a fallback.
+#[test]
+fn a_changed_nat_mapping_keeps_the_peer_reachable() {
+    let Some(_lab) = lab_lock() else { return };
+    let lab = Lab::up(Nat::Cone, Nat::Cone, Links::default());
+    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, &[]);
+    let mut dial = dialer(&lab, &addr, Ice::Stun, FALLBACK_DIAL);
+    dial.wait("upgraded");
+    dial.wait("relay_closed");
+    dial.next("a direct ping", |e| {
+        e["event"] == "ping" && e["direct"] == true
+    });
+    let before = dial.seen().len();
+    let r1 = lab.ns("r1");
+    lab::sh(&format!(
+        "ip netns exec {r1} iptables -t nat -I POSTROUTING 1 -o wan -p udp -j MASQUERADE --to-ports 40000-40999"
+    ));
+    lab::sh(&format!("ip netns exec {r1} conntrack -D -p udp"));
+    let changed = Instant::now();
+    // The first answered ping that was sent after the change shows the path works again.
+    let mut outage = None;
+    for _ in 0..60 {
+        let e = dial.wait("ping");
+        if outage.is_none() && e["ok"] == true && changed.elapsed() > Duration::from_millis(600) {
+            outage = Some(changed.elapsed());
+        }
+    }
+    let since: Vec<Value> = dial.seen()[before..].to_vec();
+    let lost = events(&since, "direct_lost").count();
+    let restarted = events(&since, "restarted").count();
+    let failed = events(&since, "ping").filter(|p| p["ok"] != true).count();
+    dial.next("a direct ping at the end", |e| {
+        e["event"] == "ping" && e["direct"] == true && e["ok"] == true
+    });
+    eprintln!(
+        "listener's NAT mapping changed: restarted {restarted}, direct_lost {lost}, {failed} pings failed, answered again after {:?}",
+        outage
+    );
+}
+
 /// No false alarm: a healthy but lossy path (10 ms and 1% loss per link) under pings for ten
 /// minutes, then a 64 MiB echo, must never be declared dead. `FALSE_ALARM_PINGS` (default
 /// 2400 at 250 ms: 10 minutes) and `FALSE_ALARM_BYTES` (default 64 MiB) shorten it.

@@ -146,6 +146,9 @@ impl Connection {
                         self.closed = true;
                         return Err(Error::Closed);
                     }
+                    PeerState::Disconnected => {
+                        tracing::debug!("direct path quiet: ICE disconnected");
+                    }
                     PeerState::Connected | PeerState::Other => {}
                 },
                 Poll::Ready(Some(_)) => {}
@@ -464,5 +467,110 @@ mod tests {
             let _ = &mut a;
         })
         .await;
+    }
+}
+
+#[cfg(test)]
+mod restart_tests {
+    //! ICE restarts of a connected pair, signaled by hand.
+
+    use std::time::Duration;
+
+    use futures::future::{select, Either};
+    use futures::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::test_common as common;
+    use crate::{Error, SdpRole, Session, SessionEvent};
+
+    /// Forwards candidates between two sessions until both report `Connected`.
+    async fn until_connected(x: &mut Session, y: &mut Session) {
+        let (mut x_done, mut y_done) = (false, false);
+        while !(x_done && y_done) {
+            let step = {
+                let (ex, ey) = (x.next_event(), y.next_event());
+                futures::pin_mut!(ex, ey);
+                match (x_done, y_done) {
+                    (false, false) => match select(ex, ey).await {
+                        Either::Left((e, _)) => Either::Left(e),
+                        Either::Right((e, _)) => Either::Right(e),
+                    },
+                    (false, true) => Either::Left(ex.await),
+                    _ => Either::Right(ey.await),
+                }
+            };
+            match step {
+                Either::Left(e) => match e.expect("restart (offerer)") {
+                    SessionEvent::LocalCandidate(c) => {
+                        y.add_remote_candidate(Some(&c)).await.expect("candidate")
+                    }
+                    SessionEvent::LocalCandidatesComplete => {}
+                    SessionEvent::Connected => x_done = true,
+                },
+                Either::Right(e) => match e.expect("restart (answerer)") {
+                    SessionEvent::LocalCandidate(c) => {
+                        x.add_remote_candidate(Some(&c)).await.expect("candidate")
+                    }
+                    SessionEvent::LocalCandidatesComplete => {}
+                    SessionEvent::Connected => y_done = true,
+                },
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_ice_restart_keeps_the_connection_and_its_streams() {
+        common::init_tracing();
+        let config = common::loopback_config();
+        let (a, b) = common::pair(config.clone()).await;
+        let (a_peer, b_peer) = (a.peer.clone(), b.peer.clone());
+        let (a, mut b) = (common::Driver::new(a), common::Driver::new(b));
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let mut s = a.open().await;
+            s.write_all(b"before").await.expect("write");
+            s.flush().await.expect("flush");
+            let mut r = b.accept().await;
+            let mut got = [0u8; 6];
+            r.read_exact(&mut got).await.expect("read");
+            assert_eq!(&got, b"before");
+
+            let mut x = Session::restart(a_peer, SdpRole::Offerer, &config);
+            let mut y = Session::restart(b_peer, SdpRole::Answerer, &config);
+            let offer = x.create_offer().await.expect("offer");
+            let answer = y.accept_offer(&offer).await.expect("answer");
+            x.accept_answer(&answer).await.expect("apply answer");
+            until_connected(&mut x, &mut y).await;
+            assert!(x.ice_connected_at().is_some() && y.ice_connected_at().is_some());
+
+            // The stream opened before the restart carries on, and new ones open.
+            s.write_all(b"after").await.expect("write after the restart");
+            s.close().await.expect("close");
+            let mut rest = Vec::new();
+            r.read_to_end(&mut rest).await.expect("read after the restart");
+            assert_eq!(rest, b"after");
+            let mut s2 = b.open().await;
+            s2.write_all(b"new").await.expect("write on a new stream");
+            s2.close().await.expect("close");
+        })
+        .await
+        .expect("hang");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_offer_from_another_certificate_is_refused() {
+        common::init_tracing();
+        let config = common::loopback_config();
+        let (a, b) = common::pair(config.clone()).await;
+        let b_peer = b.peer.clone();
+        let _drivers = (common::Driver::new(a), common::Driver::new(b));
+        // Someone else's offer, on the signaling stream of `a`'s relayed connection.
+        let mut stranger = Session::new(&config, SdpRole::Offerer).await.expect("session");
+        let offer = stranger.create_offer().await.expect("offer");
+        let mut y = Session::restart(b_peer, SdpRole::Answerer, &config);
+        let refused = y.accept_offer(&offer).await;
+        assert!(
+            matches!(refused, Err(Error::FingerprintMismatch)),
+            "{refused:?}"
+        );
+        stranger.close().await;
     }
 }

@@ -72,6 +72,8 @@ pub struct Session {
     /// When ICE connected (a candidate pair works), before DTLS.
     ice_connected_at: Option<std::time::Instant>,
     connected: bool,
+    /// An ICE restart of a connected peer connection (see [`Session::restart`]).
+    restart: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -110,7 +112,35 @@ impl Session {
             early_channels: VecDeque::new(),
             ice_connected_at: None,
             connected: false,
+            restart: false,
         })
+    }
+
+    /// An ICE restart of `peer`, a connected peer connection, driven through the same
+    /// exchange as a new session: the offerer's offer and the answer carry new ICE
+    /// credentials, both sides gather and trickle candidates again, and
+    /// [`SessionEvent::Connected`] comes when ICE has a working pair again. DTLS, SCTP and the
+    /// streams carry on over it. Both descriptions must carry the fingerprint of the
+    /// certificate the remote already presented.
+    pub(crate) fn restart(peer: Peer, role: SdpRole, config: &Config) -> Self {
+        let events = peer.observe();
+        Self {
+            peer,
+            events,
+            role,
+            config: config.clone(),
+            init_channel: None,
+            pending_remote: Vec::new(),
+            remote_description_set: false,
+            remote_candidates: 0,
+            remote_fingerprints: Vec::new(),
+            local_mid: None,
+            local_ufrag: None,
+            early_channels: VecDeque::new(),
+            ice_connected_at: None,
+            connected: false,
+            restart: true,
+        }
     }
 
     /// The role this session was created with.
@@ -128,6 +158,17 @@ impl Session {
         if fingerprints.is_empty() {
             return Err(Error::NoFingerprint);
         }
+        if self.restart {
+            // The same remote, with the certificate it presented on this connection.
+            let cert = self
+                .peer
+                .remote_certificate()
+                .await?
+                .ok_or(Error::FingerprintMismatch)?;
+            if !fingerprints.contains(&Fingerprint::of_certificate(&cert)) {
+                return Err(Error::FingerprintMismatch);
+            }
+        }
         self.peer.set_remote(sdp, offer).await?;
         self.remote_fingerprints = fingerprints;
         self.remote_description_set = true;
@@ -141,6 +182,9 @@ impl Session {
             return Err(Error::InvalidState(
                 "only the offerer creates an offer, once",
             ));
+        }
+        if self.restart {
+            self.peer.restart_ice().await?;
         }
         let sdp = self.peer.create_offer().await?;
         self.remember_local(&sdp);
@@ -214,16 +258,21 @@ impl Session {
                     return Ok(SessionEvent::LocalCandidate(candidate::to_json(&init)));
                 }
                 PeerEvent::GatheringComplete => return Ok(SessionEvent::LocalCandidatesComplete),
-                PeerEvent::State(PeerState::Connected) => {
+                // A restart is done when ICE works again; the rest is connected already.
+                PeerEvent::State(PeerState::Connected) if !self.restart => {
                     self.connected = true;
                     return Ok(SessionEvent::Connected);
                 }
                 PeerEvent::State(PeerState::Failed) => return Err(Error::ConnectionFailed),
                 PeerEvent::State(PeerState::Closed) => return Err(Error::Closed),
-                PeerEvent::State(PeerState::Other) => {}
+                PeerEvent::State(_) => {}
                 PeerEvent::Channel(channel) => self.early_channels.push_back(channel),
                 PeerEvent::IceConnected(at) => {
                     self.ice_connected_at.get_or_insert(at);
+                    if self.restart && self.remote_description_set {
+                        self.connected = true;
+                        return Ok(SessionEvent::Connected);
+                    }
                 }
             }
         }
@@ -244,6 +293,9 @@ impl Session {
     pub async fn into_connection(self) -> Result<Connection, Error> {
         if !self.connected {
             return Err(Error::InvalidState("not connected yet"));
+        }
+        if self.restart {
+            return Err(Error::InvalidState("a restart keeps its connection"));
         }
         self.verify_fingerprint().await?;
         let deadline = tokio::time::Instant::now() + self.config.upgrade_timeout;

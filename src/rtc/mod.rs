@@ -60,7 +60,7 @@ mod peer;
 pub(crate) mod socket;
 
 pub(crate) use channel::{Channel, ChannelEvent};
-pub(crate) use peer::{Peer, PeerEvent, PeerState};
+pub(crate) use peer::{Peer, PeerEvent, PeerState, WeakPeer};
 
 /// A candidate as webrtc-rs takes and gives it (the JSON form of `RTCIceCandidateInit`).
 pub(crate) use webrtc::peer_connection::RTCIceCandidateInit as CandidateInit;

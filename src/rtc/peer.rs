@@ -1,7 +1,7 @@
 //! One webrtc-rs peer connection behind plain methods: [`Peer`], and what its driver reports,
 //! [`PeerEvent`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
@@ -41,35 +41,66 @@ pub(crate) enum PeerEvent {
 pub(crate) enum PeerState {
     /// ICE and DTLS are connected.
     Connected,
+    /// Nothing arrived on the selected path for `Config::ice_disconnected_timeout`: the path
+    /// may be gone, or may come back.
+    Disconnected,
     /// ICE or DTLS failed (also after consent was lost on a connected path).
     Failed,
     /// Closed by either side.
     Closed,
-    /// Any other state (new, connecting, disconnected): logged only.
+    /// Any other state (new, connecting): logged only.
     Other,
 }
+
+impl PeerEvent {
+    /// A copy for an observer (see [`Peer::observe`]); channels are not copied.
+    fn observed(&self) -> Option<PeerEvent> {
+        Some(match self {
+            PeerEvent::LocalCandidate(c) => PeerEvent::LocalCandidate(c.clone()),
+            PeerEvent::GatheringComplete => PeerEvent::GatheringComplete,
+            PeerEvent::IceConnected(at) => PeerEvent::IceConnected(*at),
+            PeerEvent::State(s) => PeerEvent::State(*s),
+            PeerEvent::Channel(_) => return None,
+        })
+    }
+}
+
+/// Where the driver's events go besides the main channel (see [`Peer::observe`]).
+type Observers = Arc<Mutex<Vec<mpsc::UnboundedSender<PeerEvent>>>>;
 
 /// Forwards driver callbacks into a channel; never blocks the driver.
 struct Callbacks {
     tx: mpsc::UnboundedSender<PeerEvent>,
+    observers: Observers,
     /// Opened once ICE is connected (see [`EarlyDtls`]).
     early_dtls: Arc<EarlyDtls>,
+}
+
+impl Callbacks {
+    fn send(&self, event: PeerEvent) {
+        if let Ok(mut observers) = self.observers.lock() {
+            // Observers whose receiver is gone are dropped here.
+            observers.retain(|o| match event.observed() {
+                Some(copy) => o.unbounded_send(copy).is_ok(),
+                None => !o.is_closed(),
+            });
+        }
+        let _ = self.tx.unbounded_send(event);
+    }
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Callbacks {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         match event.candidate.to_json() {
-            Ok(init) => {
-                let _ = self.tx.unbounded_send(PeerEvent::LocalCandidate(init));
-            }
+            Ok(init) => self.send(PeerEvent::LocalCandidate(init)),
             Err(e) => tracing::debug!("skipping local candidate: {e}"),
         }
     }
 
     async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
         if state == RTCIceGatheringState::Complete {
-            let _ = self.tx.unbounded_send(PeerEvent::GatheringComplete);
+            self.send(PeerEvent::GatheringComplete);
         }
     }
 
@@ -81,9 +112,7 @@ impl PeerConnectionEventHandler for Callbacks {
             self.early_dtls.open();
         }
         if state == RTCIceConnectionState::Connected {
-            let _ = self
-                .tx
-                .unbounded_send(PeerEvent::IceConnected(Instant::now()));
+            self.send(PeerEvent::IceConnected(Instant::now()));
         }
     }
 
@@ -94,6 +123,7 @@ impl PeerConnectionEventHandler for Callbacks {
                 self.early_dtls.open();
                 PeerState::Connected
             }
+            RTCPeerConnectionState::Disconnected => PeerState::Disconnected,
             RTCPeerConnectionState::Failed => PeerState::Failed,
             RTCPeerConnectionState::Closed => PeerState::Closed,
             other => {
@@ -101,13 +131,11 @@ impl PeerConnectionEventHandler for Callbacks {
                 PeerState::Other
             }
         };
-        let _ = self.tx.unbounded_send(PeerEvent::State(state));
+        self.send(PeerEvent::State(state));
     }
 
     async fn on_data_channel(&self, data_channel: Arc<dyn DataChannel>) {
-        let _ = self
-            .tx
-            .unbounded_send(PeerEvent::Channel(Channel::new(data_channel)));
+        self.send(PeerEvent::Channel(Channel::new(data_channel)));
     }
 }
 
@@ -115,6 +143,7 @@ impl PeerConnectionEventHandler for Callbacks {
 /// in [`super`]: webrtc-rs would keep its driver task and sockets).
 struct Owner {
     pc: Arc<dyn PeerConnection>,
+    observers: Observers,
 }
 
 impl Drop for Owner {
@@ -139,6 +168,23 @@ impl Drop for Owner {
 pub(crate) struct Peer {
     /// The last clone's drop closes the peer connection.
     owner: Arc<Owner>,
+}
+
+/// A [`Peer`] that does not keep the peer connection open: [`WeakPeer::upgrade`] gives it back
+/// while some [`Peer`] clone lives.
+#[derive(Clone)]
+pub(crate) struct WeakPeer(std::sync::Weak<Owner>);
+
+impl WeakPeer {
+    pub(crate) fn upgrade(&self) -> Option<Peer> {
+        self.0.upgrade().map(|owner| Peer { owner })
+    }
+}
+
+impl std::fmt::Debug for WeakPeer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakPeer").finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for Peer {
@@ -208,17 +254,25 @@ impl Peer {
         let runtime = BufferedRuntime::tokio(config.udp_socket_buffer, early_dtls.clone())
             .ok_or_else(|| Error::InvalidConfig("no async runtime available".into()))?;
         let (tx, events) = mpsc::unbounded();
+        let observers = Observers::default();
         let pc = PeerConnectionBuilder::new()
             .with_configuration(rtc_config)
             .with_setting_engine(settings)
             .with_runtime(runtime)
-            .with_handler(Arc::new(Callbacks { tx, early_dtls }))
+            .with_handler(Arc::new(Callbacks {
+                tx,
+                observers: observers.clone(),
+                early_dtls,
+            }))
             .with_udp_addrs(config.udp_bind_addrs.clone())
             .with_data_channel_send_buffer_limit(config.stream_send_buffer)
             .build()
             .await?;
         let peer = Self {
-            owner: Arc::new(Owner { pc: Arc::new(pc) }),
+            owner: Arc::new(Owner {
+                pc: Arc::new(pc),
+                observers,
+            }),
         };
         let init = if offerer {
             match peer
@@ -234,6 +288,28 @@ impl Peer {
             None
         };
         Ok((peer, events, init))
+    }
+
+    /// A handle that does not keep the peer connection open.
+    pub(crate) fn downgrade(&self) -> WeakPeer {
+        WeakPeer(Arc::downgrade(&self.owner))
+    }
+
+    /// From now on, a copy of every driver event but the remote's data channels also goes to
+    /// the returned receiver (the main channel still gets them all). Dropping the receiver
+    /// ends it.
+    pub(crate) fn observe(&self) -> mpsc::UnboundedReceiver<PeerEvent> {
+        let (tx, rx) = mpsc::unbounded();
+        if let Ok(mut observers) = self.owner.observers.lock() {
+            observers.push(tx);
+        }
+        rx
+    }
+
+    /// Asks for an ICE restart: the next offer carries new ICE credentials, and applying it
+    /// gathers candidates anew. DTLS and SCTP carry on over whatever pair ICE selects next.
+    pub(crate) async fn restart_ice(&self) -> Result<(), Error> {
+        Ok(self.pc().restart_ice().await?)
     }
 
     /// Creates the offer and applies it locally; returns its SDP.
