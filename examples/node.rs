@@ -77,10 +77,12 @@ dial:
                            (default 0), so the listener's checks can finish
 
 events (stdout, one JSON object per line): listening, reserved, connected, upgrade_started,
-upgraded, upgrade_failed, direct_lost, fallback_failed, relay_closed, ping, transfer,
-reset_sent, served, done, error. When the direct connection dies, the dialer redials the
-relay and goes on pinging over whichever connection there is: direct_lost (after_ms: since
-the last answered ping on it), connected (relayed), upgraded again.
+upgraded, upgrade_failed, restarted, restart_failed, direct_lost, fallback_failed,
+relay_closed, ping, transfer, reset_sent, served, done, error. When the direct path goes
+quiet, the dialer redials the relay and restarts ICE over it: restarted (took_ms), the same
+connection goes on. When the direct connection dies, the dialer redials the relay and goes
+on pinging over whichever connection there is: direct_lost (after_ms: since the last
+answered ping on it), connected (relayed), upgraded again.
 exit status: 0 success, 1 a check failed or an error, 2 bad usage.";
 
 /// Parsed command line.
@@ -430,6 +432,7 @@ fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
             } => emit(json!({
                 "event": "upgraded",
                 "peer": peer.to_string(),
+                "direct_connection": direct_connection.to_string(),
                 "addr": addrs.get(direct_connection).map(|a| a.to_string()),
                 "ms": took.as_secs_f64() * 1000.0,
                 "phases_ms": {
@@ -486,6 +489,22 @@ fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
                 "peer": peer.to_string(),
                 "redials": redials,
                 "reason": reason,
+            })),
+            Event::Restarted {
+                peer,
+                direct_connection,
+                took,
+                ..
+            } => emit(json!({
+                "event": "restarted",
+                "peer": peer.to_string(),
+                "direct_connection": direct_connection.to_string(),
+                "took_ms": took.as_secs_f64() * 1000.0,
+            })),
+            Event::RestartFailed { peer, error, .. } => emit(json!({
+                "event": "restart_failed",
+                "peer": peer.to_string(),
+                "error": error.to_string(),
             })),
             _ => {}
         },
@@ -742,12 +761,15 @@ fn on_dial_event(
                 d.upgrade_gave_up = true;
             }
         }
-        // While falling back, the behaviour redials and reports when it gives up.
+        // Once upgraded, the behaviour's own dials (ICE restart, fallback) may fail: it
+        // reports what that means (`restart_failed`, `fallback_failed`).
         SwarmEvent::OutgoingConnectionError {
             peer_id: Some(p),
             error,
             ..
-        } if p == peer && !d.falling_back => bail!("dialing {target} failed: {error}"),
+        } if p == peer && !d.falling_back && d.direct.is_none() => {
+            bail!("dialing {target} failed: {error}")
+        }
         SwarmEvent::ConnectionClosed {
             peer_id,
             connection_id,
@@ -757,12 +779,30 @@ fn on_dial_event(
             && Some(connection_id) == d.checked
             && d.direct == Some(connection_id) =>
         {
-            // The direct connection died: the behaviour falls back (`direct_lost`), or says
-            // the fallback failed.
+            // The direct connection died: the behaviour falls back (`direct_lost`) to a
+            // relayed connection (one still open, or one it dials), or says the fallback
+            // failed.
             d.checked = None;
             d.direct = None;
-            d.relayed = None;
             d.falling_back = true;
+        }
+        SwarmEvent::Behaviour(PeerEvent::Webrtc(Event::DirectLost {
+            peer: p,
+            direct_connection,
+            ..
+        })) if p == peer && Some(direct_connection) == d.checked => {
+            // The behaviour declared the direct connection dead (and closes it).
+            d.checked = None;
+            d.direct = None;
+            d.falling_back = true;
+        }
+        SwarmEvent::ConnectionClosed {
+            peer_id,
+            connection_id,
+            ..
+        } if peer_id == peer && Some(connection_id) == d.relayed && d.direct.is_some() => {
+            // Drained after an upgrade or a restart: the next relayed connection is tracked.
+            d.relayed = None;
         }
         SwarmEvent::ConnectionClosed {
             peer_id,

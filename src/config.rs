@@ -194,6 +194,14 @@ pub struct Config {
     /// Delay before the second redial (the first is immediate), doubled for each further
     /// one. Default: 1 s.
     pub redial_backoff: Duration,
+    /// When the direct connection's path goes quiet (nothing received for
+    /// [`Config::ice_disconnected_timeout`]), the side that dialed the relayed connection
+    /// restarts ICE over a relayed connection (dialing the relayed address again if needed),
+    /// so that a path that changed (a new NAT mapping, a new local address) carries the same
+    /// connection and its streams. A restart that fails changes nothing; a path that stays
+    /// dead still falls back as [`Event::DirectLost`](crate::Event::DirectLost) says. At most
+    /// one restart runs per peer, bounded by [`Config::upgrade_timeout`]. Default: `true`.
+    pub ice_restart: bool,
 }
 
 impl Default for Config {
@@ -231,6 +239,7 @@ impl Default for Config {
             upgrade_round_backoff: Duration::from_secs(60),
             max_redials: 5,
             redial_backoff: Duration::from_secs(1),
+            ice_restart: true,
         }
     }
 }
@@ -297,6 +306,17 @@ impl Config {
     pub fn with_redials(mut self, max: u32, backoff: Duration) -> Self {
         self.max_redials = max;
         self.redial_backoff = backoff;
+        self
+    }
+
+    /// Sets [`Config::ice_restart`].
+    ///
+    /// ```
+    /// let config = libp2p_webrtc_signal::Config::default().with_ice_restart(false);
+    /// assert!(!config.ice_restart);
+    /// ```
+    pub fn with_ice_restart(mut self, enabled: bool) -> Self {
+        self.ice_restart = enabled;
         self
     }
 

@@ -111,6 +111,11 @@ impl Connection {
         this
     }
 
+    /// The peer connection (for ICE restarts).
+    pub(crate) fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
     /// Number of open streams.
     pub fn num_streams(&self) -> usize {
         self.slots.used()
@@ -542,10 +547,14 @@ mod restart_tests {
             assert!(x.ice_connected_at().is_some() && y.ice_connected_at().is_some());
 
             // The stream opened before the restart carries on, and new ones open.
-            s.write_all(b"after").await.expect("write after the restart");
+            s.write_all(b"after")
+                .await
+                .expect("write after the restart");
             s.close().await.expect("close");
             let mut rest = Vec::new();
-            r.read_to_end(&mut rest).await.expect("read after the restart");
+            r.read_to_end(&mut rest)
+                .await
+                .expect("read after the restart");
             assert_eq!(rest, b"after");
             let mut s2 = b.open().await;
             s2.write_all(b"new").await.expect("write on a new stream");
@@ -563,7 +572,9 @@ mod restart_tests {
         let b_peer = b.peer.clone();
         let _drivers = (common::Driver::new(a), common::Driver::new(b));
         // Someone else's offer, on the signaling stream of `a`'s relayed connection.
-        let mut stranger = Session::new(&config, SdpRole::Offerer).await.expect("session");
+        let mut stranger = Session::new(&config, SdpRole::Offerer)
+            .await
+            .expect("session");
         let offer = stranger.create_offer().await.expect("offer");
         let mut y = Session::restart(b_peer, SdpRole::Answerer, &config);
         let refused = y.accept_offer(&offer).await;

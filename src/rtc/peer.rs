@@ -179,6 +179,11 @@ impl WeakPeer {
     pub(crate) fn upgrade(&self) -> Option<Peer> {
         self.0.upgrade().map(|owner| Peer { owner })
     }
+
+    /// Whether some [`Peer`] clone still lives.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
+    }
 }
 
 impl std::fmt::Debug for WeakPeer {

@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
-use futures::FutureExt;
+use futures::stream::{BoxStream, SelectAll};
+use futures::{FutureExt, StreamExt};
 use libp2p_core::multiaddr::Multiaddr;
 use libp2p_core::transport::PortUse;
 use libp2p_core::{ConnectedPoint, Endpoint};
@@ -25,9 +26,10 @@ use libp2p_swarm::{
 };
 
 use super::exchange::Timings;
-use super::handler::{Command, Handler, Report};
+use super::handler::{Command, Handler, NodeShare, Paths, Report};
 use super::policy::{is_relayed, Action, Input, PeerPolicy};
 use super::transport::{listen_addr, Handoff};
+use crate::rtc::{PeerEvent, PeerState};
 use crate::slots::Slots;
 use crate::{Config, Connection, Error, SdpRole};
 
@@ -100,6 +102,29 @@ pub enum Event {
         /// Why the last one failed.
         reason: String,
     },
+    /// The direct connection's path went quiet and an ICE restart, signaled over a relayed
+    /// connection, found a working path again: the same direct connection, with its streams,
+    /// carries on ([`Config::ice_restart`]).
+    Restarted {
+        /// The remote peer.
+        peer: PeerId,
+        /// The direct connection that was restarted.
+        direct_connection: ConnectionId,
+        /// The relayed connection the restart was signaled over (drained and closed next).
+        relayed_connection: ConnectionId,
+        /// From the start of the restart until ICE had a working pair.
+        took: Duration,
+    },
+    /// An ICE restart failed (or the remote does not do restarts). The direct connection is
+    /// left as it is: it recovers by itself, or dies and falls back ([`Event::DirectLost`]).
+    RestartFailed {
+        /// The remote peer.
+        peer: PeerId,
+        /// The relayed connection the restart was signaled over.
+        relayed_connection: ConnectionId,
+        /// Why.
+        error: Error,
+    },
     /// A relayed connection to an upgraded peer was closed.
     RelayClosed {
         /// The remote peer.
@@ -128,6 +153,10 @@ pub struct Behaviour {
     redials: HashMap<ConnectionId, PeerId>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     events: VecDeque<ToSwarm<Event, Command>>,
+    /// The direct connection to each peer, for the handlers' ICE restarts.
+    paths: Paths,
+    /// What each direct connection's driver reports about its path.
+    path_events: SelectAll<BoxStream<'static, (PeerId, PeerEvent)>>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -157,6 +186,8 @@ impl Behaviour {
             redials: HashMap::new(),
             sleep: None,
             events: VecDeque::new(),
+            paths: Paths::default(),
+            path_events: SelectAll::new(),
         }
     }
 
@@ -196,15 +227,13 @@ impl Behaviour {
             .entry(peer)
             .or_insert_with(|| Slots::new(per_peer))
             .clone();
-        Handler::new(
-            relayed,
-            self.config.clone(),
-            self.local,
-            peer,
-            connection,
-            self.slots.clone(),
-            peer_slots,
-        )
+        let node = NodeShare {
+            config: self.config.clone(),
+            local: self.local,
+            slots: self.slots.clone(),
+            paths: self.paths.clone(),
+        };
+        Handler::new(node, relayed, peer, connection, peer_slots)
     }
 
     /// Feeds `input` to `peer`'s policy and carries out its actions. `direct` is the direct
@@ -250,6 +279,12 @@ impl Behaviour {
                         continue;
                     };
                     tracing::debug!(%peer, %relayed, %remote_addr, "handing the direct connection to the Swarm");
+                    let rtc = connection.peer();
+                    if let Ok(mut paths) = self.paths.lock() {
+                        paths.insert(peer, rtc.downgrade());
+                    }
+                    self.path_events
+                        .push(rtc.observe().map(move |e| (peer, e)).boxed());
                     if self
                         .handoffs
                         .unbounded_send(Handoff {
@@ -301,6 +336,11 @@ impl Behaviour {
 
     fn on_closed(&mut self, e: ConnectionClosed) {
         let direct = self.direct_ids.remove(&e.connection_id).is_some();
+        if direct {
+            if let Ok(mut paths) = self.paths.lock() {
+                paths.retain(|_, p| p.is_alive());
+            }
+        }
         if e.remaining_established == 0 {
             // Forget the shares no handler holds any more (this peer's, and any left by a
             // connection that was denied before it was established).
@@ -378,6 +418,11 @@ impl Behaviour {
                 None,
             ),
             Report::Superseded { .. } => (Input::Superseded { connection }, None),
+            Report::RestartStarted { .. } => (Input::RestartStarted { connection }, None),
+            Report::Restarted { took, .. } => (Input::Restarted { connection, took }, None),
+            Report::RestartFailed { error, .. } => {
+                (Input::RestartFailed { connection, error }, None)
+            }
         };
         self.input(peer, input, direct);
     }
@@ -472,6 +517,17 @@ impl NetworkBehaviour for Behaviour {
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Poll::Ready(event);
+            }
+            if let Poll::Ready(Some((peer, event))) = self.path_events.poll_next_unpin(cx) {
+                let input = match event {
+                    PeerEvent::State(PeerState::Disconnected) => Input::PathDown,
+                    PeerEvent::IceConnected(_) => Input::PathUp,
+                    _ => continue,
+                };
+                if self.peers.get(&peer).is_some_and(PeerPolicy::is_upgraded) {
+                    self.input(peer, input, None);
+                }
+                continue;
             }
             let Some(next) = self.tick(Instant::now()) else {
                 self.sleep = None;

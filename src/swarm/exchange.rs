@@ -8,6 +8,7 @@ use futures::{SinkExt, StreamExt};
 use libp2p_swarm::Stream;
 
 use super::protocol::{framed, Signal, SignalingStream};
+use crate::rtc::Peer;
 use crate::{Config, Connection, Error, SdpRole, Session, SessionEvent};
 
 /// Where the exchange stands.
@@ -175,6 +176,29 @@ async fn run_inner(
         ..Timings::default()
     };
     Ok((connection, timings))
+}
+
+/// Runs an ICE restart of `peer`, a connected direct connection, on a negotiated restart
+/// stream: the same exchange as an upgrade, with [`Session::restart`]. Returns how long it
+/// took until ICE had a working pair again. Bounded by [`Config::upgrade_timeout`].
+pub(crate) async fn restart(
+    stream: Stream,
+    role: SdpRole,
+    peer: Peer,
+    config: Arc<Config>,
+) -> Result<std::time::Duration, Error> {
+    let started = std::time::Instant::now();
+    let run = async {
+        let mut framed = framed(stream, config.max_signaling_message_size);
+        let mut session = Session::restart(peer, role, &config);
+        exchange(&mut framed, &mut session, role, &mut Counters::default()).await?;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), framed.close()).await;
+        Ok(started.elapsed())
+    };
+    match tokio::time::timeout(config.upgrade_timeout, run).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout),
+    }
 }
 
 async fn send(

@@ -18,7 +18,8 @@ use libp2p_swarm::{
 use tracing::Instrument;
 
 use super::exchange::{self, Timings};
-use super::protocol::Upgrade;
+use super::protocol::{Upgrade, RESTART_PROTOCOL_NAME};
+use crate::rtc::WeakPeer;
 use crate::slots::{Slot, Slots};
 use crate::{Config, Connection, Error, SdpRole};
 
@@ -36,6 +37,9 @@ pub enum Command {
     Idle,
     /// Keep the connection alive for upgrades again (after a fallback to the relay).
     Resume,
+    /// Restart ICE on the direct connection to this peer, as the offerer, over this relayed
+    /// connection (its path went quiet).
+    Restart,
 }
 
 /// From a handler to the behaviour.
@@ -73,7 +77,32 @@ pub enum Report {
         /// The attempt number.
         attempt: u32,
     },
+    /// An ICE restart of the direct connection started (for the answerer: a restart stream
+    /// arrived).
+    RestartStarted {
+        /// Our role in it.
+        role: SdpRole,
+    },
+    /// ICE works again on the direct connection.
+    Restarted {
+        /// Our role.
+        role: SdpRole,
+        /// From the start of the restart until ICE had a working pair.
+        took: Duration,
+    },
+    /// The ICE restart failed (the direct connection may still recover, or die).
+    RestartFailed {
+        /// Our role.
+        role: SdpRole,
+        /// Why.
+        error: Error,
+    },
 }
+
+/// The direct connection to each peer, for ICE restarts: written by the behaviour when a
+/// direct connection is established or closed, read by the handlers of relayed connections.
+/// It does not keep a peer connection open.
+pub(crate) type Paths = Arc<std::sync::Mutex<std::collections::HashMap<PeerId, WeakPeer>>>;
 
 /// An outbound signaling stream request: a fresh id, so a stream that was asked for by an
 /// aborted attempt is recognised when it arrives.
@@ -81,14 +110,22 @@ pub enum Report {
 pub struct Request {
     id: u64,
     attempt: u32,
+    restart: bool,
+}
+
+/// What a running exchange produced.
+enum Outcome {
+    Upgraded(Box<Connection>, Timings),
+    Restarted(Duration),
 }
 
 struct Running {
     role: SdpRole,
     attempt: u32,
+    restart: bool,
     /// How long opening the signaling stream took (offerer).
     stream: Duration,
-    future: BoxFuture<'static, Result<(Connection, Timings), Error>>,
+    future: BoxFuture<'static, Result<Outcome, Error>>,
     /// Permits of the node's and the peer's upgrade limits.
     _slots: (Slot, Slot),
 }
@@ -104,8 +141,10 @@ pub struct Handler {
     /// The remote peer's share of the upgrade slots ([`Config::max_concurrent_upgrades_per_peer`]).
     peer_slots: Arc<Slots>,
     keep_alive: bool,
-    /// An outbound signaling stream to request, for this attempt.
-    to_open: Option<u32>,
+    /// The direct connections to restart.
+    paths: Paths,
+    /// An outbound signaling stream to request, for this attempt (`true`: a restart).
+    to_open: Option<(u32, bool)>,
     /// An outbound signaling stream requested, for this attempt.
     opening: Option<Request>,
     /// The id of the next outbound signaling stream request.
@@ -131,16 +170,30 @@ impl std::fmt::Debug for Handler {
     }
 }
 
+/// What every handler of a node shares.
+#[derive(Clone)]
+pub(crate) struct NodeShare {
+    pub(crate) config: Arc<Config>,
+    pub(crate) local: PeerId,
+    /// The node's upgrade slots ([`Config::max_concurrent_upgrades`]).
+    pub(crate) slots: Arc<Slots>,
+    pub(crate) paths: Paths,
+}
+
 impl Handler {
     pub(crate) fn new(
+        node: NodeShare,
         relayed: bool,
-        config: Arc<Config>,
-        local: PeerId,
         remote: PeerId,
         connection: ConnectionId,
-        slots: Arc<Slots>,
         peer_slots: Arc<Slots>,
     ) -> Self {
+        let NodeShare {
+            config,
+            local,
+            slots,
+            paths,
+        } = node;
         Self {
             relayed,
             config,
@@ -149,6 +202,7 @@ impl Handler {
             connection,
             slots,
             peer_slots,
+            paths,
             keep_alive: relayed,
             to_open: None,
             opening: None,
@@ -166,13 +220,16 @@ impl Handler {
         }
     }
 
+    /// Takes a permit of the peer's and of the node's upgrade limits, if both have one free.
+    fn slots(&self) -> Option<(Slot, Slot)> {
+        self.peer_slots
+            .try_acquire()
+            .and_then(|peer| Some((self.slots.try_acquire()?, peer)))
+    }
+
     /// Starts an attempt on a negotiated stream, if a slot is free.
     fn start(&mut self, stream: libp2p_swarm::Stream, role: SdpRole, attempt: u32) {
-        let slots = self
-            .peer_slots
-            .try_acquire()
-            .and_then(|peer| Some((self.slots.try_acquire()?, peer)));
-        let Some(slots) = slots else {
+        let Some(slots) = self.slots() else {
             tracing::debug!(peer = %self.remote, "refusing upgrade: too many running");
             self.reports.push_back(Report::Failed {
                 role,
@@ -189,6 +246,7 @@ impl Handler {
             attempt
         );
         let future = exchange::run(stream, role, self.config.clone())
+            .map(|r| r.map(|(c, t)| Outcome::Upgraded(Box::new(c), t)))
             .instrument(span)
             .boxed();
         self.reports.push_back(Report::Started { role, attempt });
@@ -199,7 +257,46 @@ impl Handler {
         self.running = Some(Running {
             role,
             attempt,
+            restart: false,
             stream: stream_time.unwrap_or_default(),
+            future,
+            _slots: slots,
+        });
+    }
+
+    /// Starts an ICE restart of the direct connection to the remote on a negotiated stream.
+    fn start_restart(&mut self, stream: libp2p_swarm::Stream, role: SdpRole) {
+        let peer = self
+            .paths
+            .lock()
+            .ok()
+            .and_then(|paths| paths.get(&self.remote).and_then(WeakPeer::upgrade));
+        let (Some(peer), Some(slots)) = (peer, self.slots()) else {
+            tracing::debug!(peer = %self.remote, ?role, "no direct connection to restart, or no slot");
+            if role == SdpRole::Offerer {
+                self.reports.push_back(Report::RestartFailed {
+                    role,
+                    error: Error::Closed,
+                });
+            }
+            return;
+        };
+        let span = tracing::debug_span!(
+            "webrtc_restart",
+            peer = %self.remote,
+            connection = %self.connection,
+            ?role
+        );
+        let future = exchange::restart(stream, role, peer, self.config.clone())
+            .map(|r| r.map(Outcome::Restarted))
+            .instrument(span)
+            .boxed();
+        self.reports.push_back(Report::RestartStarted { role });
+        self.running = Some(Running {
+            role,
+            attempt: 1,
+            restart: true,
+            stream: Duration::ZERO,
             future,
             _slots: slots,
         });
@@ -220,7 +317,7 @@ impl ConnectionHandler for Handler {
     type OutboundOpenInfo = Request;
 
     fn listen_protocol(&self) -> SubstreamProtocol<Upgrade, ()> {
-        SubstreamProtocol::new(Upgrade, ()).with_timeout(Duration::from_secs(10))
+        SubstreamProtocol::new(Upgrade::Any, ()).with_timeout(Duration::from_secs(10))
     }
 
     fn connection_keep_alive(&self) -> bool {
@@ -238,15 +335,21 @@ impl ConnectionHandler for Handler {
         if let Some(report) = self.reports.pop_front() {
             return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(report));
         }
-        if let Some(attempt) = self.to_open.take() {
+        if let Some((attempt, restart)) = self.to_open.take() {
             let request = Request {
                 id: self.next_request,
                 attempt,
+                restart,
             };
             self.next_request += 1;
             self.opening = Some(request);
+            let upgrade = if restart {
+                Upgrade::Restart
+            } else {
+                Upgrade::Offer
+            };
             return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
-                protocol: SubstreamProtocol::new(Upgrade, request)
+                protocol: SubstreamProtocol::new(upgrade, request)
                     .with_timeout(Duration::from_secs(10)),
             });
         }
@@ -256,8 +359,8 @@ impl ConnectionHandler for Handler {
                 Poll::Ready(result) => {
                     let (role, attempt) = (running.role, running.attempt);
                     let report = match result {
-                        Ok((connection, timings)) => Report::Upgraded {
-                            connection: Box::new(connection),
+                        Ok(Outcome::Upgraded(connection, timings)) => Report::Upgraded {
+                            connection,
                             role,
                             attempt,
                             timings: Timings {
@@ -265,6 +368,8 @@ impl ConnectionHandler for Handler {
                                 ..timings
                             },
                         },
+                        Ok(Outcome::Restarted(took)) => Report::Restarted { role, took },
+                        Err(error) if running.restart => Report::RestartFailed { role, error },
                         Err(error) => Report::Failed {
                             role,
                             attempt,
@@ -284,7 +389,14 @@ impl ConnectionHandler for Handler {
             Command::Start { attempt } => {
                 self.keep_alive = true;
                 if self.running.is_none() && self.opening.is_none() {
-                    self.to_open = Some(attempt);
+                    self.to_open = Some((attempt, false));
+                    self.open_started = Some(Instant::now());
+                }
+            }
+            Command::Restart => {
+                self.keep_alive = true;
+                if self.running.is_none() && self.opening.is_none() {
+                    self.to_open = Some((1, true));
                     self.open_started = Some(Instant::now());
                 }
             }
@@ -304,7 +416,7 @@ impl ConnectionHandler for Handler {
     fn on_connection_event(&mut self, event: ConnectionEvent<Upgrade, Upgrade, (), Request>) {
         match event {
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
-                protocol: stream,
+                protocol: (stream, _),
                 info: request,
             }) => {
                 if self.opening != Some(request) {
@@ -318,14 +430,29 @@ impl ConnectionHandler for Handler {
                     // The remote's offer got here first and won the tie-break.
                     return;
                 }
-                self.start(stream, SdpRole::Offerer, attempt);
+                if request.restart {
+                    self.start_restart(stream, SdpRole::Offerer);
+                } else {
+                    self.start(stream, SdpRole::Offerer, attempt);
+                }
             }
             ConnectionEvent::FullyNegotiatedInbound(FullyNegotiatedInbound {
-                protocol: stream,
+                protocol: (stream, protocol),
                 ..
             }) => {
                 if !self.relayed {
                     return;
+                }
+                if protocol == RESTART_PROTOCOL_NAME {
+                    // Only the side that dialed the relayed connection offers a restart; one
+                    // exchange at a time.
+                    if self.running.is_none() && self.opening.is_none() {
+                        self.start_restart(stream, SdpRole::Answerer);
+                    }
+                    return;
+                }
+                if self.running.as_ref().is_some_and(|r| r.restart) {
+                    return; // A restart runs here.
                 }
                 let offering = self
                     .running
@@ -360,10 +487,15 @@ impl ConnectionHandler for Handler {
                     StreamUpgradeError::Apply(never) => match never {},
                     StreamUpgradeError::Io(e) => Error::Signaling(e.to_string()),
                 };
-                self.reports.push_back(Report::Failed {
-                    role: SdpRole::Offerer,
-                    attempt: info.attempt,
-                    error,
+                let role = SdpRole::Offerer;
+                self.reports.push_back(if info.restart {
+                    Report::RestartFailed { role, error }
+                } else {
+                    Report::Failed {
+                        role,
+                        attempt: info.attempt,
+                        error,
+                    }
                 });
             }
             _ => {}
@@ -378,13 +510,17 @@ mod tests {
     use futures::task::noop_waker_ref;
 
     fn relayed_handler() -> Handler {
+        let node = NodeShare {
+            config: Arc::new(Config::default()),
+            local: PeerId::random(),
+            slots: Slots::new(4),
+            paths: Paths::default(),
+        };
         Handler::new(
+            node,
             true,
-            Arc::new(Config::default()),
-            PeerId::random(),
             PeerId::random(),
             ConnectionId::new_unchecked(1),
-            Slots::new(4),
             Slots::new(2),
         )
     }
@@ -443,5 +579,25 @@ mod tests {
             }) => {}
             other => panic!("expected attempt 2 to fail as unsupported, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_remote_without_restarts_fails_the_restart_not_the_connection() {
+        let mut handler = relayed_handler();
+        handler.on_behaviour_event(Command::Restart);
+        let request = requested(&mut handler).expect("a restart stream request");
+        assert!(request.restart);
+        // js-libp2p, for one, does not know the restart protocol.
+        handler.on_connection_event(refused(request));
+        match reported(&mut handler) {
+            Some(Report::RestartFailed {
+                role: SdpRole::Offerer,
+                error: Error::Unsupported,
+            }) => {}
+            other => panic!("expected the restart to fail as unsupported, got {other:?}"),
+        }
+        // Upgrades on this connection are not affected.
+        handler.on_behaviour_event(Command::Start { attempt: 1 });
+        assert!(!requested(&mut handler).expect("an upgrade request").restart);
     }
 }

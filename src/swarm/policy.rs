@@ -105,6 +105,22 @@ pub(crate) enum Input {
     },
     /// A handler dropped its offer for the remote's (glare on one connection).
     Superseded { connection: ConnectionId },
+    /// Nothing arrived on the direct connection's path for `ice_disconnected_timeout`.
+    PathDown,
+    /// ICE works again on the direct connection's path.
+    PathUp,
+    /// A handler started an ICE restart of the direct connection on a relayed connection.
+    RestartStarted { connection: ConnectionId },
+    /// The ICE restart on `connection` succeeded.
+    Restarted {
+        connection: ConnectionId,
+        took: Duration,
+    },
+    /// The ICE restart on `connection` failed.
+    RestartFailed {
+        connection: ConnectionId,
+        error: Error,
+    },
     /// Time passed: fire the timers that are due.
     Tick,
 }
@@ -177,6 +193,10 @@ enum Timer {
     Round { connection: ConnectionId },
     /// Redial the relayed address.
     Redial,
+    /// The direct connection's path went quiet `ice_failed_timeout` ago: if it is still
+    /// quiet, the connection is dead (an ICE restart would otherwise push webrtc-rs's own
+    /// verdict further out).
+    PathDead,
 }
 
 impl Timer {
@@ -185,7 +205,7 @@ impl Timer {
             Timer::Retry { connection, .. }
             | Timer::Drain { connection }
             | Timer::Round { connection } => Some(*connection),
-            Timer::Redial => None,
+            Timer::Redial | Timer::PathDead => None,
         }
     }
 }
@@ -207,6 +227,12 @@ pub(crate) struct PeerPolicy {
     redials: Option<u32>,
     /// Rounds of attempts that failed since the last upgrade.
     failed_rounds: u32,
+    /// The direct connection's path went quiet and has not come back yet.
+    path_down: bool,
+    /// The relayed connection an ICE restart of the direct connection runs on.
+    restart: Option<ConnectionId>,
+    /// The relayed address is being dialed for an ICE restart.
+    restart_dial: bool,
 }
 
 impl PeerPolicy {
@@ -223,6 +249,9 @@ impl PeerPolicy {
             redial_addr: None,
             redials: None,
             failed_rounds: 0,
+            path_down: false,
+            restart: None,
+            restart_dial: false,
         }
     }
 
@@ -244,6 +273,7 @@ impl PeerPolicy {
             && self.attempt.is_none()
             && self.timers.is_empty()
             && self.redials.is_none()
+            && !self.restart_dial
     }
 
     /// When [`Input::Tick`] is due next.
@@ -328,6 +358,41 @@ impl PeerPolicy {
                 error,
             } => self.on_failed(now, connection, role, attempt, error, &mut out),
             Input::Superseded { connection } => self.clear_attempt(connection),
+            Input::PathDown => self.on_path_down(now, &mut out),
+            Input::PathUp => self.path_up(),
+            Input::RestartStarted { connection } => {
+                // Keep the relayed connection while the restart runs (the answerer learns of
+                // it here).
+                self.restart = Some(connection);
+                self.timers
+                    .retain(|(_, t)| *t != Timer::Drain { connection });
+                out.push(Action::Command {
+                    connection,
+                    command: Command::Resume,
+                });
+            }
+            Input::Restarted { connection, took } => {
+                self.end_restart(now, connection, &mut out);
+                self.path_up();
+                if let Some(direct) = self.direct.last() {
+                    tracing::debug!(peer = %self.peer, %connection, ?took, "ICE restarted");
+                    out.push(Action::Emit(Event::Restarted {
+                        peer: self.peer,
+                        direct_connection: direct.connection,
+                        relayed_connection: connection,
+                        took,
+                    }));
+                }
+            }
+            Input::RestartFailed { connection, error } => {
+                self.end_restart(now, connection, &mut out);
+                tracing::debug!(peer = %self.peer, %connection, "ICE restart failed: {error}");
+                out.push(Action::Emit(Event::RestartFailed {
+                    peer: self.peer,
+                    relayed_connection: connection,
+                    error,
+                }));
+            }
             Input::Tick => {
                 while let Some(i) = self.timers.iter().position(|(at, _)| *at <= now) {
                     let (_, timer) = self.timers.swap_remove(i);
@@ -348,6 +413,7 @@ impl PeerPolicy {
     ) {
         let explicit = dialer && is_explicit(&addr);
         let upgraded = self.is_upgraded();
+        let for_restart = dialer && std::mem::take(&mut self.restart_dial);
         if dialer {
             self.redial_addr = Some(addr.clone());
             self.redials = None;
@@ -361,7 +427,13 @@ impl PeerPolicy {
                 draining: upgraded,
             },
         );
-        if upgraded {
+        if upgraded && for_restart && self.path_down && self.restart.is_none() {
+            self.restart = Some(connection);
+            out.push(Action::Command {
+                connection,
+                command: Command::Restart,
+            });
+        } else if upgraded {
             self.drain(now, connection, out);
         } else if dialer && (self.config.auto_upgrade || explicit) {
             self.start(connection, 1, out);
@@ -451,6 +523,9 @@ impl PeerPolicy {
         let Some(r) = self.relayed.remove(&connection) else {
             return;
         };
+        if self.restart == Some(connection) {
+            self.restart = None;
+        }
         self.timers
             .retain(|(_, t)| t.connection() != Some(connection));
         if let Some(a) = self.attempt.filter(|a| a.connection == connection) {
@@ -569,6 +644,15 @@ impl PeerPolicy {
     /// being drained are kept and upgraded again; without one, the side that dialed the
     /// relayed connection dials it again.
     fn fall_back(&mut self, connection: ConnectionId, reason: String, out: &mut Vec<Action>) {
+        self.path_up();
+        if let Some(restart) = self.restart.take() {
+            // Too late: the connection to restart is gone. The relayed connection is upgraded
+            // instead.
+            out.push(Action::Command {
+                connection: restart,
+                command: Command::Abort,
+            });
+        }
         let kept: Vec<ConnectionId> = self
             .relayed
             .iter_mut()
@@ -579,6 +663,8 @@ impl PeerPolicy {
             .collect();
         self.timers
             .retain(|(_, t)| !matches!(t, Timer::Drain { .. }));
+        // A dial made for a restart counts as the first redial.
+        let dialing = std::mem::take(&mut self.restart_dial);
         let will_redial = kept.is_empty() && self.redial_addr.is_some();
         tracing::debug!(peer = %self.peer, %connection, will_redial, "direct connection lost: {reason}");
         out.push(Action::Emit(Event::DirectLost {
@@ -596,8 +682,58 @@ impl PeerPolicy {
                 self.start(relayed, 1, out);
             }
         }
-        if will_redial {
+        if will_redial && dialing {
+            self.redials = Some(1);
+        } else if will_redial {
             self.redial(out);
+        }
+    }
+
+    /// The direct connection's path went quiet: if this side dialed the relayed connection,
+    /// restart ICE over a relayed connection, dialing one if there is none.
+    fn on_path_down(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if !self.is_upgraded() || self.path_down {
+            return;
+        }
+        self.path_down = true;
+        self.timers
+            .push((now + self.config.ice_failed_timeout, Timer::PathDead));
+        if !self.config.ice_restart || self.restart.is_some() || self.restart_dial {
+            return;
+        }
+        let ours = self
+            .relayed
+            .iter()
+            .find(|(_, r)| r.dialer)
+            .map(|(id, _)| *id);
+        if let Some(connection) = ours {
+            self.restart = Some(connection);
+            self.timers
+                .retain(|(_, t)| *t != Timer::Drain { connection });
+            out.push(Action::Command {
+                connection,
+                command: Command::Restart,
+            });
+        } else if let Some(addr) = self.redial_addr.clone() {
+            tracing::debug!(peer = %self.peer, "direct path quiet: dialing the relay to restart ICE");
+            self.restart_dial = true;
+            out.push(Action::Dial { addr });
+        }
+    }
+
+    /// The direct connection's path works (again), or the connection is gone.
+    fn path_up(&mut self) {
+        self.path_down = false;
+        self.timers.retain(|(_, t)| *t != Timer::PathDead);
+    }
+
+    /// The restart on `connection` ended: the relayed connection is drained again.
+    fn end_restart(&mut self, now: Instant, connection: ConnectionId, out: &mut Vec<Action>) {
+        if self.restart == Some(connection) {
+            self.restart = None;
+        }
+        if self.is_upgraded() && self.relayed.contains_key(&connection) {
+            self.drain(now, connection, out);
         }
     }
 
@@ -611,6 +747,11 @@ impl PeerPolicy {
     }
 
     fn on_redial_failed(&mut self, now: Instant, reason: String, out: &mut Vec<Action>) {
+        if std::mem::take(&mut self.restart_dial) {
+            // No restart; if the path dies, the fallback dials again.
+            tracing::debug!(peer = %self.peer, "dialing the relay to restart ICE failed: {reason}");
+            return;
+        }
         let Some(made) = self.redials else {
             return;
         };
@@ -653,6 +794,16 @@ impl PeerPolicy {
             Timer::Redial => {
                 if self.redials.is_some() && self.relayed.is_empty() && self.direct.is_empty() {
                     self.redial(out);
+                }
+            }
+            Timer::PathDead => {
+                if self.path_down && self.direct.len() == 1 {
+                    let dead = self.direct.remove(0).connection;
+                    out.push(Action::Close { connection: dead });
+                    let timeout =
+                        self.config.ice_disconnected_timeout + self.config.ice_failed_timeout;
+                    let reason = format!("nothing received on the direct path for {timeout:?}");
+                    self.fall_back(dead, reason, out);
                 }
             }
         }
@@ -1295,5 +1446,173 @@ mod tests {
         assert_eq!(failures(&out), [(1, false)]);
         assert_eq!(commands(&out), [(conn(1), "Idle".into())]);
         assert_eq!(f.policy.next_deadline(), None);
+    }
+
+    fn restarted(out: &[Action]) -> Option<(ConnectionId, ConnectionId)> {
+        out.iter().find_map(|a| match a {
+            Action::Emit(Event::Restarted {
+                direct_connection,
+                relayed_connection,
+                ..
+            }) => Some((*direct_connection, *relayed_connection)),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn a_quiet_path_is_restarted_over_a_redialed_relay() {
+        let mut f = upgraded_and_drained(Config::default(), true);
+        let out = f.input(Input::PathDown);
+        assert_eq!(dials(&out), 1, "the dialer dials the relay to restart ICE");
+        assert_eq!(lost(&out), None, "nothing is lost yet");
+        assert!(!f.policy.is_idle());
+        // A second report of the same quiet path changes nothing.
+        assert!(f.input(Input::PathDown).is_empty());
+        let out = f.relay(conn(2), true);
+        assert_eq!(commands(&out), [(conn(2), "Restart".into())]);
+        // The one timer: the path's deadline, not a drain.
+        assert_eq!(
+            f.policy.next_deadline(),
+            Some(f.now + Config::default().ice_failed_timeout)
+        );
+        f.input(Input::RestartStarted {
+            connection: conn(2),
+        });
+        let out = f.input(Input::Restarted {
+            connection: conn(2),
+            took: Duration::from_millis(300),
+        });
+        assert_eq!(restarted(&out), Some((conn(10), conn(2))));
+        assert_eq!(commands(&out), [(conn(2), "Idle".into())]);
+        // The relayed connection is drained and closed as after an upgrade.
+        assert_eq!(closes(&f.advance()), [conn(2)]);
+        assert!(f.policy.is_upgraded());
+    }
+
+    #[test]
+    fn a_path_that_comes_back_before_the_relay_needs_no_restart() {
+        let mut f = upgraded_and_drained(Config::default(), true);
+        assert_eq!(dials(&f.input(Input::PathDown)), 1);
+        f.input(Input::PathUp);
+        let out = f.relay(conn(2), true);
+        assert_eq!(
+            commands(&out),
+            [(conn(2), "Idle".into())],
+            "drained at once"
+        );
+        assert_eq!(closes(&f.advance()), [conn(2)]);
+    }
+
+    #[test]
+    fn a_path_that_dies_during_the_restart_dial_falls_back_without_a_second_dial() {
+        let mut f = upgraded_and_drained(Config::default(), true);
+        assert_eq!(dials(&f.input(Input::PathDown)), 1);
+        let out = f.input(died(conn(10)));
+        assert_eq!(lost(&out), Some(true));
+        assert_eq!(dials(&out), 0, "the restart's dial is the redial");
+        // The relayed connection it makes is upgraded.
+        let out = f.relay(conn(2), true);
+        assert_eq!(commands(&out), [(conn(2), "Start { attempt: 1 }".into())]);
+    }
+
+    #[test]
+    fn a_path_that_dies_during_the_restart_is_upgraded_again() {
+        let mut f = upgraded_and_drained(Config::default(), true);
+        f.input(Input::PathDown);
+        f.relay(conn(2), true);
+        let out = f.input(died(conn(10)));
+        assert_eq!(lost(&out), Some(false), "a relayed connection is there");
+        assert_eq!(
+            commands(&out),
+            [
+                (conn(2), "Abort".into()),
+                (conn(2), "Resume".into()),
+                (conn(2), "Start { attempt: 1 }".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_failed_restart_drains_the_relay_and_keeps_the_direct_connection() {
+        let mut f = upgraded_and_drained(Config::default(), true);
+        f.input(Input::PathDown);
+        f.relay(conn(2), true);
+        let out = f.input(Input::RestartFailed {
+            connection: conn(2),
+            error: Error::Unsupported,
+        });
+        assert!(out
+            .iter()
+            .any(|a| matches!(a, Action::Emit(Event::RestartFailed { .. }))));
+        assert_eq!(commands(&out), [(conn(2), "Idle".into())]);
+        assert!(f.policy.is_upgraded());
+        // If the path then dies, the relayed connection (still draining) is upgraded.
+        let out = f.input(died(conn(10)));
+        assert_eq!(dials(&out), 0);
+        assert!(commands(&out).contains(&(conn(2), "Start { attempt: 1 }".into())));
+    }
+
+    #[test]
+    fn the_answering_side_keeps_the_relay_while_a_restart_runs() {
+        let mut f = upgraded_and_drained(Config::default(), false);
+        // The listener's own view of the quiet path: it cannot dial, it waits.
+        assert!(f.input(Input::PathDown).is_empty());
+        // The remote redials; the new relayed connection is drained, until a restart starts.
+        let out = f.relay(conn(2), false);
+        assert_eq!(commands(&out), [(conn(2), "Idle".into())]);
+        let out = f.input(Input::RestartStarted {
+            connection: conn(2),
+        });
+        assert_eq!(commands(&out), [(conn(2), "Resume".into())]);
+        assert_eq!(
+            f.policy.next_deadline(),
+            Some(f.now + Config::default().ice_failed_timeout),
+            "the drain timer is off; the path's deadline runs"
+        );
+        let out = f.input(Input::Restarted {
+            connection: conn(2),
+            took: Duration::from_millis(200),
+        });
+        assert_eq!(restarted(&out), Some((conn(10), conn(2))));
+        assert_eq!(closes(&f.advance()), [conn(2)]);
+    }
+
+    #[test]
+    fn no_restart_when_disabled_or_when_the_restart_dial_fails() {
+        let mut f = upgraded_and_drained(Config::default().with_ice_restart(false), true);
+        assert!(f.input(Input::PathDown).is_empty());
+        let mut f = upgraded_and_drained(Config::default(), true);
+        assert_eq!(dials(&f.input(Input::PathDown)), 1);
+        let out = f.input(Input::RedialFailed {
+            reason: "no route".into(),
+        });
+        assert!(
+            out.is_empty(),
+            "no fallback event for a restart's dial: {out:?}"
+        );
+        assert!(f.policy.is_upgraded());
+    }
+
+    #[test]
+    fn a_restart_that_does_not_finish_in_time_falls_back_on_time() {
+        let mut f = upgraded_and_drained(Config::default(), true);
+        let down = f.now;
+        f.input(Input::PathDown);
+        f.relay(conn(2), true);
+        // Nothing comes back: the restart runs, and ICE's own verdict is pushed out by it.
+        let out = f.advance();
+        assert_eq!(f.now - down, Config::default().ice_failed_timeout);
+        assert_eq!(closes(&out), [conn(10)]);
+        assert_eq!(lost(&out), Some(false));
+        assert_eq!(
+            commands(&out),
+            [
+                (conn(2), "Abort".into()),
+                (conn(2), "Resume".into()),
+                (conn(2), "Start { attempt: 1 }".into())
+            ]
+        );
+        // The close that follows is not a second loss.
+        assert!(f.input(died(conn(10))).is_empty());
     }
 }

@@ -5,7 +5,6 @@
 //! `RTCIceCandidateInit` (missing, `""` or `"null"` data: end of candidates).
 
 use std::convert::Infallible;
-use std::iter;
 
 use asynchronous_codec::Framed;
 use futures::future::{ready, Ready};
@@ -21,36 +20,55 @@ pub const PROTOCOL_NAME: StreamProtocol = StreamProtocol::new("/webrtc-signal/1.
 /// second.
 pub const SPEC_PROTOCOL_NAME: StreamProtocol = StreamProtocol::new("/webrtc-signaling/0.0.1");
 
-/// Negotiates one of the two signaling protocol ids on a stream.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Upgrade;
+/// The ICE restart of a direct connection that lives on: the same messages, on a relayed
+/// connection between the same two peers (see [`crate::Event::Restarted`]). A separate id, so
+/// a peer without restarts (js-libp2p) refuses it in the negotiation.
+pub const RESTART_PROTOCOL_NAME: StreamProtocol =
+    StreamProtocol::new("/webrtc-signal/restart/1.0.0");
+
+/// What a signaling stream is negotiated for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Upgrade {
+    /// Inbound: any of the ids; the negotiated one says what the remote wants.
+    #[default]
+    Any,
+    /// Outbound: an upgrade's offer (this crate's id, then the spec's).
+    Offer,
+    /// Outbound: the ICE restart of a direct connection.
+    Restart,
+}
 
 impl UpgradeInfo for Upgrade {
     type Info = StreamProtocol;
-    type InfoIter = iter::Chain<iter::Once<StreamProtocol>, iter::Once<StreamProtocol>>;
+    type InfoIter = std::vec::IntoIter<StreamProtocol>;
 
     fn protocol_info(&self) -> Self::InfoIter {
-        iter::once(PROTOCOL_NAME).chain(iter::once(SPEC_PROTOCOL_NAME))
+        match self {
+            Upgrade::Any => vec![PROTOCOL_NAME, SPEC_PROTOCOL_NAME, RESTART_PROTOCOL_NAME],
+            Upgrade::Offer => vec![PROTOCOL_NAME, SPEC_PROTOCOL_NAME],
+            Upgrade::Restart => vec![RESTART_PROTOCOL_NAME],
+        }
+        .into_iter()
     }
 }
 
 impl InboundUpgrade<Stream> for Upgrade {
-    type Output = Stream;
+    type Output = (Stream, StreamProtocol);
     type Error = Infallible;
-    type Future = Ready<Result<Stream, Infallible>>;
+    type Future = Ready<Result<Self::Output, Infallible>>;
 
-    fn upgrade_inbound(self, stream: Stream, _: StreamProtocol) -> Self::Future {
-        ready(Ok(stream))
+    fn upgrade_inbound(self, stream: Stream, protocol: StreamProtocol) -> Self::Future {
+        ready(Ok((stream, protocol)))
     }
 }
 
 impl OutboundUpgrade<Stream> for Upgrade {
-    type Output = Stream;
+    type Output = (Stream, StreamProtocol);
     type Error = Infallible;
-    type Future = Ready<Result<Stream, Infallible>>;
+    type Future = Ready<Result<Self::Output, Infallible>>;
 
-    fn upgrade_outbound(self, stream: Stream, _: StreamProtocol) -> Self::Future {
-        ready(Ok(stream))
+    fn upgrade_outbound(self, stream: Stream, protocol: StreamProtocol) -> Self::Future {
+        ready(Ok((stream, protocol)))
     }
 }
 
