@@ -362,6 +362,16 @@ async fn vanished_remote_is_detected_within_the_ice_timeouts() {
     );
     // disconnected (1 s) + failed (2 s), with generous slack for a loaded machine.
     assert!(took < Duration::from_secs(20), "took {took:?}");
+    // The stream that was open on it fails cleanly: no data, no hang.
+    let mut buf = [0u8; 8];
+    let read = within(s.read(&mut buf)).await;
+    assert!(!matches!(read, Ok(n) if n > 0), "{read:?}");
+    let write = within(async {
+        s.write_all(b"more").await?;
+        s.flush().await
+    })
+    .await;
+    assert!(write.is_err(), "a write on a dead connection succeeded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

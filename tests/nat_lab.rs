@@ -1024,13 +1024,13 @@ fn a_flushed_nat_mapping_keeps_the_peer_reachable() {
     );
 }
 
-/// The listener's NAT starts mapping UDP to other ports (a NAT reboot, a new mapping after a
+/// A home router starts mapping UDP to other ports (a NAT reboot, a new mapping after a
 /// timeout, a carrier NAT): packets to the old mapping go nowhere, while the peers can still
-/// reach each other. The dialer sees its path go quiet, redials the relay and restarts ICE
-/// over it: the same direct connection carries on, no ping fails, nothing falls back.
-/// (Before ICE restarts: the direct connection died after 5 s and was replaced.)
-#[test]
-fn a_changed_nat_mapping_is_restarted_in_place() {
+/// reach each other. The dialer sees its path go quiet (whichever side's NAT changed),
+/// redials the relay and restarts ICE over it: the same direct connection carries on, no ping
+/// fails, nothing falls back. (Before ICE restarts: the direct connection died after 5 s and
+/// was replaced.)
+fn a_changed_nat_mapping_is_restarted(router: &str) {
     let Some(_lab) = lab_lock() else { return };
     let lab = Lab::up(Nat::Cone, Nat::Cone, Links::default());
     let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, &[]);
@@ -1041,11 +1041,11 @@ fn a_changed_nat_mapping_is_restarted_in_place() {
         e["event"] == "ping" && e["direct"] == true
     });
     let before = dial.seen().len();
-    let r1 = lab.ns("r1");
+    let ns = lab.ns(router);
     lab::sh(&format!(
-        "ip netns exec {r1} iptables -t nat -I POSTROUTING 1 -o wan -p udp -j MASQUERADE --to-ports 40000-40999"
+        "ip netns exec {ns} iptables -t nat -I POSTROUTING 1 -o wan -p udp -j MASQUERADE --to-ports 40000-40999"
     ));
-    lab::sh(&format!("ip netns exec {r1} conntrack -D -p udp"));
+    lab::sh(&format!("ip netns exec {ns} conntrack -D -p udp"));
     let changed = Instant::now();
     let restarted = dial.wait("restarted");
     let restarted_after = changed.elapsed();
@@ -1069,11 +1069,22 @@ fn a_changed_nat_mapping_is_restarted_in_place() {
         "every ping answered over the direct connection: {pings:#?}"
     );
     eprintln!(
-        "listener's NAT mapping changed: restarted after {:.2} s (the restart itself {:.0} ms), pings answered again after {:.2} s",
+        "NAT mapping of {router} changed: restarted after {:.2} s (the restart itself {:.0} ms), \
+         pings answered again after {:.2} s",
         restarted_after.as_secs_f64(),
         restarted["took_ms"].as_f64().unwrap_or(0.0),
         outage.as_secs_f64()
     );
+}
+
+#[test]
+fn a_changed_nat_mapping_of_the_listener_is_restarted_in_place() {
+    a_changed_nat_mapping_is_restarted("r1");
+}
+
+#[test]
+fn a_changed_nat_mapping_of_the_dialer_is_restarted_in_place() {
+    a_changed_nat_mapping_is_restarted("r2");
 }
 
 /// No false alarm: a healthy but lossy path (10 ms and 1% loss per link) under pings for ten
@@ -1126,11 +1137,12 @@ fn measure_no_false_fallback_under_load_and_loss() {
     }
     let (code, all) = dial.finish();
     let lost = events(&all, "direct_lost").count();
+    let restarts = events(&all, "restarted").count() + events(&all, "restart_failed").count();
     let answered = events(&all, "ping").filter(|p| p["ok"] == true).count();
     let transfer = events(&all, "transfer").next().cloned();
     eprintln!(
         "no-false-alarm run: {:.0} s, {answered}/{pings} pings answered, direct_lost {lost}, \
-         transfer {transfer:?}",
+         ICE restarts {restarts}, transfer {transfer:?}",
         started.elapsed().as_secs_f64()
     );
     assert_eq!(lost, 0, "a healthy path was declared dead");

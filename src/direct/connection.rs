@@ -30,8 +30,10 @@ type OpenChannel = BoxFuture<'static, Result<Channel, Error>>;
 /// a stream always writes first), so channels that die unused never reach the application.
 pub struct Connection {
     peer: Peer,
-    /// The offerer's `init` channel, kept open (see [`Connection::new`]).
-    _init: Option<Channel>,
+    /// The `init` channel: the offerer's own, kept open (see [`Connection::new`]), or the
+    /// answerer's first from the remote. Both sides read and discard what arrives on it; a
+    /// byte sent on it after ICE restarted nudges SCTP (see `nudge`).
+    init: Option<Channel>,
     events: mpsc::UnboundedReceiver<PeerEvent>,
     /// Inbound channels whose label is being read.
     labelling: Vec<BoxFuture<'static, (Channel, String)>>,
@@ -86,8 +88,11 @@ impl Connection {
             reuse: Default::default(),
         });
         let handle = tokio::runtime::Handle::current();
+        if let Some(init) = &init {
+            handle.spawn(discard(init.clone()));
+        }
         let mut this = Self {
-            _init: init,
+            init,
             peer,
             events,
             labelling: Vec::new(),
@@ -129,6 +134,22 @@ impl Connection {
         self.labelling.push(fut.boxed());
     }
 
+    /// After a quiet path came back, data sent meanwhile waits for SCTP's retransmission
+    /// timer, which backed off during the silence (seconds). One new message is acknowledged
+    /// at once, and the patched SCTP's loss detection then retransmits everything sent before
+    /// it (`patches/rtc-sctp`, RACK).
+    fn nudge(&self) {
+        let Some(init) = self.init.clone() else {
+            return;
+        };
+        tracing::debug!("direct path back: nudging SCTP");
+        self.handle.spawn(async move {
+            if let Err(e) = init.send(bytes::BytesMut::from(&[0u8][..])).await {
+                tracing::debug!("nudge failed: {e}");
+            }
+        });
+    }
+
     /// Closes a channel the remote opened (this side accepts, so this side closes).
     fn close_channel(&self, dc: Channel) {
         self.handle.spawn(async move { dc.close().await });
@@ -156,6 +177,9 @@ impl Connection {
                     }
                     PeerState::Connected | PeerState::Other => {}
                 },
+                // ICE connected again (a restart): the connection's first was before it
+                // existed.
+                Poll::Ready(Some(PeerEvent::IceConnected(_))) => self.nudge(),
                 Poll::Ready(Some(_)) => {}
                 Poll::Ready(None) => {
                     self.closed = true;
@@ -180,6 +204,7 @@ impl Connection {
                     // Not a stream. Its opener may close it (js-libp2p does); until then,
                     // whatever arrives on it is read and discarded, so nothing piles up.
                     self.remote_init_seen = true;
+                    self.init.get_or_insert_with(|| dc.clone());
                     self.handle.spawn(discard(dc));
                 }
             } else if let Some(slot) = self.slots.try_acquire() {
@@ -238,7 +263,7 @@ impl Connection {
     }
 }
 
-/// Reads and discards a remote's `init` channel until it closes.
+/// Reads and discards an `init` channel until it closes.
 async fn discard(dc: Channel) {
     while let Some(event) = dc.next_event().await {
         if matches!(event, ChannelEvent::Closed) {
