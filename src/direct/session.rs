@@ -97,23 +97,9 @@ impl Session {
     pub async fn new(config: &Config, role: SdpRole) -> Result<Self, Error> {
         config.validate()?;
         let (peer, events, init_channel) = Peer::new(config, role == SdpRole::Offerer).await?;
-        Ok(Self {
-            peer,
-            events,
-            role,
-            config: config.clone(),
-            init_channel,
-            pending_remote: Vec::new(),
-            remote_description_set: false,
-            remote_candidates: 0,
-            remote_fingerprints: Vec::new(),
-            local_mid: None,
-            local_ufrag: None,
-            early_channels: VecDeque::new(),
-            ice_connected_at: None,
-            connected: false,
-            restart: false,
-        })
+        let mut session = Self::with(peer, events, role, config, false);
+        session.init_channel = init_channel;
+        Ok(session)
     }
 
     /// An ICE restart of `peer`, a connected peer connection, driven through the same
@@ -124,6 +110,16 @@ impl Session {
     /// certificate the remote already presented.
     pub(crate) fn restart(peer: Peer, role: SdpRole, config: &Config) -> Self {
         let events = peer.observe();
+        Self::with(peer, events, role, config, true)
+    }
+
+    fn with(
+        peer: Peer,
+        events: mpsc::UnboundedReceiver<PeerEvent>,
+        role: SdpRole,
+        config: &Config,
+        restart: bool,
+    ) -> Self {
         Self {
             peer,
             events,
@@ -139,7 +135,7 @@ impl Session {
             early_channels: VecDeque::new(),
             ice_connected_at: None,
             connected: false,
-            restart: true,
+            restart,
         }
     }
 
