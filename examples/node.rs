@@ -23,7 +23,7 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{ConnectionId, SwarmEvent};
 use libp2p::{ping, relay, Multiaddr, PeerId, Swarm};
-use libp2p_webrtc_signal::{Config, Event, IceServer};
+use libp2p_webrtc_signal::{Config, Event, IceServer, StunResponder, DEFAULT_STUN_PORT};
 use serde_json::json;
 use support::{Peer, PeerEvent};
 
@@ -63,6 +63,9 @@ relay limits:
   --max-circuits <n>       (default 16)
   --max-circuit-duration <s>  (default 120)
   --max-circuit-bytes <n>     (default 131072)
+  --stun-responder <ip:port>  answer STUN here (default 0.0.0.0:3478, skipped if taken):
+                              peers' upgrades ask the relay for their public address
+  --no-stun-responder         do not answer STUN
 
 checks (dial: on the connection under test; listen: on every direct connection):
   --send-bytes <n>         echo n bytes over a new stream, checked byte for byte (default 0)
@@ -116,6 +119,8 @@ struct Args {
     max_circuits: Option<usize>,
     max_circuit_duration: Option<u64>,
     max_circuit_bytes: Option<u64>,
+    stun_responder: Option<std::net::SocketAddr>,
+    no_stun_responder: bool,
 }
 
 fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
@@ -160,6 +165,8 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--max-circuits" => args.max_circuits = Some(value(&arg, it)?),
             "--max-circuit-duration" => args.max_circuit_duration = Some(value(&arg, it)?),
             "--max-circuit-bytes" => args.max_circuit_bytes = Some(value(&arg, it)?),
+            "--stun-responder" => args.stun_responder = Some(value(&arg, it)?),
+            "--no-stun-responder" => args.no_stun_responder = true,
             flag if flag.starts_with("--") => bail!("unknown flag {flag}"),
             target if args.role == "dial" && args.target.is_none() => {
                 args.target = Some(target.parse().map_err(|e| anyhow!("{target:?}: {e}"))?)
@@ -177,6 +184,34 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
         bail!("--turn needs --turn-user and --turn-pass");
     }
     Ok(args)
+}
+
+/// Answers STUN beside the relay: on `--stun-responder`, or on `0.0.0.0:3478` if that port is
+/// free (a relay host that already runs a STUN server keeps it, and says so).
+async fn start_stun_responder(args: &Args) -> anyhow::Result<()> {
+    let default = std::net::SocketAddr::from(([0, 0, 0, 0], DEFAULT_STUN_PORT));
+    let addr = args.stun_responder.unwrap_or(default);
+    match StunResponder::bind(addr).await {
+        Ok(responder) => {
+            let addr = responder.local_addr()?;
+            emit(json!({"event": "stun_responder", "addr": addr.to_string()}));
+            tokio::spawn(async move {
+                if let Err(e) = responder.run().await {
+                    emit(json!({"event": "error", "reason": format!("STUN responder: {e}")}));
+                }
+            });
+            Ok(())
+        }
+        Err(e) if args.stun_responder.is_none() => {
+            emit(json!({
+                "event": "stun_responder",
+                "addr": null,
+                "reason": format!("{addr}: {e}; running without (see --stun-responder)"),
+            }));
+            Ok(())
+        }
+        Err(e) => Err(anyhow!("--stun-responder {addr}: {e}")),
+    }
 }
 
 /// One event on stdout.
@@ -289,6 +324,9 @@ async fn run_relay(args: &Args) -> anyhow::Result<bool> {
     };
     let mut swarm = support::relay_server(identity(args.seed)?, config)?;
     let id = *swarm.local_peer_id();
+    if !args.no_stun_responder {
+        start_stun_responder(args).await?;
+    }
     for addr in &args.listen {
         swarm.listen_on(addr.clone())?;
     }

@@ -79,6 +79,13 @@ pub struct Config {
     /// addresses from the peer, at the cost of relaying all traffic. Without a TURN server in
     /// [`Config::ice_servers`] no path can be found. Default: `false`.
     pub relay_only: bool,
+    /// The circuit relay of each relayed connection is asked for this node's public address
+    /// too: an upgrade's ICE servers are [`Config::ice_servers`] followed by
+    /// `stun:<relay host>:<port>`, with the host the relayed address names (a relay running
+    /// [`crate::StunResponder`] answers there; one that does not just stays silent). Loopback
+    /// relays are skipped. `None`: only the configured servers. Default:
+    /// `Some(`[`crate::DEFAULT_STUN_PORT`]`)` (3478).
+    pub relay_stun_port: Option<u16>,
     /// Local UDP addresses to bind, one socket each. A wildcard address binds every
     /// non-loopback interface. Default: `0.0.0.0:0`.
     pub udp_bind_addrs: Vec<SocketAddr>,
@@ -209,6 +216,7 @@ impl Default for Config {
         Self {
             ice_servers: Vec::new(),
             relay_only: false,
+            relay_stun_port: Some(crate::DEFAULT_STUN_PORT),
             udp_bind_addrs: vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))],
             allow_loopback_candidates: false,
             udp_socket_buffer: 4 * 1024 * 1024,
@@ -371,6 +379,17 @@ impl Config {
     /// Sets [`Config::stream_open_timeout`].
     pub fn with_stream_open_timeout(mut self, timeout: Duration) -> Self {
         self.stream_open_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::relay_stun_port`].
+    ///
+    /// ```
+    /// let config = libp2p_webrtc_signal::Config::default().with_relay_stun_port(None);
+    /// assert_eq!(config.relay_stun_port, None);
+    /// ```
+    pub fn with_relay_stun_port(mut self, port: Option<u16>) -> Self {
+        self.relay_stun_port = port;
         self
     }
 

@@ -41,6 +41,7 @@ mod swarm;
 #[path = "../tests/common/mod.rs"]
 mod test_common;
 
+pub use crate::rtc::stun::{StunResponder, DEFAULT_STUN_PORT};
 pub use config::{Config, IceServer};
 pub use direct::connection::Connection;
 pub use direct::framing;
@@ -50,7 +51,7 @@ pub use error::Error;
 pub use swarm::behaviour::{Behaviour, Event};
 pub use swarm::exchange::Timings;
 pub use swarm::handler::{Command, Handler, Report};
-pub use swarm::protocol::{PROTOCOL_NAME, SPEC_PROTOCOL_NAME};
+pub use swarm::protocol::{PROTOCOL_NAME, RESTART_PROTOCOL_NAME, SPEC_PROTOCOL_NAME};
 pub use swarm::transport::Transport;
 
 /// Creates the transport and the behaviour that upgrade relayed connections to WebRTC.

@@ -35,8 +35,14 @@ fn lab_lock() -> Option<std::sync::MutexGuard<'static, ()>> {
 /// ICE servers the peers are given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ice {
+    /// None, and the relay does not answer STUN.
     None,
+    /// None configured: the relay answers STUN (the `node` default), which the peers use
+    /// with no flag.
+    Relay,
+    /// The lab's STUN server (and the relay's).
     Stun,
+    /// The lab's STUN and TURN server (and the relay's STUN).
     StunTurn,
 }
 
@@ -44,7 +50,7 @@ fn ice_flags(ice: Ice) -> Vec<String> {
     let stun = format!("stun:{}:3478", lab::STUN_IP);
     let turn = format!("turn:{}:3478?transport=udp", lab::STUN_IP);
     match ice {
-        Ice::None => vec![],
+        Ice::None | Ice::Relay => vec![],
         Ice::Stun => vec!["--stun".into(), stun],
         Ice::StunTurn => vec![
             "--stun".into(),
@@ -74,6 +80,9 @@ fn relay_and_listener_with(
 ) -> (Node, Node, String) {
     let listen = format!("/ip4/{}/tcp/4001", lab::RELAY_IP);
     let mut args = vec!["relay", "--listen", &listen, "--seed", "1"];
+    if ice == Ice::None {
+        args.push("--no-stun-responder");
+    }
     args.extend_from_slice(relay_extra);
     let mut relay = Node::start_in(&lab.ns("relay"), &args);
     let relay_addr = relay.wait("listening")["addr"]
@@ -265,6 +274,21 @@ fn nat_matrix() {
             links: plain,
             direct: false,
         },
+        // No STUN server configured anywhere: the relay answers STUN.
+        Row {
+            r1: Nat::Cone,
+            r2: Nat::Cone,
+            ice: Ice::Relay,
+            links: plain,
+            direct: true,
+        },
+        Row {
+            r1: Nat::None,
+            r2: Nat::Cone,
+            ice: Ice::Relay,
+            links: plain,
+            direct: true,
+        },
     ];
     let mut table = Vec::new();
     for row in &rows {
@@ -272,6 +296,7 @@ fn nat_matrix() {
         let outcome = run_row(row);
         let ice = match row.ice {
             Ice::None => "none",
+            Ice::Relay => "none (the relay answers STUN)",
             Ice::Stun => "STUN",
             Ice::StunTurn => "STUN + TURN",
         };
@@ -1085,6 +1110,65 @@ fn a_changed_nat_mapping_of_the_listener_is_restarted_in_place() {
 #[test]
 fn a_changed_nat_mapping_of_the_dialer_is_restarted_in_place() {
     a_changed_nat_mapping_is_restarted("r2");
+}
+
+/// A STUN flood at the relay's responder, from one public host, while two peers upgrade
+/// through the relay with no STUN server configured: the flood gets at most the per-source
+/// rate (`StunResponder` defaults: bursts of 40, then 20 per second) and the upgrade goes
+/// through.
+#[test]
+fn a_stun_flood_at_the_relay_is_rate_limited() {
+    let Some(_lab) = lab_lock() else { return };
+    let lab = Lab::up(Nat::Cone, Nat::Cone, Links::default());
+    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Relay, &[]);
+    let stun = lab.ns("stun");
+    // Counts the responses that reach the flooding host.
+    lab::sh(&format!(
+        "ip netns exec {stun} iptables -I INPUT -s {} -p udp --sport 3478",
+        lab::RELAY_IP
+    ));
+    let requests = 5000;
+    let started = Instant::now();
+    let mut flood = std::process::Command::new("ip")
+        .args(["netns", "exec", &stun, "bash", "-c"])
+        .arg(format!(
+            "for i in $(seq {requests}); do printf '\\x00\\x01\\x00\\x00\\x21\\x12\\xa4\\x42%012d' $i > /dev/udp/{}/3478; done",
+            lab::RELAY_IP
+        ))
+        .spawn()
+        .expect("flood");
+    let (code, all) = dialer(&lab, &addr, Ice::Relay, &["--ping", "3"]).finish();
+    assert_eq!(code, 0, "{all:#?}");
+    assert_eq!(
+        events(&all, "done").next().expect("done")["direct"],
+        true,
+        "{all:#?}"
+    );
+    assert!(flood.wait().expect("flood").success());
+    let flooded = started.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_millis(200));
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns", "exec", &stun, "iptables", "-L", "INPUT", "-v", "-x", "-n",
+        ])
+        .output()
+        .expect("iptables");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let answered: f64 = table
+        .lines()
+        .find(|l| l.contains(lab::RELAY_IP))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("the counting rule");
+    let allowed = 40.0 + 20.0 * (flooded + 1.0);
+    eprintln!(
+        "STUN flood: {requests} requests in {flooded:.1} s, {answered} answered (at most {allowed:.0} allowed); the upgrade went direct"
+    );
+    assert!(answered > 0.0, "the responder never answered");
+    assert!(
+        answered <= allowed,
+        "{answered} answers to one source in {flooded:.1} s"
+    );
 }
 
 /// No false alarm: a healthy but lossy path (10 ms and 1% loss per link) under pings for ten

@@ -58,6 +58,7 @@
 mod channel;
 mod peer;
 pub(crate) mod socket;
+pub(crate) mod stun;
 
 pub(crate) use channel::{Channel, ChannelEvent};
 pub(crate) use peer::{Peer, PeerEvent, PeerState, WeakPeer};

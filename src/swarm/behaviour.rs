@@ -27,11 +27,11 @@ use libp2p_swarm::{
 
 use super::exchange::Timings;
 use super::handler::{Command, Handler, NodeShare, Paths, Report};
-use super::policy::{is_relayed, Action, Input, PeerPolicy};
+use super::policy::{is_relayed, relay_stun_url, Action, Input, PeerPolicy};
 use super::transport::{listen_addr, Handoff};
 use crate::rtc::{PeerEvent, PeerState};
 use crate::slots::Slots;
-use crate::{Config, Connection, Error, SdpRole};
+use crate::{Config, Connection, Error, IceServer, SdpRole};
 
 /// What the behaviour reports.
 #[derive(Debug)]
@@ -220,7 +220,13 @@ impl Behaviour {
         self.peers.get(&peer).is_some_and(PeerPolicy::is_upgrading)
     }
 
-    fn handler(&mut self, relayed: bool, peer: PeerId, connection: ConnectionId) -> Handler {
+    /// A connection's handler; `relayed`: the relayed address of a relayed connection.
+    fn handler(
+        &mut self,
+        relayed: Option<&Multiaddr>,
+        peer: PeerId,
+        connection: ConnectionId,
+    ) -> Handler {
         let per_peer = self.config.max_concurrent_upgrades_per_peer;
         let peer_slots = self
             .peer_slots
@@ -233,7 +239,18 @@ impl Behaviour {
             slots: self.slots.clone(),
             paths: self.paths.clone(),
         };
-        Handler::new(node, relayed, peer, connection, peer_slots)
+        let relay_stun = relayed
+            .zip(self.config.relay_stun_port)
+            .and_then(|(addr, port)| relay_stun_url(addr, port))
+            .map(IceServer::stun);
+        Handler::new(
+            node,
+            relayed.is_some(),
+            peer,
+            connection,
+            peer_slots,
+            relay_stun,
+        )
     }
 
     /// Feeds `input` to `peer`'s policy and carries out its actions. `direct` is the direct
@@ -472,9 +489,12 @@ impl NetworkBehaviour for Behaviour {
     ) -> Result<THandler<Self>, ConnectionDenied> {
         if *local_addr == listen_addr() {
             self.direct_ids.insert(connection_id, peer);
-            return Ok(self.handler(false, peer, connection_id));
+            return Ok(self.handler(None, peer, connection_id));
         }
-        let relayed = is_relayed(remote_addr) || is_relayed(local_addr);
+        // An inbound circuit: the local address is `<relay>/p2p-circuit`.
+        let relayed = [local_addr, remote_addr]
+            .into_iter()
+            .find(|a| is_relayed(a));
         Ok(self.handler(relayed, peer, connection_id))
     }
 
@@ -486,7 +506,8 @@ impl NetworkBehaviour for Behaviour {
         _role_override: Endpoint,
         _port_use: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        Ok(self.handler(is_relayed(addr), peer, connection_id))
+        let relayed = is_relayed(addr).then_some(addr);
+        Ok(self.handler(relayed, peer, connection_id))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {

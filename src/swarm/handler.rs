@@ -21,7 +21,7 @@ use super::exchange::{self, Timings};
 use super::protocol::{Upgrade, RESTART_PROTOCOL_NAME};
 use crate::rtc::WeakPeer;
 use crate::slots::{Slot, Slots};
-use crate::{Config, Connection, Error, SdpRole};
+use crate::{Config, Connection, Error, IceServer, SdpRole};
 
 /// From the behaviour to a handler.
 #[derive(Debug)]
@@ -143,6 +143,8 @@ pub struct Handler {
     keep_alive: bool,
     /// The direct connections to restart.
     paths: Paths,
+    /// The STUN server of the relay this connection goes through ([`Config::relay_stun_port`]).
+    relay_stun: Option<IceServer>,
     /// An outbound signaling stream to request, for this attempt (`true`: a restart).
     to_open: Option<(u32, bool)>,
     /// An outbound signaling stream requested, for this attempt.
@@ -187,6 +189,7 @@ impl Handler {
         remote: PeerId,
         connection: ConnectionId,
         peer_slots: Arc<Slots>,
+        relay_stun: Option<IceServer>,
     ) -> Self {
         let NodeShare {
             config,
@@ -203,6 +206,7 @@ impl Handler {
             slots,
             peer_slots,
             paths,
+            relay_stun,
             keep_alive: relayed,
             to_open: None,
             opening: None,
@@ -245,7 +249,16 @@ impl Handler {
             ?role,
             attempt
         );
-        let future = exchange::run(stream, role, self.config.clone())
+        let config = match &self.relay_stun {
+            // After the configured servers: they come first.
+            Some(server) => {
+                let mut config = (*self.config).clone();
+                config.ice_servers.push(server.clone());
+                Arc::new(config)
+            }
+            None => self.config.clone(),
+        };
+        let future = exchange::run(stream, role, config)
             .map(|r| r.map(|(c, t)| Outcome::Upgraded(Box::new(c), t)))
             .instrument(span)
             .boxed();
@@ -522,6 +535,7 @@ mod tests {
             PeerId::random(),
             ConnectionId::new_unchecked(1),
             Slots::new(2),
+            None,
         )
     }
 
