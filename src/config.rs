@@ -182,8 +182,11 @@ pub struct Config {
     /// direct connection. Default: 30 s (well inside a relay circuit's default 2 minutes).
     pub upgrade_timeout: Duration,
     /// How long a relayed connection may keep running after its peer was upgraded, for
-    /// streams still open on it; then it is closed. It closes earlier when it is idle
-    /// (no streams and no handler keeping it alive). Default: 10 s.
+    /// streams still open on it; then the side that dialed it closes it. The other side
+    /// waits at least [`Config::upgrade_timeout`] before it closes it too: its own side of
+    /// the direct connection can be up while the dialer's is not yet (a lost handshake packet
+    /// on a lossy path), and the dialer's attempt must not lose its relay. It closes earlier
+    /// when it is idle (no streams and no handler keeping it alive). Default: 10 s.
     pub drain_timeout: Duration,
     /// Attempts per relayed connection, the first included; after a failure the offering
     /// side tries again after [`Config::retry_backoff`], doubled per attempt. Default: 3.

@@ -913,7 +913,13 @@ const FALLBACK_DIAL: &[&str] = &[
     "3000",
     "--timeout",
     "300",
+    "--idle-timeout",
+    "300",
 ];
+
+/// The listener's flags for the same tests: pings do not keep a connection open, so the
+/// direct connection under test must not close for idleness (60 s by default) first.
+const FALLBACK_LISTEN: &[&str] = &["--idle-timeout", "300"];
 
 /// The pings of `events`, from the first relayed one after a fallback: all answered.
 fn pings_after_fallback_answered(seen: &[Value]) -> usize {
@@ -944,7 +950,7 @@ fn core_udp_drop(lab: &Lab, op: &str) {
 fn a_dead_direct_path_falls_back_to_the_relay_and_upgrades_again() {
     let Some(_lab) = lab_lock() else { return };
     let lab = Lab::up(Nat::Cone, Nat::Cone, Links::default());
-    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, &[]);
+    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, FALLBACK_LISTEN);
     let mut dial = dialer(&lab, &addr, Ice::Stun, FALLBACK_DIAL);
     dial.wait("upgraded");
     // Once the relayed connection is drained and closed, a fallback must redial it.
@@ -1011,7 +1017,7 @@ fn a_dead_direct_path_falls_back_to_the_relay_and_upgrades_again() {
 fn a_flushed_nat_mapping_keeps_the_peer_reachable() {
     let Some(_lab) = lab_lock() else { return };
     let lab = Lab::up(Nat::Cone, Nat::Cone, Links::default());
-    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, &[]);
+    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, FALLBACK_LISTEN);
     let mut dial = dialer(&lab, &addr, Ice::Stun, FALLBACK_DIAL);
     dial.wait("upgraded");
     dial.next("a direct ping", |e| {
@@ -1051,14 +1057,15 @@ fn a_flushed_nat_mapping_keeps_the_peer_reachable() {
 
 /// A home router starts mapping UDP to other ports (a NAT reboot, a new mapping after a
 /// timeout, a carrier NAT): packets to the old mapping go nowhere, while the peers can still
-/// reach each other. The dialer sees its path go quiet (whichever side's NAT changed),
-/// redials the relay and restarts ICE over it: the same direct connection carries on, no ping
-/// fails, nothing falls back. (Before ICE restarts: the direct connection died after 5 s and
-/// was replaced.)
+/// reach each other. Usually the dialer sees its path go quiet (whichever side's NAT
+/// changed), redials the relay and restarts ICE over it; sometimes ICE already moves to the
+/// new mapping by itself (a check from it arrives first). Either way the same direct
+/// connection carries on, no ping fails, nothing falls back. (Before ICE restarts: the
+/// direct connection died after 5 s and was replaced.)
 fn a_changed_nat_mapping_is_restarted(router: &str) {
     let Some(_lab) = lab_lock() else { return };
     let lab = Lab::up(Nat::Cone, Nat::Cone, Links::default());
-    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, &[]);
+    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, FALLBACK_LISTEN);
     let mut dial = dialer(&lab, &addr, Ice::Stun, FALLBACK_DIAL);
     let upgraded = dial.wait("upgraded");
     dial.wait("relay_closed");
@@ -1072,33 +1079,34 @@ fn a_changed_nat_mapping_is_restarted(router: &str) {
     ));
     lab::sh(&format!("ip netns exec {ns} conntrack -D -p udp"));
     let changed = Instant::now();
-    let restarted = dial.wait("restarted");
-    let restarted_after = changed.elapsed();
-    // The first answered ping after the restart: the path carries data again.
-    dial.next("an answered ping", |e| {
-        e["event"] == "ping" && e["ok"] == true
-    });
-    let outage = changed.elapsed();
-    for _ in 0..8 {
+    // 40 pings (10 s): longer than a quiet path takes to be restarted (2 s) or declared dead
+    // (5 s).
+    for _ in 0..40 {
         dial.wait("ping");
     }
     let since: Vec<Value> = dial.seen()[before..].to_vec();
     assert_eq!(events(&since, "direct_lost").count(), 0, "{since:#?}");
-    assert_eq!(
-        restarted["direct_connection"], upgraded["direct_connection"],
-        "the same direct connection goes on"
-    );
     let pings: Vec<&Value> = events(&since, "ping").collect();
     assert!(
         pings.iter().all(|p| p["ok"] == true && p["direct"] == true),
         "every ping answered over the direct connection: {pings:#?}"
     );
+    let outcome = match events(&since, "restarted").next() {
+        Some(restarted) => {
+            assert_eq!(
+                restarted["direct_connection"], upgraded["direct_connection"],
+                "the same direct connection goes on"
+            );
+            format!(
+                "restarted (the restart itself {:.0} ms)",
+                restarted["took_ms"].as_f64().unwrap_or(0.0)
+            )
+        }
+        None => "ICE moved to the new mapping by itself".to_string(),
+    };
     eprintln!(
-        "NAT mapping of {router} changed: restarted after {:.2} s (the restart itself {:.0} ms), \
-         pings answered again after {:.2} s",
-        restarted_after.as_secs_f64(),
-        restarted["took_ms"].as_f64().unwrap_or(0.0),
-        outage.as_secs_f64()
+        "NAT mapping of {router} changed: {outcome}; 40 pings in {:.1} s since, all answered",
+        changed.elapsed().as_secs_f64()
     );
 }
 
