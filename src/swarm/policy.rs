@@ -381,16 +381,10 @@ impl PeerPolicy {
             Input::Superseded { connection } => self.clear_attempt(connection),
             Input::PathDown => self.on_path_down(now, &mut out),
             Input::PathUp => self.path_up(),
+            // Keep the relayed connection while the restart runs (the answerer learns of it
+            // here).
             Input::RestartStarted { connection } => {
-                // Keep the relayed connection while the restart runs (the answerer learns of
-                // it here).
-                self.restart = Some(connection);
-                self.timers
-                    .retain(|(_, t)| *t != Timer::Drain { connection });
-                out.push(Action::Command {
-                    connection,
-                    command: Command::Resume,
-                });
+                self.restart_on(connection, Command::Resume, &mut out)
             }
             Input::Restarted { connection, took } => {
                 self.end_restart(now, connection, &mut out);
@@ -449,11 +443,7 @@ impl PeerPolicy {
             },
         );
         if upgraded && for_restart && self.path_down && self.restart.is_none() {
-            self.restart = Some(connection);
-            out.push(Action::Command {
-                connection,
-                command: Command::Restart,
-            });
+            self.restart_on(connection, Command::Restart, out);
         } else if upgraded {
             self.drain(now, connection, out);
         } else if dialer && (self.config.auto_upgrade || explicit) {
@@ -728,18 +718,23 @@ impl PeerPolicy {
             .find(|(_, r)| r.dialer)
             .map(|(id, _)| *id);
         if let Some(connection) = ours {
-            self.restart = Some(connection);
-            self.timers
-                .retain(|(_, t)| *t != Timer::Drain { connection });
-            out.push(Action::Command {
-                connection,
-                command: Command::Restart,
-            });
+            self.restart_on(connection, Command::Restart, out);
         } else if let Some(addr) = self.redial_addr.clone() {
             tracing::debug!(peer = %self.peer, "direct path quiet: dialing the relay to restart ICE");
             self.restart_dial = true;
             out.push(Action::Dial { addr });
         }
+    }
+
+    /// A restart runs on `connection`: it is kept (no drain timer) and gets `command`.
+    fn restart_on(&mut self, connection: ConnectionId, command: Command, out: &mut Vec<Action>) {
+        self.restart = Some(connection);
+        self.timers
+            .retain(|(_, t)| *t != Timer::Drain { connection });
+        out.push(Action::Command {
+            connection,
+            command,
+        });
     }
 
     /// The direct connection's path works (again), or the connection is gone.
