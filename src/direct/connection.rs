@@ -506,46 +506,10 @@ mod restart_tests {
 
     use std::time::Duration;
 
-    use futures::future::{select, Either};
     use futures::{AsyncReadExt, AsyncWriteExt};
 
     use crate::test_common as common;
-    use crate::{Error, SdpRole, Session, SessionEvent};
-
-    /// Forwards candidates between two sessions until both report `Connected`.
-    async fn until_connected(x: &mut Session, y: &mut Session) {
-        let (mut x_done, mut y_done) = (false, false);
-        while !(x_done && y_done) {
-            let step = {
-                let (ex, ey) = (x.next_event(), y.next_event());
-                futures::pin_mut!(ex, ey);
-                match (x_done, y_done) {
-                    (false, false) => match select(ex, ey).await {
-                        Either::Left((e, _)) => Either::Left(e),
-                        Either::Right((e, _)) => Either::Right(e),
-                    },
-                    (false, true) => Either::Left(ex.await),
-                    _ => Either::Right(ey.await),
-                }
-            };
-            match step {
-                Either::Left(e) => match e.expect("restart (offerer)") {
-                    SessionEvent::LocalCandidate(c) => {
-                        y.add_remote_candidate(Some(&c)).await.expect("candidate")
-                    }
-                    SessionEvent::LocalCandidatesComplete => {}
-                    SessionEvent::Connected => x_done = true,
-                },
-                Either::Right(e) => match e.expect("restart (answerer)") {
-                    SessionEvent::LocalCandidate(c) => {
-                        x.add_remote_candidate(Some(&c)).await.expect("candidate")
-                    }
-                    SessionEvent::LocalCandidatesComplete => {}
-                    SessionEvent::Connected => y_done = true,
-                },
-            }
-        }
-    }
+    use crate::{Error, SdpRole, Session};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_ice_restart_keeps_the_connection_and_its_streams() {
@@ -565,10 +529,9 @@ mod restart_tests {
 
             let mut x = Session::restart(a_peer, SdpRole::Offerer, &config);
             let mut y = Session::restart(b_peer, SdpRole::Answerer, &config);
-            let offer = x.create_offer().await.expect("offer");
-            let answer = y.accept_offer(&offer).await.expect("answer");
-            x.accept_answer(&answer).await.expect("apply answer");
-            until_connected(&mut x, &mut y).await;
+            common::negotiate(&mut x, &mut y, &common::Tamper::default())
+                .await
+                .expect("restart");
             assert!(x.ice_connected_at().is_some() && y.ice_connected_at().is_some());
 
             // The stream opened before the restart carries on, and new ones open.

@@ -156,14 +156,7 @@ impl Session {
         }
         if self.restart {
             // The same remote, with the certificate it presented on this connection.
-            let cert = self
-                .peer
-                .remote_certificate()
-                .await?
-                .ok_or(Error::FingerprintMismatch)?;
-            if !fingerprints.contains(&Fingerprint::of_certificate(&cert)) {
-                return Err(Error::FingerprintMismatch);
-            }
+            self.certificate_in(&fingerprints).await?;
         }
         self.peer.set_remote(sdp, offer).await?;
         self.remote_fingerprints = fingerprints;
@@ -307,15 +300,17 @@ impl Session {
     }
 
     async fn verify_fingerprint(&self) -> Result<(), Error> {
+        self.certificate_in(&self.remote_fingerprints).await
+    }
+
+    /// Whether the certificate the remote presented in DTLS has one of `fingerprints`.
+    async fn certificate_in(&self, fingerprints: &[Fingerprint]) -> Result<(), Error> {
         let cert = self
             .peer
             .remote_certificate()
             .await?
             .ok_or(Error::FingerprintMismatch)?;
-        if self
-            .remote_fingerprints
-            .contains(&Fingerprint::of_certificate(&cert))
-        {
+        if fingerprints.contains(&Fingerprint::of_certificate(&cert)) {
             Ok(())
         } else {
             Err(Error::FingerprintMismatch)

@@ -133,11 +133,17 @@ pub(crate) async fn run(
     role: SdpRole,
     config: Arc<Config>,
 ) -> Result<(Connection, Timings), Error> {
-    let timeout = config.upgrade_timeout;
-    match tokio::time::timeout(timeout, run_inner(stream, role, config)).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::Timeout),
-    }
+    bounded(config.upgrade_timeout, run_inner(stream, role, config)).await
+}
+
+/// `fut`, failing with [`Error::Timeout`] after `timeout`.
+async fn bounded<T>(
+    timeout: std::time::Duration,
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(timeout, fut)
+        .await
+        .unwrap_or(Err(Error::Timeout))
 }
 
 async fn run_inner(
@@ -195,10 +201,7 @@ pub(crate) async fn restart(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), framed.close()).await;
         Ok(started.elapsed())
     };
-    match tokio::time::timeout(config.upgrade_timeout, run).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::Timeout),
-    }
+    bounded(config.upgrade_timeout, run).await
 }
 
 async fn send(

@@ -224,6 +224,16 @@ impl Handler {
         }
     }
 
+    /// Asks for an outbound signaling stream for `attempt` (`restart`: an ICE restart), unless
+    /// an exchange runs or a stream is being opened already.
+    fn ask_for_stream(&mut self, attempt: u32, restart: bool) {
+        self.keep_alive = true;
+        if self.running.is_none() && self.opening.is_none() {
+            self.to_open = Some((attempt, restart));
+            self.open_started = Some(Instant::now());
+        }
+    }
+
     /// Takes a permit of the peer's and of the node's upgrade limits, if both have one free.
     fn slots(&self) -> Option<(Slot, Slot)> {
         self.peer_slots
@@ -399,20 +409,8 @@ impl ConnectionHandler for Handler {
 
     fn on_behaviour_event(&mut self, command: Command) {
         match command {
-            Command::Start { attempt } => {
-                self.keep_alive = true;
-                if self.running.is_none() && self.opening.is_none() {
-                    self.to_open = Some((attempt, false));
-                    self.open_started = Some(Instant::now());
-                }
-            }
-            Command::Restart => {
-                self.keep_alive = true;
-                if self.running.is_none() && self.opening.is_none() {
-                    self.to_open = Some((1, true));
-                    self.open_started = Some(Instant::now());
-                }
-            }
+            Command::Start { attempt } => self.ask_for_stream(attempt, false),
+            Command::Restart => self.ask_for_stream(1, true),
             Command::Abort => {
                 self.to_open = None;
                 self.opening = None;

@@ -35,6 +35,20 @@ pub async fn connect(
 ) -> Result<(Connection, Connection), Error> {
     let mut offerer = Session::new(&a, SdpRole::Offerer).await?;
     let mut answerer = Session::new(&b, SdpRole::Answerer).await?;
+    negotiate(&mut offerer, &mut answerer, &tamper).await?;
+    Ok((
+        offerer.into_connection().await?,
+        answerer.into_connection().await?,
+    ))
+}
+
+/// Runs offer/answer and trickle between two sessions (new ones, or ICE restarts) until both
+/// report `Connected`.
+pub async fn negotiate(
+    offerer: &mut Session,
+    answerer: &mut Session,
+    tamper: &Tamper,
+) -> Result<(), Error> {
     let offer = offerer.create_offer().await?;
     let mut answer = answerer.accept_offer(&offer).await?;
     if let Some(f) = &tamper.answer {
@@ -62,10 +76,7 @@ pub async fn connect(
             },
         }
     }
-    Ok((
-        offerer.into_connection().await?,
-        answerer.into_connection().await?,
-    ))
+    Ok(())
 }
 
 /// A connected loopback pair with default settings.
