@@ -1,6 +1,8 @@
 #[cfg(test)]
 mod endpoint_test;
 #[cfg(test)]
+mod init_retransmit_test;
+#[cfg(test)]
 mod lossy_path_test;
 
 use std::{
@@ -138,7 +140,12 @@ impl Endpoint {
             //TODO: improve INIT handling for DoS attack
             if partial_decode.first_chunk_type == CT_INIT {
                 if let Some(dst_cid) = partial_decode.initiate_tag {
-                    self.association_ids.get(&dst_cid).cloned()
+                    // A retransmitted INIT (its INIT ACK was lost) belongs to the association
+                    // the first one created: same remote, same Initiate Tag. A new association
+                    // would leave the first one half-open beside it, and a user that takes
+                    // "the" association of the endpoint could pick that one.
+                    self.retransmitted_init(dst_cid, remote)
+                        .or_else(|| self.association_ids.get(&dst_cid).cloned())
                 } else {
                     None
                 }
@@ -192,6 +199,13 @@ impl Endpoint {
         let (ch, conn) =
             self.add_association(remote_aid, local_aid, remote, now, None, config.transport);
         Ok((ch, conn))
+    }
+
+    /// The association an INIT from `remote` with Initiate Tag `tag` created, if any.
+    fn retransmitted_init(&self, tag: AssociationId, remote: SocketAddr) -> Option<AssociationHandle> {
+        let ch = *self.association_ids_init.get(&tag)?;
+        let meta = self.associations.get(ch.0)?;
+        (meta.initial_remote == remote).then_some(ch)
     }
 
     fn new_aid(&mut self) -> AssociationId {
@@ -274,6 +288,7 @@ impl Endpoint {
         server_config: Option<Arc<ServerConfig>>,
         transport_config: Arc<TransportConfig>,
     ) -> (AssociationHandle, Association) {
+        let accepted = server_config.is_some();
         let conn = Association::new(
             server_config,
             transport_config,
@@ -294,6 +309,10 @@ impl Endpoint {
 
         let ch = AssociationHandle(id);
         self.association_ids.insert(local_aid, ch);
+        if accepted {
+            // Accepted: remember the remote's Initiate Tag, for its INIT retransmissions.
+            self.association_ids_init.insert(remote_aid, ch);
+        }
 
         (ch, conn)
     }
