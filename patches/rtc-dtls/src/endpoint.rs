@@ -710,6 +710,61 @@ mod tests {
         }
     }
 
+    /// Patch (libp2p-webrtc-signal, patches/rtc-dtls/PATCHES.md): the server's Flight 4 is lost,
+    /// and the client's repeat of Flight 3 reaches the server before the server's own
+    /// retransmit timer fires (both timers run 1 s; the client's started first). Receiving it
+    /// used to disarm the server's timer: the server then waited for a Flight 5 that could not
+    /// come, the client repeated Flight 3 until it gave up, and the handshake failed.
+    #[cfg(feature = "crypto-ring")]
+    #[test]
+    fn a_lost_flight_4_is_retransmitted_after_the_client_repeats_flight_3() -> Result<()> {
+        let provider: Arc<dyn RTCCryptoProvider> = Arc::new(crypto::providers::RingProvider::new());
+        let suites = [CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Gcm_Sha256];
+        let client_config = config(provider.clone(), true, &suites)?;
+        let server_config = config(provider, false, &suites)?;
+        let mut client = Endpoint::new(client_addr(), TransportProtocol::UDP, None);
+        let mut server = Endpoint::new(server_addr(), TransportProtocol::UDP, Some(server_config));
+        client.connect(Instant::now(), server_addr(), client_config, None)?;
+
+        // Flight 1, the HelloVerifyRequest, Flight 3: the server queues Flight 4.
+        transfer(&mut client, &mut server, client_addr())?;
+        transfer(&mut server, &mut client, server_addr())?;
+        transfer(&mut client, &mut server, client_addr())?;
+        let mut lost = 0;
+        while server.poll_transmit().is_some() {
+            lost += 1;
+        }
+        assert!(lost > 0, "the server had a Flight 4 to lose");
+
+        // The client's timer fires first: its repeat of Flight 3 reaches the server.
+        let repeat_at = client
+            .poll_timeout(&server_addr())
+            .expect("a client waiting for Flight 4 arms a retransmit timer");
+        client.handle_timeout(server_addr(), repeat_at)?;
+        transfer(&mut client, &mut server, client_addr())?;
+
+        // The server must still retransmit Flight 4.
+        let retransmit_at = server
+            .poll_timeout(&client_addr())
+            .expect("the server keeps its retransmit timer while it waits for Flight 5");
+        server.handle_timeout(client_addr(), retransmit_at)?;
+
+        let (mut client_complete, mut server_complete) = (false, false);
+        for _ in 0..8 {
+            for event in transfer(&mut server, &mut client, server_addr())? {
+                client_complete |= matches!(event, EndpointEvent::HandshakeComplete);
+            }
+            for event in transfer(&mut client, &mut server, client_addr())? {
+                server_complete |= matches!(event, EndpointEvent::HandshakeComplete);
+            }
+            if client_complete && server_complete {
+                break;
+            }
+        }
+        assert!(client_complete && server_complete, "the handshake completes");
+        Ok(())
+    }
+
     /// RFC 6347 4.2.4: the sender of the last flight has to retransmit it when the peer repeats its
     /// own final flight, because it cannot know its flight arrived. Here the server's last flight
     /// (ChangeCipherSpec + Finished) is lost in transit, the client retransmits Flight 5 on its own

@@ -192,7 +192,9 @@ impl DTLSConn {
                 srv_cli_str(self.state.is_client),
                 self.current_flight
             );
-            self.current_retransmit_timer = None;
+            // The timer stays armed until the peer's next flight is complete. What arrived may
+            // be a repeat of the peer's previous flight (ours was lost), or part of its next
+            // one: disarming here left both sides waiting for the other, forever.
             let result = self.current_flight.parse(
                 /*&mut self.handle_queue_tx,*/ &mut self.state,
                 &self.cache,
@@ -222,6 +224,7 @@ impl DTLSConn {
                         self.current_flight,
                         next_flight
                     );
+                    self.current_retransmit_timer = None;
                     if next_flight.is_last_recv_flight()
                         && self.current_flight.to_string() == next_flight.to_string()
                     {
