@@ -72,7 +72,8 @@ pub enum Report {
         /// Why.
         error: Error,
     },
-    /// Our offer was dropped because the remote's offer wins the glare tie-break.
+    /// The attempt was dropped for one of the remote's: our offer lost the glare tie-break,
+    /// or the remote sent a new offer while we answered its previous one.
     Superseded {
         /// The attempt number.
         attempt: u32,
@@ -471,7 +472,20 @@ impl ConnectionHandler for Handler {
                     .map(|r| r.role == SdpRole::Offerer)
                     .or(self.opening.map(|_| true));
                 match offering {
-                    Some(false) => return, // Already answering one offer here.
+                    Some(false) => {
+                        // The remote runs one attempt per connection at a time: a new offer
+                        // means it gave up the one answered here (its side failed or timed
+                        // out first). Answering on would leave the remote's retries refused
+                        // until this side's attempt timed out too.
+                        if let Some(old) = self.running.take() {
+                            tracing::debug!(
+                                peer = %self.remote,
+                                "a new offer replaces the one being answered"
+                            );
+                            self.reports
+                                .push_back(Report::Superseded { attempt: old.attempt });
+                        }
+                    }
                     Some(true) if !self.remote_offer_wins() => return, // Our offer wins.
                     Some(true) => {
                         let attempt = self

@@ -513,3 +513,64 @@ async fn a_slowloris_offer_ends_at_the_upgrade_timeout() {
     eprintln!("slowloris ended after {:?}", started.elapsed());
     assert!(b.is_connected(&h_id), "the relayed connection survives");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_offer_replaces_the_one_being_answered() {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    init_tracing();
+    // H offers, then gives up on its side (as an offerer whose attempt failed first does) and
+    // offers again on a new stream while B still answers the first. B must answer the new
+    // offer: refusing it left H's retries failing until B's own attempt timed out (30 s).
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup_raw(
+        None,
+        Some(loopback_config()),
+        libp2p_webrtc_signal::PROTOCOL_NAME,
+    )
+    .await;
+    let b_id = *b.local_peer_id();
+    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
+    let offer = || async {
+        let mut s = libp2p_webrtc_signal::Session::new(
+            &loopback_config(),
+            libp2p_webrtc_signal::SdpRole::Offerer,
+        )
+        .await
+        .unwrap();
+        let sdp = s.create_offer().await.unwrap();
+        (s, sdp)
+    };
+    let mut answered = Vec::new();
+    let mut sessions = Vec::new();
+    for round in 0..2 {
+        let (session, sdp) = offer().await;
+        sessions.push(session);
+        let rx = a.behaviour_mut().raw.open(b_id, relayed);
+        let mut stream = drive(&mut a, &mut b, rx)
+            .await
+            .expect("open")
+            .expect("negotiated");
+        stream.write_all(&message(0, sdp.as_bytes())).await.unwrap();
+        stream.flush().await.unwrap();
+        // B answers it (before the change, B reset the second stream).
+        let mut first = [0u8; 4];
+        drive(&mut a, &mut b, stream.read_exact(&mut first))
+            .await
+            .expect("an answer");
+        // A length varint, then field 1 (the type): SDP_ANSWER.
+        let at = first.iter().position(|b| b & 0x80 == 0).expect("varint") + 1;
+        assert_eq!(&first[at..at + 2], &[0x08, 0x01], "round {round}: {first:?}");
+        answered.push(stream);
+    }
+    // The first answer was dropped: its stream ends on B's side.
+    let mut first = answered.remove(0);
+    let mut rest = Vec::new();
+    // (`drive` fails the test if it does not end.)
+    let _ = drive(&mut a, &mut b, first.read_to_end(&mut rest)).await;
+    assert!(b.is_connected(a.local_peer_id()), "the relayed connection survives");
+}
