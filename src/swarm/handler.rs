@@ -482,8 +482,9 @@ impl ConnectionHandler for Handler {
                                 peer = %self.remote,
                                 "a new offer replaces the one being answered"
                             );
-                            self.reports
-                                .push_back(Report::Superseded { attempt: old.attempt });
+                            self.reports.push_back(Report::Superseded {
+                                attempt: old.attempt,
+                            });
                         }
                     }
                     Some(true) if !self.remote_offer_wins() => return, // Our offer wins.

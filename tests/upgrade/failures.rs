@@ -564,7 +564,11 @@ async fn a_new_offer_replaces_the_one_being_answered() {
             .expect("an answer");
         // A length varint, then field 1 (the type): SDP_ANSWER.
         let at = first.iter().position(|b| b & 0x80 == 0).expect("varint") + 1;
-        assert_eq!(&first[at..at + 2], &[0x08, 0x01], "round {round}: {first:?}");
+        assert_eq!(
+            &first[at..at + 2],
+            &[0x08, 0x01],
+            "round {round}: {first:?}"
+        );
         answered.push(stream);
     }
     // The first answer was dropped: its stream ends on B's side.
@@ -572,5 +576,8 @@ async fn a_new_offer_replaces_the_one_being_answered() {
     let mut rest = Vec::new();
     // (`drive` fails the test if it does not end.)
     let _ = drive(&mut a, &mut b, first.read_to_end(&mut rest)).await;
-    assert!(b.is_connected(a.local_peer_id()), "the relayed connection survives");
+    assert!(
+        b.is_connected(a.local_peer_id()),
+        "the relayed connection survives"
+    );
 }

@@ -761,7 +761,10 @@ mod tests {
                 break;
             }
         }
-        assert!(client_complete && server_complete, "the handshake completes");
+        assert!(
+            client_complete && server_complete,
+            "the handshake completes"
+        );
         Ok(())
     }
 

@@ -78,15 +78,43 @@ fn a_retransmitted_init_reaches_the_association_of_the_first() {
     assert!(t1 > start && t1 <= start + Duration::from_secs(3));
     client_conn.handle_timeout(t1);
     let again = transmits(&mut client_conn, t1);
-    deliver(&mut server, &mut server_conn, server_ch, client_addr, t1, again);
+    deliver(
+        &mut server,
+        &mut server_conn,
+        server_ch,
+        client_addr,
+        t1,
+        again,
+    );
 
     // The handshake completes on that association.
     let init_ack = transmits(&mut server_conn, t1);
-    deliver(&mut client, &mut client_conn, client_ch, server_addr, t1, init_ack);
+    deliver(
+        &mut client,
+        &mut client_conn,
+        client_ch,
+        server_addr,
+        t1,
+        init_ack,
+    );
     let cookie_echo = transmits(&mut client_conn, t1);
-    deliver(&mut server, &mut server_conn, server_ch, client_addr, t1, cookie_echo);
+    deliver(
+        &mut server,
+        &mut server_conn,
+        server_ch,
+        client_addr,
+        t1,
+        cookie_echo,
+    );
     let cookie_ack = transmits(&mut server_conn, t1);
-    deliver(&mut client, &mut client_conn, client_ch, server_addr, t1, cookie_ack);
+    deliver(
+        &mut client,
+        &mut client_conn,
+        client_ch,
+        server_addr,
+        t1,
+        cookie_ack,
+    );
     assert_eq!(server_conn.state(), AssociationState::Established);
     assert_eq!(client_conn.state(), AssociationState::Established);
     assert_eq!(server.associations.len(), 1);

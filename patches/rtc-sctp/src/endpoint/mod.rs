@@ -202,7 +202,11 @@ impl Endpoint {
     }
 
     /// The association an INIT from `remote` with Initiate Tag `tag` created, if any.
-    fn retransmitted_init(&self, tag: AssociationId, remote: SocketAddr) -> Option<AssociationHandle> {
+    fn retransmitted_init(
+        &self,
+        tag: AssociationId,
+        remote: SocketAddr,
+    ) -> Option<AssociationHandle> {
         let ch = *self.association_ids_init.get(&tag)?;
         let meta = self.associations.get(ch.0)?;
         (meta.initial_remote == remote).then_some(ch)
