@@ -119,6 +119,7 @@ pub struct ConfigBuilder {
     psk: Option<PskCallback>,
     psk_identity_hint: Option<Vec<u8>>,
     insecure_skip_verify: bool,
+    insecure_skip_hello_verify: bool,
     insecure_hashes: bool,
     insecure_verification: bool,
     verify_peer_certificate: Option<VerifyPeerCertificateFn>,
@@ -144,6 +145,7 @@ impl Default for ConfigBuilder {
             psk: None,
             psk_identity_hint: None,
             insecure_skip_verify: false,
+            insecure_skip_hello_verify: false,
             insecure_hashes: false,
             insecure_verification: false,
             verify_peer_certificate: None,
@@ -245,6 +247,16 @@ impl ConfigBuilder {
     /// This should be used only for testing.
     pub fn with_insecure_skip_verify(mut self, insecure_skip_verify: bool) -> Self {
         self.insecure_skip_verify = insecure_skip_verify;
+        self
+    }
+
+    /// Whether a server skips the HelloVerifyRequest round trip and answers the first
+    /// ClientHello with its ServerHello (RFC 6347 4.2.1 makes the cookie exchange optional).
+    /// The cookie proves that the client can receive at its source address; skip it only
+    /// where that is known already, as in WebRTC, where ICE connectivity checks verified the
+    /// path before any DTLS record is accepted. Clients accept both.
+    pub fn with_insecure_skip_hello_verify(mut self, skip: bool) -> Self {
+        self.insecure_skip_hello_verify = skip;
         self
     }
 
@@ -585,6 +597,7 @@ impl ConfigBuilder {
             local_certificates: self.certificates,
             name_to_certificate: Default::default(),
             insecure_skip_verify: self.insecure_skip_verify,
+            insecure_skip_hello_verify: self.insecure_skip_hello_verify,
             insecure_verification: self.insecure_verification,
             verify_peer_certificate: self.verify_peer_certificate.take(),
             roots_cas: self.roots_cas,
@@ -644,6 +657,7 @@ pub struct HandshakeConfig {
     pub(crate) local_certificates: Vec<Certificate>,
     pub(crate) name_to_certificate: HashMap<String, Certificate>,
     pub(crate) insecure_skip_verify: bool,
+    pub(crate) insecure_skip_hello_verify: bool,
     pub(crate) insecure_verification: bool,
     pub(crate) verify_peer_certificate: Option<VerifyPeerCertificateFn>,
     pub(crate) roots_cas: rustls::RootCertStore,
@@ -674,6 +688,10 @@ impl fmt::Debug for HandshakeConfig {
             .field("local_certificates", &self.local_certificates)
             .field("name_to_certificate", &self.name_to_certificate)
             .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .field(
+                "insecure_skip_hello_verify",
+                &self.insecure_skip_hello_verify,
+            )
             .field("insecure_verification", &self.insecure_verification)
             .field("roots_cas", &self.roots_cas)
             .field("retransmit_interval", &self.retransmit_interval)
@@ -701,6 +719,7 @@ impl HandshakeConfig {
             local_certificates: vec![],
             name_to_certificate: HashMap::new(),
             insecure_skip_verify: false,
+            insecure_skip_hello_verify: false,
             insecure_verification: false,
             verify_peer_certificate: None,
             roots_cas: rustls::RootCertStore::empty(),

@@ -710,6 +710,109 @@ mod tests {
         }
     }
 
+    /// Patch companion: a handshake that fails while its side waits for the peer's flight
+    /// (here the server rejects the client's certificate in Flight 5) keeps no retransmit
+    /// timer: a timer left armed fired on the failed association again and again.
+    #[cfg(feature = "crypto-ring")]
+    #[test]
+    fn a_failed_handshake_keeps_no_retransmit_timer() -> Result<()> {
+        use crate::config::ClientAuthType;
+        let provider: Arc<dyn RTCCryptoProvider> = Arc::new(crypto::providers::RingProvider::new());
+        let suites = [CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Gcm_Sha256];
+        let certificate =
+            || Certificate::generate_self_signed(vec!["localhost".to_owned()], provider.crypto());
+        let reject: crate::config::VerifyPeerCertificateFn =
+            Arc::new(|_, _| Err(Error::ErrInvalidCertificate));
+        let client_config = Arc::new(
+            ConfigBuilder::default()
+                .with_crypto_provider(provider.clone())
+                .with_cipher_suites(suites.to_vec())
+                .with_insecure_skip_verify(true)
+                .with_certificates(vec![certificate()?])
+                .build(true, None)?,
+        );
+        let server_config = Arc::new(
+            ConfigBuilder::default()
+                .with_crypto_provider(provider.clone())
+                .with_cipher_suites(suites.to_vec())
+                .with_insecure_skip_verify(true)
+                .with_client_auth(ClientAuthType::RequireAnyClientCert)
+                .with_verify_peer_certificate(Some(reject))
+                .with_certificates(vec![certificate()?])
+                .build(false, None)?,
+        );
+        let mut client = Endpoint::new(client_addr(), TransportProtocol::UDP, None);
+        let mut server = Endpoint::new(server_addr(), TransportProtocol::UDP, Some(server_config));
+        client.connect(Instant::now(), server_addr(), client_config, None)?;
+        let mut server_failed = false;
+        for _ in 0..4 {
+            let _ = transfer(&mut client, &mut server, client_addr()).map_err(|_| {
+                server_failed = true;
+            });
+            if server_failed {
+                break;
+            }
+            let _ = transfer(&mut server, &mut client, server_addr());
+        }
+        assert!(server_failed, "the server rejects the client's certificate");
+        assert_eq!(server.poll_timeout(&client_addr()), None);
+        Ok(())
+    }
+
+    /// Round trips (client to server and back) until both sides complete, with a server that
+    /// does or does not skip the HelloVerifyRequest.
+    #[cfg(feature = "crypto-ring")]
+    fn round_trips_to_complete(skip_hello_verify: bool) -> Result<usize> {
+        let provider: Arc<dyn RTCCryptoProvider> = Arc::new(crypto::providers::RingProvider::new());
+        let suites = [CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Gcm_Sha256];
+        let client_config = config(provider.clone(), true, &suites)?;
+        let server_config = Arc::new(
+            ConfigBuilder::default()
+                .with_crypto_provider(provider.clone())
+                .with_cipher_suites(suites.to_vec())
+                .with_insecure_skip_verify(true)
+                .with_insecure_skip_hello_verify(skip_hello_verify)
+                .with_certificates(vec![Certificate::generate_self_signed(
+                    vec!["localhost".to_owned()],
+                    provider.crypto(),
+                )?])
+                .build(false, None)?,
+        );
+        let mut client = Endpoint::new(client_addr(), TransportProtocol::UDP, None);
+        let mut server = Endpoint::new(server_addr(), TransportProtocol::UDP, Some(server_config));
+        client.connect(Instant::now(), server_addr(), client_config, None)?;
+        let (mut client_complete, mut server_complete) = (false, false);
+        for round in 1..=8 {
+            for event in transfer(&mut client, &mut server, client_addr())? {
+                server_complete |= matches!(event, EndpointEvent::HandshakeComplete);
+            }
+            for event in transfer(&mut server, &mut client, server_addr())? {
+                client_complete |= matches!(event, EndpointEvent::HandshakeComplete);
+            }
+            if client_complete && server_complete {
+                // Application data flows both ways on the result.
+                client.write(Instant::now(), server_addr(), b"ping")?;
+                let events = transfer(&mut client, &mut server, client_addr())?;
+                assert!(events.iter().any(
+                    |e| matches!(e, EndpointEvent::ApplicationData(d) if d.as_ref() == b"ping")
+                ));
+                return Ok(round);
+            }
+        }
+        panic!("the handshake did not complete (skip_hello_verify: {skip_hello_verify})");
+    }
+
+    /// Patch (libp2p-webrtc-signal, patches/rtc-dtls/PATCHES.md): a server configured to skip
+    /// the HelloVerifyRequest answers the first ClientHello with its ServerHello, and the
+    /// handshake takes one round trip less.
+    #[cfg(feature = "crypto-ring")]
+    #[test]
+    fn skipping_the_hello_verify_request_saves_a_round_trip() -> Result<()> {
+        assert_eq!(round_trips_to_complete(false)?, 3);
+        assert_eq!(round_trips_to_complete(true)?, 2);
+        Ok(())
+    }
+
     /// Patch (libp2p-webrtc-signal, patches/rtc-dtls/PATCHES.md): the server's Flight 4 is lost,
     /// and the client's repeat of Flight 3 reaches the server before the server's own
     /// retransmit timer fires (both timers run 1 s; the client's started first). Receiving it

@@ -192,9 +192,9 @@ impl DTLSConn {
                 srv_cli_str(self.state.is_client),
                 self.current_flight
             );
-            // The timer stays armed until the peer's next flight is complete. What arrived may
-            // be a repeat of the peer's previous flight (ours was lost), or part of its next
-            // one: disarming here left both sides waiting for the other, forever.
+            // The timer stays armed while the peer's next flight is incomplete: what arrived
+            // may be a repeat of the peer's previous flight (ours was lost), or part of its
+            // next one. Disarming it here left both sides waiting for the other, forever.
             let result = self.current_flight.parse(
                 /*&mut self.handle_queue_tx,*/ &mut self.state,
                 &self.cache,
@@ -209,6 +209,10 @@ impl DTLSConn {
                         alert,
                         err
                     );
+                    if err.is_some() {
+                        // A failed handshake retransmits nothing more.
+                        self.current_retransmit_timer = None;
+                    }
 
                     if let Some(alert) = alert {
                         self.notify(alert.alert_level, alert.alert_description);

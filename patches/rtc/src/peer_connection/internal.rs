@@ -131,6 +131,12 @@ impl RTCPeerConnection {
             dtls_cipher_suites: setting_engine.dtls_cipher_suites.clone(),
             allow_insecure_verification_algorithm: setting_engine
                 .allow_insecure_verification_algorithm,
+            // Patch (libp2p-webrtc-signal, patches/rtc/PATCHES.md): no HelloVerifyRequest
+            // round trip. DTLS starts only once ICE selected a pair whose connectivity checks
+            // (authenticated with the signaled ICE password) succeeded: they proved what the
+            // cookie proves, that the client receives at its address. Browsers' DTLS servers
+            // (BoringSSL) send no HelloVerifyRequest either.
+            insecure_skip_hello_verify: true,
             disable_certificate_fingerprint_verification: setting_engine
                 .disable_certificate_fingerprint_verification,
             replay_protection: setting_engine.replay_protection,

@@ -60,6 +60,7 @@ pub(crate) struct DtlsTransport {
     /// [`SettingEngineBuilder::with_dtls_cipher_suites`](crate::peer_connection::configuration::setting_engine::SettingEngineBuilder::with_dtls_cipher_suites)).
     pub(crate) dtls_cipher_suites: Vec<CipherSuiteId>,
     pub(crate) allow_insecure_verification_algorithm: bool,
+    pub(crate) insecure_skip_hello_verify: bool,
     pub(crate) disable_certificate_fingerprint_verification: bool,
     pub(crate) replay_protection: ReplayProtection,
 }
@@ -72,6 +73,7 @@ pub(crate) struct RTCDtlsTransportConfig {
     pub(crate) srtp_protection_profiles: Vec<SrtpProtectionProfile>,
     pub(crate) dtls_cipher_suites: Vec<CipherSuiteId>,
     pub(crate) allow_insecure_verification_algorithm: bool,
+    pub(crate) insecure_skip_hello_verify: bool,
     pub(crate) disable_certificate_fingerprint_verification: bool,
     pub(crate) replay_protection: ReplayProtection,
     pub(crate) crypto_provider: Arc<dyn RTCCryptoProvider>,
@@ -87,6 +89,7 @@ impl DtlsTransport {
             srtp_protection_profiles,
             dtls_cipher_suites,
             allow_insecure_verification_algorithm,
+            insecure_skip_hello_verify,
             disable_certificate_fingerprint_verification,
             replay_protection,
             crypto_provider,
@@ -123,6 +126,7 @@ impl DtlsTransport {
             srtp_protection_profiles,
             dtls_cipher_suites,
             allow_insecure_verification_algorithm,
+            insecure_skip_hello_verify,
             disable_certificate_fingerprint_verification,
             replay_protection,
             crypto_provider,
@@ -253,6 +257,7 @@ impl DtlsTransport {
                 .with_client_auth(ClientAuthType::RequireAnyClientCert)
                 .with_insecure_skip_verify(true)
                 .with_insecure_verification(self.allow_insecure_verification_algorithm)
+                .with_insecure_skip_hello_verify(self.insecure_skip_hello_verify)
                 .with_verify_peer_certificate(verify_peer_certificate)
                 .with_extended_master_secret(::dtls::config::ExtendedMasterSecretType::Require)
                 .with_replay_protection_window(self.replay_protection.dtls)
@@ -393,6 +398,7 @@ mod tests {
             srtp_protection_profiles: vec![],
             dtls_cipher_suites,
             allow_insecure_verification_algorithm: false,
+            insecure_skip_hello_verify: false,
             disable_certificate_fingerprint_verification: false,
             replay_protection: ReplayProtection::default(),
             crypto_provider: crypto::default_provider().expect("test crypto provider"),
@@ -501,6 +507,7 @@ mod tests {
                 srtp_protection_profiles: profiles,
                 dtls_cipher_suites: vec![],
                 allow_insecure_verification_algorithm: false,
+                insecure_skip_hello_verify: false,
                 disable_certificate_fingerprint_verification: false,
                 replay_protection: ReplayProtection::default(),
                 crypto_provider: provider.clone(),
