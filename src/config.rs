@@ -178,6 +178,12 @@ pub struct Config {
     /// [`Config::max_concurrent_upgrades`]. Over it, as there. Default: 2 (a glare over two
     /// relayed connections runs two at once, briefly).
     pub max_concurrent_upgrades_per_peer: usize,
+    /// Time the negotiation of a signaling stream on the relayed connection may take
+    /// (multistream-select, for the streams this side opens and the streams the remote
+    /// opens); then the attempt fails with [`Error::Timeout`](crate::Error::Timeout) and the
+    /// stream is dropped. Part of [`Config::upgrade_timeout`] for the side that opens it.
+    /// Default: 10 s.
+    pub signaling_stream_timeout: Duration,
     /// Time one upgrade attempt may take, from opening the signaling stream to the verified
     /// direct connection. Default: 30 s (well inside a relay circuit's default 2 minutes).
     pub upgrade_timeout: Duration,
@@ -243,6 +249,7 @@ impl Default for Config {
             max_signaling_message_size: 64 * 1024,
             max_concurrent_upgrades: 16,
             max_concurrent_upgrades_per_peer: 2,
+            signaling_stream_timeout: Duration::from_secs(10),
             upgrade_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             max_upgrade_attempts: 3,
@@ -334,6 +341,12 @@ impl Config {
     /// Sets [`Config::inbound_stream_timeout`].
     pub fn with_inbound_stream_timeout(mut self, timeout: Duration) -> Self {
         self.inbound_stream_timeout = timeout;
+        self
+    }
+
+    /// Sets [`Config::signaling_stream_timeout`].
+    pub fn with_signaling_stream_timeout(mut self, timeout: Duration) -> Self {
+        self.signaling_stream_timeout = timeout;
         self
     }
 
@@ -502,6 +515,9 @@ impl Config {
         if self.upgrade_timeout.is_zero() {
             return bad("upgrade_timeout is 0".into());
         }
+        if self.signaling_stream_timeout.is_zero() {
+            return bad("signaling_stream_timeout is 0".into());
+        }
         for server in &self.ice_servers {
             for url in &server.urls {
                 let scheme = url.split(':').next().unwrap_or_default();
@@ -544,6 +560,7 @@ mod tests {
             Config::default().with_inbound_stream_timeout(Duration::ZERO),
             Config::default().with_retries(0, Duration::from_secs(1)),
             Config::default().with_upgrade_timeout(Duration::ZERO),
+            Config::default().with_signaling_stream_timeout(Duration::ZERO),
             Config::default().with_sctp_mtu(1190),
             Config::default().with_sctp_mtu(MAX_SCTP_MTU + 1),
             Config::default().with_sctp_receive_window(MIN_SCTP_WINDOW - 1),

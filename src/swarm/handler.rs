@@ -341,7 +341,7 @@ impl ConnectionHandler for Handler {
     type OutboundOpenInfo = Request;
 
     fn listen_protocol(&self) -> SubstreamProtocol<Upgrade, ()> {
-        SubstreamProtocol::new(Upgrade::Any, ()).with_timeout(Duration::from_secs(10))
+        SubstreamProtocol::new(Upgrade::Any, ()).with_timeout(self.config.signaling_stream_timeout)
     }
 
     fn connection_keep_alive(&self) -> bool {
@@ -374,7 +374,7 @@ impl ConnectionHandler for Handler {
             };
             return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
                 protocol: SubstreamProtocol::new(upgrade, request)
-                    .with_timeout(Duration::from_secs(10)),
+                    .with_timeout(self.config.signaling_stream_timeout),
             });
         }
         if let Some(mut running) = self.running.take() {
@@ -536,8 +536,12 @@ mod tests {
     use futures::task::noop_waker_ref;
 
     fn relayed_handler() -> Handler {
+        relayed_handler_with(Config::default())
+    }
+
+    fn relayed_handler_with(config: Config) -> Handler {
         let node = NodeShare {
-            config: Arc::new(Config::default()),
+            config: Arc::new(config),
             local: PeerId::random(),
             slots: Slots::new(4),
             paths: Paths::default(),
@@ -605,6 +609,28 @@ mod tests {
                 error: Error::Unsupported,
             }) => {}
             other => panic!("expected attempt 2 to fail as unsupported, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn signaling_streams_are_negotiated_within_the_configured_timeout() {
+        let timeout = Duration::from_millis(1500);
+        let mut handler =
+            relayed_handler_with(Config::default().with_signaling_stream_timeout(timeout));
+        // The streams the remote opens.
+        assert_eq!(*handler.listen_protocol().timeout(), timeout);
+        // The streams this side opens, for an upgrade and for a restart.
+        for command in [Command::Start { attempt: 1 }, Command::Restart] {
+            handler.on_behaviour_event(command);
+            let mut cx = Context::from_waker(noop_waker_ref());
+            match handler.poll(&mut cx) {
+                Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest { protocol }) => {
+                    assert_eq!(*protocol.timeout(), timeout);
+                    handler.on_connection_event(refused(*protocol.info()));
+                }
+                _ => panic!("no signaling stream request"),
+            }
+            while reported(&mut handler).is_some() {}
         }
     }
 
