@@ -71,6 +71,7 @@ impl IceServer {
 /// assert_eq!(config.max_streams, 128);
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// STUN/TURN servers. Default: none (host candidates only; no public servers are used
     /// unless you configure them).

@@ -44,13 +44,12 @@ mod test_common;
 pub use crate::rtc::stun::{StunResponder, DEFAULT_STUN_PORT};
 pub use config::{Config, IceServer};
 pub use direct::connection::Connection;
-pub use direct::framing;
+pub use direct::framing::{MAX_FRAME_SIZE, MIN_FRAME_SIZE};
 pub use direct::session::{SdpRole, Session, SessionEvent};
 pub use direct::stream::Stream;
 pub use error::Error;
 pub use swarm::behaviour::{Behaviour, Event};
 pub use swarm::exchange::Timings;
-pub use swarm::handler::{Command, Handler, Report};
 pub use swarm::protocol::{PROTOCOL_NAME, RESTART_PROTOCOL_NAME, SPEC_PROTOCOL_NAME};
 pub use swarm::transport::Transport;
 

@@ -150,11 +150,13 @@ impl FrameDecoder {
     }
 
     /// Whether a malformed frame was found.
+    #[cfg(test)]
     pub fn has_failed(&self) -> bool {
         self.failed
     }
 
     /// Bytes received but not yet decoded into a frame.
+    #[cfg(test)]
     pub fn buffered(&self) -> usize {
         self.buf.len()
     }

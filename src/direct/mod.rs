@@ -7,6 +7,6 @@
 pub(crate) mod candidate;
 pub(crate) mod connection;
 pub(crate) mod fingerprint;
-pub mod framing;
+pub(crate) mod framing;
 pub(crate) mod session;
 pub(crate) mod stream;
