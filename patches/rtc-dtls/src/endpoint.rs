@@ -759,6 +759,53 @@ mod tests {
         Ok(())
     }
 
+    /// Patch: a flight's retransmit timer doubles with each retransmission (RFC 6347
+    /// 4.2.4.1), up to four times the first; the handshake still gives up after the
+    /// configured number of them.
+    #[cfg(feature = "crypto-ring")]
+    #[test]
+    fn retransmissions_back_off() -> Result<()> {
+        let provider: Arc<dyn RTCCryptoProvider> = Arc::new(crypto::providers::RingProvider::new());
+        let base = std::time::Duration::from_millis(100);
+        let client_config = Arc::new(
+            ConfigBuilder::default()
+                .with_crypto_provider(provider)
+                .with_cipher_suites(vec![CipherSuiteId::Tls_Ecdhe_Ecdsa_With_Aes_128_Gcm_Sha256])
+                .with_insecure_skip_verify(true)
+                .with_flight_interval(base)
+                .build(true, None)?,
+        );
+        let mut client = Endpoint::new(client_addr(), TransportProtocol::UDP, None);
+        let start = Instant::now();
+        client.connect(start, server_addr(), client_config, None)?;
+        // Nobody answers: each ClientHello goes unanswered.
+        let mut at = start;
+        let mut gaps = vec![];
+        let mut failed = false;
+        for _ in 0..DEFAULT_MAXIMUM_RETRANSMIT_NUMBER + 1 {
+            while client.poll_transmit().is_some() {}
+            let Some(next) = client.poll_timeout(&server_addr()) else {
+                break;
+            };
+            gaps.push(next.duration_since(at));
+            at = next;
+            if client.handle_timeout(server_addr(), next).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        // Doubling up to four times the first interval.
+        let expected: Vec<_> = (0..DEFAULT_MAXIMUM_RETRANSMIT_NUMBER as u32 + 1)
+            .map(|n| base * (1 << n.min(2)))
+            .collect();
+        assert_eq!(gaps, expected);
+        assert!(
+            failed,
+            "the handshake gives up after its last retransmission"
+        );
+        Ok(())
+    }
+
     /// Round trips (client to server and back) until both sides complete, with a server that
     /// does or does not skip the HelloVerifyRequest.
     #[cfg(feature = "crypto-ring")]

@@ -30,10 +30,16 @@ pub(crate) fn default_srtp_protection_profiles() -> Vec<SrtpProtectionProfile> {
     ]
 }
 
+/// Patch (patches/rtc/PATCHES.md): the first DTLS retransmission timeout. ICE has just
+/// completed over the path, so its round trip is short enough for that; browsers derive it
+/// from the ICE round trip. Doubled per retransmission by the patched rtc-dtls.
+const DTLS_INITIAL_RETRANSMIT: std::time::Duration = std::time::Duration::from_millis(400);
+
 /// DTLSTransport allows an application access to information about the DTLS
 /// transport over which RTP and RTCP packets are sent and received by
 /// RTPSender and RTPReceiver, as well other data such as SCTP packets sent
 /// and received by data channels.
+
 pub(crate) struct DtlsTransport {
     pub(crate) id: RTCTransportId,
     pub(crate) ice_transport_id: RTCTransportId,
@@ -258,6 +264,9 @@ impl DtlsTransport {
                 .with_insecure_skip_verify(true)
                 .with_insecure_verification(self.allow_insecure_verification_algorithm)
                 .with_insecure_skip_hello_verify(self.insecure_skip_hello_verify)
+                // Patch (patches/rtc/PATCHES.md): a lost flight is sent again after 400 ms,
+                // not 1 s; with the patched rtc-dtls the interval doubles per retransmission.
+                .with_flight_interval(DTLS_INITIAL_RETRANSMIT)
                 .with_verify_peer_certificate(verify_peer_certificate)
                 .with_extended_master_secret(::dtls::config::ExtendedMasterSecretType::Require)
                 .with_replay_protection_window(self.replay_protection.dtls)
