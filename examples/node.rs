@@ -214,6 +214,18 @@ async fn start_stun_responder(args: &Args) -> anyhow::Result<()> {
     }
 }
 
+/// `e` and its sources, joined with `: `.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// One event on stdout.
 fn emit(value: serde_json::Value) {
     println!("{value}");
@@ -493,7 +505,7 @@ fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
             } => emit(json!({
                 "event": "upgrade_failed",
                 "peer": peer.to_string(),
-                "reason": error.to_string(),
+                "reason": chain(error),
                 "attempt": attempt,
                 "will_retry": will_retry,
             })),
@@ -542,7 +554,7 @@ fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
             Event::RestartFailed { peer, error, .. } => emit(json!({
                 "event": "restart_failed",
                 "peer": peer.to_string(),
-                "error": error.to_string(),
+                "error": chain(error),
             })),
             _ => {}
         },

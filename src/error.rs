@@ -4,9 +4,9 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The WebRTC stack reported an error.
-    #[error("webrtc: {0}")]
-    WebRtc(String),
+    /// The WebRTC stack reported an error (its error is the [`source`](std::error::Error::source)).
+    #[error("webrtc")]
+    WebRtc(#[source] WebRtcError),
     /// The remote SDP could not be used.
     #[error("invalid remote SDP: {0}")]
     InvalidSdp(String),
@@ -32,11 +32,11 @@ pub enum Error {
     #[error("invalid session state: {0}")]
     InvalidState(&'static str),
     /// The signaling stream failed or ended before the upgrade completed.
-    #[error("signaling stream: {0}")]
-    Signaling(String),
+    #[error("signaling stream")]
+    Signaling(#[source] std::io::Error),
     /// The remote broke the signaling protocol (unexpected, malformed or oversized message).
-    #[error("signaling protocol violation: {0}")]
-    Protocol(String),
+    #[error("signaling protocol violation")]
+    Protocol(#[source] ProtocolViolation),
     /// The upgrade did not complete within [`crate::Config::upgrade_timeout`].
     #[error("upgrade timed out")]
     Timeout,
@@ -55,4 +55,81 @@ pub enum Error {
     /// The configuration is not usable.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
+}
+
+/// An error of the WebRTC stack (webrtc-rs), kept opaque so that this crate's API does not
+/// name webrtc-rs types. Its [`Display`](std::fmt::Display) is webrtc-rs's message.
+#[derive(Debug)]
+pub struct WebRtcError(Box<dyn std::error::Error + Send + Sync>);
+
+impl WebRtcError {
+    pub(crate) fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(e.into())
+    }
+}
+
+impl std::fmt::Display for WebRtcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for WebRtcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
+
+/// How the remote broke the signaling protocol.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolViolation {
+    /// A message that the exchange does not allow where it came (a candidate before the
+    /// offer, a second offer, an answer to the answerer).
+    #[error("unexpected message: {0}")]
+    Unexpected(&'static str),
+    /// A message without a field it needs, or of an unknown type.
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// Bytes that do not decode as a message, or a message over
+    /// [`Config::max_signaling_message_size`](crate::Config::max_signaling_message_size).
+    #[error("undecodable or oversized message")]
+    Undecodable(#[source] std::io::Error),
+}
+
+/// `e` and its sources, joined with `: ` (for logs and reports that show one line).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    #[test]
+    fn causes_are_sources_not_strings() {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, "frame too large");
+        let e = Error::Protocol(ProtocolViolation::Undecodable(io));
+        let violation = e.source().expect("the violation");
+        assert!(violation.is::<ProtocolViolation>());
+        let io = violation.source().expect("the I/O error");
+        assert_eq!(
+            io.downcast_ref::<std::io::Error>().map(|e| e.kind()),
+            Some(std::io::ErrorKind::InvalidData)
+        );
+        assert_eq!(
+            chain(&e),
+            "signaling protocol violation: undecodable or oversized message: frame too large"
+        );
+        let e = Error::WebRtc(WebRtcError::new("ice agent closed"));
+        assert_eq!(chain(&e), "webrtc: ice agent closed");
+    }
 }

@@ -72,6 +72,6 @@ pub(crate) const INIT_CHANNEL_LABEL: &str = "init";
 
 impl From<webrtc::error::Error> for crate::Error {
     fn from(e: webrtc::error::Error) -> Self {
-        crate::Error::WebRtc(e.to_string())
+        crate::Error::WebRtc(crate::error::WebRtcError::new(e))
     }
 }

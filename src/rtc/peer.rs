@@ -214,7 +214,7 @@ impl Peer {
         let config = config.clone();
         tokio::spawn(async move { Self::build(&config, offerer).await })
             .await
-            .map_err(|e| Error::WebRtc(format!("peer connection setup: {e}")))?
+            .map_err(|e| Error::WebRtc(crate::error::WebRtcError::new(e)))?
     }
 
     async fn build(config: &Config, offerer: bool) -> Result<NewPeer, Error> {

@@ -8,6 +8,7 @@ use futures::{SinkExt, StreamExt};
 use libp2p_swarm::Stream;
 
 use super::protocol::{framed, Signal, SignalingStream};
+use crate::error::ProtocolViolation;
 use crate::rtc::Peer;
 use crate::{Config, Connection, Error, SdpRole, Session, SessionEvent};
 
@@ -67,11 +68,11 @@ impl Exchange {
             (Phase::AwaitingAnswer | Phase::Checking, Signal::Candidate(c)) => {
                 Ok(Step::AddCandidate(c))
             }
-            (Phase::AwaitingOffer, Signal::Candidate(_)) => {
-                Err(Error::Protocol("candidate before the offer".into()))
-            }
-            (_, Signal::Offer(_)) => Err(Error::Protocol("unexpected offer".into())),
-            (_, Signal::Answer(_)) => Err(Error::Protocol("unexpected answer".into())),
+            (Phase::AwaitingOffer, Signal::Candidate(_)) => Err(Error::Protocol(
+                ProtocolViolation::Unexpected("candidate before the offer"),
+            )),
+            (_, Signal::Offer(_)) => Err(Error::Protocol(ProtocolViolation::Unexpected("offer"))),
+            (_, Signal::Answer(_)) => Err(Error::Protocol(ProtocolViolation::Unexpected("answer"))),
         }
     }
 }
@@ -214,7 +215,7 @@ async fn send(
     framed
         .send(msg)
         .await
-        .map_err(|e| Error::Signaling(e.to_string()))
+        .map_err(|e| Error::Signaling(e.into()))
 }
 
 /// Exchanges descriptions and candidates until connected; returns when both descriptions
@@ -270,9 +271,9 @@ async fn exchange(
                 let e = std::io::Error::from(e);
                 let kind = e.kind();
                 let err = if kind == std::io::ErrorKind::InvalidData {
-                    Error::Protocol(e.to_string())
+                    Error::Protocol(ProtocolViolation::Undecodable(e))
                 } else {
-                    Error::Signaling(e.to_string())
+                    Error::Signaling(e)
                 };
                 if exchange.phase() != Phase::Checking || matches!(err, Error::Protocol(_)) {
                     return Err(err);
@@ -281,7 +282,10 @@ async fn exchange(
             }
             Either::Left(None) => {
                 if exchange.phase() != Phase::Checking {
-                    return Err(Error::Signaling("stream closed before the exchange".into()));
+                    return Err(Error::Signaling(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "stream closed before the exchange",
+                    )));
                 }
                 stream_open = false;
             }

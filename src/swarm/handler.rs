@@ -511,7 +511,7 @@ impl ConnectionHandler for Handler {
                     StreamUpgradeError::NegotiationFailed => Error::Unsupported,
                     StreamUpgradeError::Timeout => Error::Timeout,
                     StreamUpgradeError::Apply(never) => match never {},
-                    StreamUpgradeError::Io(e) => Error::Signaling(e.to_string()),
+                    StreamUpgradeError::Io(e) => Error::Signaling(e),
                 };
                 let role = SdpRole::Offerer;
                 self.reports.push_back(if info.restart {

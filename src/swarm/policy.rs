@@ -401,7 +401,7 @@ impl PeerPolicy {
             }
             Input::RestartFailed { connection, error } => {
                 self.end_restart(now, connection, &mut out);
-                tracing::debug!(peer = %self.peer, %connection, "ICE restart failed: {error}");
+                tracing::debug!(peer = %self.peer, %connection, "ICE restart failed: {}", crate::error::chain(&error));
                 out.push(Action::Emit(Event::RestartFailed {
                     peer: self.peer,
                     relayed_connection: connection,
@@ -613,7 +613,7 @@ impl PeerPolicy {
             && attempt < self.config.max_upgrade_attempts
             && !self.is_upgraded()
             && self.relayed.get(&connection).is_some_and(|r| !r.draining);
-        tracing::debug!(peer = %self.peer, %connection, attempt, will_retry, "upgrade failed: {error}");
+        tracing::debug!(peer = %self.peer, %connection, attempt, will_retry, "upgrade failed: {}", crate::error::chain(&error));
         out.push(Action::Emit(Event::UpgradeFailed {
             peer: self.peer,
             relayed_connection: connection,

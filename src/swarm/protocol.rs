@@ -83,25 +83,29 @@ pub(crate) enum Signal {
     Candidate(Option<String>),
 }
 
+fn malformed(what: &str) -> Error {
+    Error::Protocol(crate::error::ProtocolViolation::Malformed(what.to_owned()))
+}
+
 impl Signal {
     /// Decodes a received message. Offers and answers need their SDP text.
     pub(crate) fn from_message(msg: Message) -> Result<Self, Error> {
         let kind = msg
             .r#type
-            .ok_or_else(|| Error::Protocol("message without a type".into()))?;
+            .ok_or_else(|| malformed("message without a type"))?;
         match Type::try_from(kind) {
             Ok(Type::SdpOffer) => msg
                 .data
                 .map(Signal::Offer)
-                .ok_or_else(|| Error::Protocol("offer without SDP".into())),
+                .ok_or_else(|| malformed("offer without SDP")),
             Ok(Type::SdpAnswer) => msg
                 .data
                 .map(Signal::Answer)
-                .ok_or_else(|| Error::Protocol("answer without SDP".into())),
+                .ok_or_else(|| malformed("answer without SDP")),
             Ok(Type::IceCandidate) => Ok(Signal::Candidate(
                 msg.data.filter(|d| !d.is_empty() && d != "null"),
             )),
-            Err(_) => Err(Error::Protocol(format!("unknown message type {kind}"))),
+            Err(_) => Err(malformed(&format!("unknown message type {kind}"))),
         }
     }
 

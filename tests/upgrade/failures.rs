@@ -86,6 +86,33 @@ async fn failed_upgrade_keeps_the_relay_and_retries_are_bounded() {
     assert!(a.is_connected(&b_id));
 }
 
+/// A raw peer A (no WebRTC behaviour, raw access to the signaling protocol) connected over
+/// the relay to B, which upgrades (loopback config): the setup, B's id and A's id of the
+/// relayed connection.
+async fn raw_peer_and_b() -> (Setup, libp2p::PeerId, libp2p::swarm::ConnectionId) {
+    let mut setup = setup_raw(
+        None,
+        Some(loopback_config()),
+        libp2p_webrtc_signal::PROTOCOL_NAME,
+    )
+    .await;
+    let b_id = *setup.b.local_peer_id();
+    let relayed = dial_relayed(&mut setup.a, &mut setup.b, &setup.relay_addr).await;
+    (setup, b_id, relayed)
+}
+
+/// A fresh offering session and its offer.
+async fn raw_offer() -> (libp2p_webrtc_signal::Session, String) {
+    let mut session = libp2p_webrtc_signal::Session::new(
+        &loopback_config(),
+        libp2p_webrtc_signal::SdpRole::Offerer,
+    )
+    .await
+    .unwrap();
+    let offer = session.create_offer().await.unwrap();
+    (session, offer)
+}
+
 /// One signaling message, varint length-prefixed, encoded by hand.
 fn message(kind: u8, data: &[u8]) -> Vec<u8> {
     fn varint(mut n: usize, out: &mut Vec<u8>) {
@@ -109,30 +136,18 @@ async fn hostile_signaling_input_fails_the_upgrade_not_the_relay() {
     use futures::{AsyncReadExt, AsyncWriteExt};
     init_tracing();
     // A is hostile: no WebRTC behaviour, raw access to the signaling protocol.
-    let Setup {
-        mut a,
-        mut b,
-        relay_addr,
-        _relay,
-        ..
-    } = setup_raw(
-        None,
-        Some(loopback_config()),
-        libp2p_webrtc_signal::PROTOCOL_NAME,
-    )
-    .await;
-    let b_id = *b.local_peer_id();
-    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
+    let (
+        Setup {
+            mut a,
+            mut b,
+            _relay,
+            ..
+        },
+        b_id,
+        relayed,
+    ) = raw_peer_and_b().await;
 
-    let offer = {
-        let mut s = libp2p_webrtc_signal::Session::new(
-            &loopback_config(),
-            libp2p_webrtc_signal::SdpRole::Offerer,
-        )
-        .await
-        .unwrap();
-        s.create_offer().await.unwrap()
-    };
+    let (_session, offer) = raw_offer().await;
     let mut flood = message(0, offer.as_bytes());
     for i in 0..100 {
         let c = format!(
@@ -521,34 +536,20 @@ async fn a_new_offer_replaces_the_one_being_answered() {
     // H offers, then gives up on its side (as an offerer whose attempt failed first does) and
     // offers again on a new stream while B still answers the first. B must answer the new
     // offer: refusing it left H's retries failing until B's own attempt timed out (30 s).
-    let Setup {
-        mut a,
-        mut b,
-        relay_addr,
-        _relay,
-        ..
-    } = setup_raw(
-        None,
-        Some(loopback_config()),
-        libp2p_webrtc_signal::PROTOCOL_NAME,
-    )
-    .await;
-    let b_id = *b.local_peer_id();
-    let relayed = dial_relayed(&mut a, &mut b, &relay_addr).await;
-    let offer = || async {
-        let mut s = libp2p_webrtc_signal::Session::new(
-            &loopback_config(),
-            libp2p_webrtc_signal::SdpRole::Offerer,
-        )
-        .await
-        .unwrap();
-        let sdp = s.create_offer().await.unwrap();
-        (s, sdp)
-    };
+    let (
+        Setup {
+            mut a,
+            mut b,
+            _relay,
+            ..
+        },
+        b_id,
+        relayed,
+    ) = raw_peer_and_b().await;
     let mut answered = Vec::new();
     let mut sessions = Vec::new();
     for round in 0..2 {
-        let (session, sdp) = offer().await;
+        let (session, sdp) = raw_offer().await;
         sessions.push(session);
         let rx = a.behaviour_mut().raw.open(b_id, relayed);
         let mut stream = drive(&mut a, &mut b, rx)
