@@ -215,15 +215,9 @@ async fn start_stun_responder(args: &Args) -> anyhow::Result<()> {
 }
 
 /// `e` and its sources, joined with `: `.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let causes: Vec<String> = anyhow::Chain::new(e).map(|c| c.to_string()).collect();
+    causes.join(": ")
 }
 
 /// One event on stdout.

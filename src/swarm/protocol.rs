@@ -83,8 +83,8 @@ pub(crate) enum Signal {
     Candidate(Option<String>),
 }
 
-fn malformed(what: &str) -> Error {
-    Error::Protocol(crate::error::ProtocolViolation::Malformed(what.to_owned()))
+fn malformed(what: impl Into<String>) -> Error {
+    Error::Protocol(crate::error::ProtocolViolation::Malformed(what.into()))
 }
 
 impl Signal {
@@ -105,7 +105,7 @@ impl Signal {
             Ok(Type::IceCandidate) => Ok(Signal::Candidate(
                 msg.data.filter(|d| !d.is_empty() && d != "null"),
             )),
-            Err(_) => Err(malformed(&format!("unknown message type {kind}"))),
+            Err(_) => Err(malformed(format!("unknown message type {kind}"))),
         }
     }
 
