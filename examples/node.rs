@@ -472,12 +472,16 @@ fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
                 took,
                 timings,
                 direct_connection,
+                path,
                 ..
             } => emit(json!({
                 "event": "upgraded",
                 "peer": peer.to_string(),
                 "direct_connection": direct_connection.to_string(),
                 "addr": addrs.get(direct_connection).map(|a| a.to_string()),
+                "path": path.map(|p| p.family()),
+                "pair": path.map(|p| format!("{}/{}", p.local_kind, p.remote_kind)),
+                "remote": path.map(|p| p.remote.to_string()),
                 "ms": took.as_secs_f64() * 1000.0,
                 "phases_ms": {
                     "stream": timings.stream.as_secs_f64() * 1000.0,

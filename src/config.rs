@@ -1,6 +1,6 @@
 //! Configuration of WebRTC sessions and connections.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::direct::framing::{MAX_FRAME_SIZE, MIN_FRAME_SIZE};
@@ -88,7 +88,10 @@ pub struct Config {
     /// `Some(`[`crate::DEFAULT_STUN_PORT`]`)` (3478).
     pub relay_stun_port: Option<u16>,
     /// Local UDP addresses to bind, one socket each. A wildcard address binds every
-    /// non-loopback interface. Default: `0.0.0.0:0`.
+    /// interface address of its family but loopback and link-local ones, each a host
+    /// candidate; a wildcard of a family this host has no such address of is skipped (no
+    /// error, no delay). Default: `0.0.0.0:0` and `[::]:0`, dual stack: where IPv4 NATs
+    /// block hole punching, IPv6 often connects directly through stateful firewalls.
     pub udp_bind_addrs: Vec<SocketAddr>,
     /// Gather loopback host candidates (needed to connect two peers on `127.0.0.1`).
     /// Default: `false`.
@@ -227,7 +230,10 @@ impl Default for Config {
             ice_servers: Vec::new(),
             relay_only: false,
             relay_stun_port: Some(crate::DEFAULT_STUN_PORT),
-            udp_bind_addrs: vec![SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))],
+            udp_bind_addrs: vec![
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)),
+                SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0)),
+            ],
             allow_loopback_candidates: false,
             udp_socket_buffer: 4 * 1024 * 1024,
             early_dtls_records: 16,

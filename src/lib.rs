@@ -45,6 +45,7 @@ pub use crate::rtc::stun::{StunResponder, DEFAULT_STUN_PORT};
 pub use config::{Config, IceServer};
 pub use direct::connection::Connection;
 pub use direct::framing::{MAX_FRAME_SIZE, MIN_FRAME_SIZE};
+pub use direct::path::{CandidateKind, DirectPath};
 pub use direct::session::{SdpRole, Session, SessionEvent};
 pub use direct::stream::Stream;
 pub use error::{Error, ProtocolViolation, WebRtcError};

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lab::{Lab, Links, Nat};
+use lab::{Lab, Links, Nat, V6};
 use procs::{events, Node};
 use serde_json::Value;
 
@@ -147,6 +147,8 @@ struct Row {
 struct Outcome {
     upgrade_ms: Option<f64>,
     failures: usize,
+    /// The dialer's `upgraded` event's `path`: `udp4` or `udp6`.
+    path: Option<String>,
 }
 
 fn run_row(row: &Row) -> Outcome {
@@ -155,7 +157,12 @@ fn run_row(row: &Row) -> Outcome {
 
 /// [`run_row`] with `extra` flags for both peers.
 fn run_row_with(row: &Row, extra: &[&str]) -> Outcome {
-    let lab = Lab::up(row.r1, row.r2, row.links);
+    run_row_dual(row, V6::NONE, extra)
+}
+
+/// [`run_row_with`] in a lab with IPv6 per `v6`.
+fn run_row_dual(row: &Row, v6: V6, extra: &[&str]) -> Outcome {
+    let lab = Lab::up_dual(row.r1, row.r2, row.links, v6);
     let (_relay, _listener, addr) = relay_and_listener(&lab, row.ice, extra);
     let mut flags = vec!["--ping", "3", "--send-bytes", "16384", "--timeout", "90"];
     flags.extend_from_slice(extra);
@@ -186,9 +193,12 @@ fn run_row_with(row: &Row, extra: &[&str]) -> Outcome {
     let transfer = events(&all, "transfer").next().expect("transfer");
     assert_eq!(transfer["ok"], true, "{label}: {all:#?}");
     let failures = events(&all, "upgrade_failed").count();
-    let upgrade_ms = events(&all, "upgraded")
-        .next()
-        .and_then(|u| u["ms"].as_f64());
+    let upgraded = events(&all, "upgraded").next();
+    let upgrade_ms = upgraded.and_then(|u| u["ms"].as_f64());
+    let path = upgraded.and_then(|u| u["path"].as_str().map(str::to_string));
+    if upgraded.is_some() {
+        assert!(path.is_some(), "{label}: no path: {all:#?}");
+    }
     if row.direct {
         assert!(upgrade_ms.is_some(), "{label}: no upgrade: {all:#?}");
     } else {
@@ -202,6 +212,7 @@ fn run_row_with(row: &Row, extra: &[&str]) -> Outcome {
     Outcome {
         upgrade_ms,
         failures,
+        path,
     }
 }
 
@@ -326,6 +337,57 @@ fn nat_matrix() {
         ));
     }
     eprintln!("\n| r1 | r2 | ICE servers, links | outcome | row time |\n|---|---|---|---|---|");
+    for line in &table {
+        eprintln!("{line}");
+    }
+}
+
+/// Dual stack (issue 20): global IPv6 behind each home router's stateful firewall beside
+/// IPv4 NAT. Where IPv4 cannot punch through (symmetric on both sides) the peers connect
+/// over IPv6; where IPv6 is missing on one side or its UDP is blocked, IPv4 does as it
+/// does without IPv6. The dialer's `upgraded` event names the family.
+#[test]
+fn dual_stack_matrix() {
+    let Some(_lab) = lab_lock() else { return };
+    let row = |r1, r2| Row {
+        r1,
+        r2,
+        ice: Ice::Stun,
+        links: Links::default(),
+        direct: true,
+    };
+    let one_side = V6 {
+        p2: false,
+        ..V6::BOTH
+    };
+    let udp_dropped = V6 {
+        drop_udp: true,
+        ..V6::BOTH
+    };
+    // (row, IPv6, the family the direct path must use: None = either)
+    let cases = [
+        (row(Nat::Symmetric, Nat::Symmetric), V6::BOTH, Some("udp6")),
+        (row(Nat::Cone, Nat::Cone), V6::BOTH, None),
+        (row(Nat::Cone, Nat::Cone), one_side, Some("udp4")),
+        (row(Nat::Cone, Nat::Cone), udp_dropped, Some("udp4")),
+    ];
+    let mut table = Vec::new();
+    for (row, v6, family) in &cases {
+        let outcome = run_row_dual(row, *v6, &[]);
+        let label = format!("{:?}/{:?} {v6:?}", row.r1, row.r2);
+        let path = outcome.path.expect("an upgraded row has a path");
+        if let Some(family) = family {
+            assert_eq!(&path, family, "{label}");
+        }
+        assert!(path == "udp4" || path == "udp6", "{label}: {path}");
+        table.push(format!(
+            "| {:?} | {:?} | {v6:?} | direct over {path} in {:.0} ms |",
+            row.r1,
+            row.r2,
+            outcome.upgrade_ms.unwrap_or(f64::NAN)
+        ));
+    }
+    eprintln!("\n| r1 | r2 | IPv6 | outcome |\n|---|---|---|---|");
     for line in &table {
         eprintln!("{line}");
     }

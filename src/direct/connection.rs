@@ -13,6 +13,7 @@ use futures::{FutureExt, StreamExt};
 use libp2p_core::muxing::{StreamMuxer, StreamMuxerEvent};
 
 use super::framing;
+use super::path::DirectPath;
 use super::stream::{Stream, StreamContext};
 use crate::rtc::{Channel, ChannelEvent, Peer, PeerEvent, PeerState, INIT_CHANNEL_LABEL};
 use crate::slots::{Slot, Slots};
@@ -57,6 +58,8 @@ pub struct Connection {
     slots: Arc<Slots>,
     ctx: Arc<StreamContext>,
     handle: tokio::runtime::Handle,
+    /// The candidate pair ICE had selected when the connection came up.
+    path: Option<DirectPath>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -64,6 +67,7 @@ impl std::fmt::Debug for Connection {
         f.debug_struct("Connection")
             .field("streams", &self.slots.used())
             .field("closed", &self.closed)
+            .field("path", &self.path)
             .finish_non_exhaustive()
     }
 }
@@ -77,6 +81,7 @@ impl Connection {
         events: mpsc::UnboundedReceiver<PeerEvent>,
         early_channels: VecDeque<Channel>,
         init: Option<Channel>,
+        path: Option<DirectPath>,
         config: &Config,
     ) -> Self {
         let ctx = Arc::new(StreamContext {
@@ -109,6 +114,7 @@ impl Connection {
             slots: Slots::new(config.max_streams),
             ctx,
             handle,
+            path,
         };
         for dc in early_channels {
             this.on_remote_channel(dc);
@@ -119,6 +125,13 @@ impl Connection {
     /// The peer connection (for ICE restarts).
     pub(crate) fn peer(&self) -> &Peer {
         &self.peer
+    }
+
+    /// The candidate pair ICE selected when the connection came up: the address family
+    /// and whether a NAT mapping or a TURN server is on the way. `None` only if webrtc-rs
+    /// did not report the pair. An ICE restart may move the connection to another pair.
+    pub fn path(&self) -> Option<DirectPath> {
+        self.path
     }
 
     /// Number of open streams.

@@ -8,5 +8,6 @@ pub(crate) mod candidate;
 pub(crate) mod connection;
 pub(crate) mod fingerprint;
 pub(crate) mod framing;
+pub(crate) mod path;
 pub(crate) mod session;
 pub(crate) mod stream;

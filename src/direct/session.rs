@@ -289,12 +289,17 @@ impl Session {
         self.verify_fingerprint().await?;
         let deadline = tokio::time::Instant::now() + self.config.upgrade_timeout;
         self.peer.wait_for_sctp(deadline).await?;
+        let path = self.peer.selected_path().await;
+        if path.is_none() {
+            tracing::debug!("webrtc-rs reports no selected candidate pair");
+        }
         // From here the connection owns the peer connection and closes it.
         Ok(Connection::new(
             self.peer,
             self.events,
             self.early_channels,
             self.init_channel,
+            path,
             &self.config,
         ))
     }

@@ -1,13 +1,16 @@
 //! One webrtc-rs peer connection behind plain methods: [`Peer`], and what its driver reports,
 //! [`PeerEvent`].
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::configuration::RTCIceTransportPolicy;
-use rtc::peer_connection::transport::RTCSctpTransportState;
+use rtc::peer_connection::transport::{
+    RTCIceCandidate, RTCIceCandidateType, RTCSctpTransportState,
+};
 use webrtc::data_channel::DataChannel;
 use webrtc::peer_connection::{
     PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler, RTCConfigurationBuilder,
@@ -17,6 +20,7 @@ use webrtc::peer_connection::{
 
 use super::socket::{BufferedRuntime, EarlyDtls};
 use super::{CandidateInit, Channel, INIT_CHANNEL_LABEL};
+use crate::direct::path::{CandidateKind, DirectPath};
 use crate::{Config, Error};
 
 /// A new peer connection: the [`Peer`], its events, and the offerer's `init` channel.
@@ -269,7 +273,7 @@ impl Peer {
                 observers: observers.clone(),
                 early_dtls,
             }))
-            .with_udp_addrs(config.udp_bind_addrs.clone())
+            .with_udp_addrs(bind_addrs(&config.udp_bind_addrs, &local_ips()))
             .with_data_channel_send_buffer_limit(config.stream_send_buffer)
             .build()
             .await?;
@@ -419,6 +423,25 @@ impl Peer {
         Ok(certs.into_iter().next())
     }
 
+    /// The candidate pair ICE selected, if it has selected one.
+    pub(crate) async fn selected_path(&self) -> Option<DirectPath> {
+        let sctp = self.pc().sctp().await?;
+        let pair = sctp
+            .transport()
+            .ice_transport()
+            .get_selected_candidate_pair()
+            .await
+            .ok()??;
+        let (local, local_kind) = address_and_kind(pair.local())?;
+        let (remote, remote_kind) = address_and_kind(pair.remote())?;
+        Some(DirectPath {
+            local,
+            local_kind,
+            remote,
+            remote_kind,
+        })
+    }
+
     /// Creates an in-band data channel; libp2p streams have the label `""`.
     pub(crate) async fn create_channel(&self, label: &str) -> Result<Channel, Error> {
         Ok(Channel::new(
@@ -431,5 +454,111 @@ impl Peer {
         if let Err(e) = self.pc().close().await {
             tracing::debug!("closing the peer connection failed: {e}");
         }
+    }
+}
+
+/// A candidate's address and kind; `None` for one that names neither.
+fn address_and_kind(candidate: &RTCIceCandidate) -> Option<(SocketAddr, CandidateKind)> {
+    let ip: IpAddr = candidate.address.parse().ok()?;
+    let kind = match candidate.typ {
+        RTCIceCandidateType::Host => CandidateKind::Host,
+        RTCIceCandidateType::Srflx => CandidateKind::ServerReflexive,
+        RTCIceCandidateType::Prflx => CandidateKind::PeerReflexive,
+        RTCIceCandidateType::Relay => CandidateKind::Relay,
+        _ => return None,
+    };
+    Some((SocketAddr::new(ip, candidate.port), kind))
+}
+
+/// The addresses of this host's interfaces; empty if they cannot be listed.
+fn local_ips() -> Vec<IpAddr> {
+    match rtc::shared::ifaces::ifaces() {
+        Ok(interfaces) => interfaces
+            .into_iter()
+            .filter_map(|i| i.addr.map(|a| a.ip()))
+            .collect(),
+        Err(e) => {
+            tracing::debug!("cannot list the local interfaces: {e}");
+            Vec::new()
+        }
+    }
+}
+
+/// Whether `ip` can be a host candidate another peer reaches: not loopback, unspecified or
+/// link-local (`169.254/16`, `fe80::/10`; an IPv6 link-local address needs a scope id no
+/// candidate carries). webrtc-rs expands a wildcard into exactly these addresses.
+fn usable_interface_address(ip: &IpAddr) -> bool {
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    };
+    !ip.is_loopback() && !ip.is_unspecified() && !link_local
+}
+
+/// What to bind of `configured` on a host with these interface addresses (`local`): a
+/// wildcard of an address family the host has no usable address of is left out. webrtc-rs
+/// would bind it as it is and announce a host candidate on the unspecified address (`::`),
+/// so a host without IPv6 would send a useless candidate with every offer. If that leaves
+/// nothing, `configured` is returned as it is (the caller asked for exactly that).
+fn bind_addrs(configured: &[SocketAddr], local: &[IpAddr]) -> Vec<SocketAddr> {
+    let has_family = |v6: bool| {
+        local
+            .iter()
+            .any(|ip| ip.is_ipv6() == v6 && usable_interface_address(ip))
+    };
+    let kept: Vec<SocketAddr> = configured
+        .iter()
+        .copied()
+        .filter(|addr| !addr.ip().is_unspecified() || has_family(addr.is_ipv6()))
+        .collect();
+    if kept.is_empty() {
+        configured.to_vec()
+    } else {
+        kept
+    }
+}
+
+#[cfg(test)]
+mod bind_tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    fn ips(list: &[&str]) -> Vec<IpAddr> {
+        list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    const DUAL: &[&str] = &["0.0.0.0:0", "[::]:0"];
+
+    #[test]
+    fn a_host_without_ipv6_binds_ipv4_only() {
+        // Loopback and link-local IPv6 do not count: no peer can reach them.
+        let local = ips(&["127.0.0.1", "10.0.1.2", "::1", "fe80::1"]);
+        assert_eq!(bind_addrs(&addrs(DUAL), &local), addrs(&["0.0.0.0:0"]));
+    }
+
+    #[test]
+    fn a_dual_stack_host_binds_both() {
+        for v6 in ["2001:db8:1::2", "fd00::2"] {
+            let local = ips(&["10.0.1.2", v6, "fe80::1"]);
+            assert_eq!(bind_addrs(&addrs(DUAL), &local), addrs(DUAL), "{v6}");
+        }
+    }
+
+    #[test]
+    fn an_ipv6_only_host_binds_ipv6_only() {
+        let local = ips(&["127.0.0.1", "169.254.3.4", "2001:db8:1::2"]);
+        assert_eq!(bind_addrs(&addrs(DUAL), &local), addrs(&["[::]:0"]));
+    }
+
+    #[test]
+    fn concrete_addresses_are_kept_and_nothing_left_keeps_the_configuration() {
+        let local = ips(&["127.0.0.1"]);
+        let configured = addrs(&["127.0.0.1:0", "[::]:0"]);
+        assert_eq!(bind_addrs(&configured, &local), addrs(&["127.0.0.1:0"]));
+        // No interface at all: bind what was asked for, as webrtc-rs would.
+        assert_eq!(bind_addrs(&addrs(DUAL), &[]), addrs(DUAL));
     }
 }

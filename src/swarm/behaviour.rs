@@ -31,7 +31,7 @@ use super::policy::{is_relayed, relay_stun_url, Action, Input, PeerPolicy};
 use super::transport::{listen_addr, Handoff};
 use crate::rtc::{PeerEvent, PeerState};
 use crate::slots::Slots;
-use crate::{Config, Connection, Error, IceServer, SdpRole};
+use crate::{Config, Connection, DirectPath, Error, IceServer, SdpRole};
 
 /// What the behaviour reports.
 #[derive(Debug)]
@@ -60,6 +60,9 @@ pub enum Event {
         took: Duration,
         /// Where that time went, and what the signaling cost.
         timings: Timings,
+        /// The candidate pair the direct connection runs over: IPv4 or IPv6, through a NAT
+        /// mapping or a TURN server. `None` only if webrtc-rs did not report it.
+        path: Option<DirectPath>,
     },
     /// An upgrade attempt failed; the relayed connection is untouched.
     UpgradeFailed {
@@ -418,6 +421,7 @@ impl Behaviour {
                     connection,
                     role,
                     timings,
+                    path: direct.path(),
                 },
                 Some(direct),
             ),

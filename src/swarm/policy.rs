@@ -17,7 +17,7 @@ use libp2p_swarm::ConnectionId;
 
 use super::exchange::Timings;
 use super::handler::Command;
-use crate::{Config, Error, Event, SdpRole};
+use crate::{Config, DirectPath, Error, Event, SdpRole};
 
 /// Whether `offerer`'s offer wins a glare against an offer from `other`: the smaller peer id
 /// (by its byte encoding) offers. Both sides reach the same answer; every glare decision (the
@@ -116,6 +116,7 @@ pub(crate) enum Input {
         connection: ConnectionId,
         role: SdpRole,
         timings: Timings,
+        path: Option<DirectPath>,
     },
     /// A handler's attempt failed.
     Failed {
@@ -147,6 +148,9 @@ pub(crate) enum Input {
 }
 
 /// What the policy asks for.
+// Actions live only while one input is processed (a few at a time), and most of them are
+// events, which the Swarm takes by value anyway: boxing them would add an allocation each.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Action {
     /// Send a command to the handler of a connection to the peer.
@@ -193,6 +197,7 @@ struct Handed {
     offerer: PeerId,
     at: Instant,
     timings: Timings,
+    path: Option<DirectPath>,
 }
 
 #[derive(Debug)]
@@ -353,6 +358,7 @@ impl PeerPolicy {
                 connection,
                 role,
                 timings,
+                path,
             } => {
                 self.clear_attempt(connection);
                 if let Some(r) = self.relayed.get(&connection) {
@@ -369,6 +375,7 @@ impl PeerPolicy {
                         offerer,
                         at: now,
                         timings,
+                        path,
                     });
                 }
             }
@@ -480,6 +487,7 @@ impl PeerPolicy {
             direct_connection: connection,
             took: timings.total(),
             timings,
+            path: h.path,
         }));
         // Glare safety net: keep one direct connection, the one the glare winner offered
         // (the same choice on both sides).
@@ -964,6 +972,7 @@ mod tests {
                 connection,
                 role,
                 timings: Timings::default(),
+                path: None,
             });
             assert!(matches!(out[..], [Action::HandOff { relayed, .. }] if relayed == connection));
             let out = self.input(Input::DirectEstablished { connection: direct });
@@ -1265,6 +1274,7 @@ mod tests {
                 connection: conn(2),
                 role: SdpRole::Answerer,
                 timings: Timings::default(),
+                path: None,
             });
             let out = f.input(Input::DirectEstablished {
                 connection: conn(11),
@@ -1283,6 +1293,7 @@ mod tests {
             connection: conn(1),
             role: SdpRole::Offerer,
             timings: Timings::default(),
+            path: None,
         });
         let out = f.input(Input::DirectRefused {
             connection: conn(10),
@@ -1301,7 +1312,13 @@ mod tests {
     }
 
     #[test]
-    fn handoff_time_comes_from_the_inputs() {
+    fn handoff_time_and_path_come_from_the_inputs() {
+        let v6_path = DirectPath {
+            local: "[2001:db8:1::2]:5000".parse().unwrap(),
+            local_kind: crate::CandidateKind::Host,
+            remote: "[2001:db8:2::2]:6000".parse().unwrap(),
+            remote_kind: crate::CandidateKind::Host,
+        };
         let mut f = Fixture::with_defaults();
         f.relay(conn(1), true);
         f.input(Input::Upgraded {
@@ -1311,14 +1328,26 @@ mod tests {
                 ice: Duration::from_millis(5),
                 ..Timings::default()
             },
+            path: Some(v6_path),
         });
         f.now += Duration::from_millis(7);
         let out = f.input(Input::DirectEstablished {
             connection: conn(10),
         });
-        let Some(Action::Emit(Event::Upgraded { took, timings, .. })) = out.first() else {
+        let Some(Action::Emit(Event::Upgraded {
+            took,
+            timings,
+            path,
+            ..
+        })) = out.first()
+        else {
             panic!("{out:?}");
         };
+        assert_eq!(
+            *path,
+            Some(v6_path),
+            "the path is reported as the handler saw it"
+        );
         assert_eq!(timings.handoff, Duration::from_millis(7));
         assert_eq!(*took, Duration::from_millis(12));
     }

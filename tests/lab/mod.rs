@@ -8,7 +8,12 @@
 //!          203.0.113.2 r1 (NAT + firewall)    r2 (NAT + firewall) 192.0.2.2
 //!                      |                       |
 //!               p1 10.0.1.2                 p2 10.0.2.2
+//!                  2001:db8:1::2               2001:db8:2::2   (with [`V6`])
 //! ```
+//!
+//! With [`Lab::up_dual`], IPv6 too: global addresses routed by the core without NAT
+//! (`2001:db8:a1::/64` and `2001:db8:a2::/64` to the home routers), behind the same
+//! stateful firewall (`ip6tables`) on each home router.
 //!
 //! Each home router does NAT per [`Nat`] and drops unsolicited inbound traffic. The core
 //! router knows no private range (with [`Nat::None`] it routes that LAN as public), so
@@ -43,6 +48,37 @@ pub struct Links {
     pub loss_pct: f64,
 }
 
+/// IPv6 in the lab: global addresses (`2001:db8::/32`, no NAT) where asked for, behind the
+/// same stateful firewall on each home router as IPv4.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct V6 {
+    /// p1's LAN has IPv6.
+    pub p1: bool,
+    /// p2's LAN has IPv6. A peer whose LAN has none has IPv6 turned off.
+    pub p2: bool,
+    /// Both home routers drop all IPv6 UDP (a firewall that only lets TCP through).
+    pub drop_udp: bool,
+}
+
+impl V6 {
+    /// IPv6 on both LANs.
+    pub const BOTH: V6 = V6 {
+        p1: true,
+        p2: true,
+        drop_udp: false,
+    };
+    /// No IPv6 anywhere (the default, and [`Lab::up`]'s).
+    pub const NONE: V6 = V6 {
+        p1: false,
+        p2: false,
+        drop_udp: false,
+    };
+}
+
+/// IPv6 addresses (with [`V6`]).
+pub const P1_IP6: &str = "2001:db8:1::2";
+pub const P2_IP6: &str = "2001:db8:2::2";
+
 /// The TURN credentials coturn is started with.
 pub const TURN_USER: &str = "lab";
 pub const TURN_PASS: &str = "labpass";
@@ -60,7 +96,7 @@ pub fn unavailable() -> Option<String> {
     if !is_root() {
         return Some("needs root (network namespaces, iptables)".into());
     }
-    for tool in ["ip", "iptables", "conntrack", "turnserver"] {
+    for tool in ["ip", "iptables", "ip6tables", "conntrack", "turnserver"] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -130,6 +166,11 @@ pub struct Lab {
 impl Lab {
     /// Builds the topology with these NATs and link conditions, and starts coturn.
     pub fn up(r1: Nat, r2: Nat, links: Links) -> Self {
+        Self::up_dual(r1, r2, links, V6::NONE)
+    }
+
+    /// [`Lab::up`] with IPv6 per `v6` besides IPv4.
+    pub fn up_dual(r1: Nat, r2: Nat, links: Links, v6: V6) -> Self {
         clean();
         let mut lab = Lab {
             turn: None,
@@ -155,6 +196,13 @@ impl Lab {
             sh(&format!("ip link set {vb} netns {} name {bi}", ns(b)));
             nsx(a, &format!("ip addr add {aip}/24 dev {ai}"));
             nsx(b, &format!("ip addr add {bip}/24 dev {bi}"));
+            if v6 != V6::NONE {
+                // No duplicate address detection for the link-local addresses either:
+                // while they are tentative (1-2 s after the link comes up) neighbor
+                // discovery cannot run, and the first IPv6 packets wait for it.
+                nsx(a, &format!("sysctl -qw net.ipv6.conf.{ai}.accept_dad=0"));
+                nsx(b, &format!("sysctl -qw net.ipv6.conf.{bi}.accept_dad=0"));
+            }
             nsx(a, &format!("ip link set {ai} up"));
             nsx(b, &format!("ip link set {bi} up"));
         }
@@ -198,6 +246,9 @@ impl Lab {
             );
             nsx(router, "iptables -A INPUT -i wan -j DROP");
         }
+        if v6 != V6::NONE {
+            ipv6(v6);
+        }
         if links.delay_ms > 0 || links.loss_pct > 0.0 {
             // A forwarded packet crosses two links of the core router.
             let loss_two = 100.0 * (1.0 - (1.0 - links.loss_pct / 100.0).powi(2));
@@ -207,6 +258,12 @@ impl Lab {
                 loss_two,
                 "-t mangle -A FORWARD",
             ));
+            if v6 != V6::NONE {
+                nsx(
+                    "core",
+                    "ip6tables -t mangle -A FORWARD -j NFQUEUE --queue-num 0",
+                );
+            }
         }
         // STUN and TURN (long-term credentials), no config file.
         let turn = Command::new("ip")
@@ -267,6 +324,51 @@ impl Lab {
             "r1",
             &format!("iptables -I FORWARD -i wan -o lan -p tcp --dport {port} -j ACCEPT"),
         );
+    }
+}
+
+/// Adds IPv6 to the lab's routers and the LANs `v6` names: global addresses, routed by the
+/// core without NAT, each home router's firewall letting in only replies (IPv6 UDP dropped
+/// altogether with `v6.drop_udp`). Addresses skip duplicate address detection (`nodad`) so
+/// they can be bound at once.
+fn ipv6(v6: V6) {
+    let addr = |host: &str, ip: &str, dev: &str| {
+        nsx(host, &format!("ip -6 addr add {ip}/64 dev {dev} nodad"));
+    };
+    for router in ["core", "r1", "r2"] {
+        nsx(router, "sysctl -qw net.ipv6.conf.all.forwarding=1");
+    }
+    for (router, n, lan_on) in [("r1", 1, v6.p1), ("r2", 2, v6.p2)] {
+        addr("core", &format!("2001:db8:a{n}::1"), router);
+        addr(router, &format!("2001:db8:a{n}::2"), "wan");
+        nsx(
+            router,
+            &format!("ip -6 route add default via 2001:db8:a{n}::1"),
+        );
+        nsx(
+            "core",
+            &format!("ip -6 route add 2001:db8:{n}::/64 via 2001:db8:a{n}::2"),
+        );
+        let host = format!("p{n}");
+        if lan_on {
+            addr(router, &format!("2001:db8:{n}::1"), "lan");
+            addr(&host, &format!("2001:db8:{n}::2"), "eth0");
+            nsx(
+                &host,
+                &format!("ip -6 route add default via 2001:db8:{n}::1"),
+            );
+        } else {
+            // A host with IPv6 turned off altogether (not even `::1`).
+            nsx(&host, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+        }
+        nsx(
+            router,
+            "ip6tables -A FORWARD -i wan -o lan -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        );
+        nsx(router, "ip6tables -A FORWARD -i wan -o lan -j DROP");
+        if v6.drop_udp {
+            nsx(router, "ip6tables -I FORWARD -p udp -j DROP");
+        }
     }
 }
 

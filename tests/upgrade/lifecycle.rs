@@ -10,6 +10,66 @@ use libp2p_webrtc_signal::Event;
 use crate::common::{init_tracing, loopback_config};
 use crate::swarm::*;
 
+/// A peer connection bound to IPv6 only connects over IPv6, and the event says so (the
+/// relayed connection is IPv4: the families of signaling and direct path are independent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_path_is_reported_as_udp6() {
+    init_tracing();
+    if std::net::UdpSocket::bind("[::1]:0").is_err() {
+        // CI's machine has IPv6 loopback; a host without it cannot run this.
+        assert!(
+            std::env::var("CI").is_err(),
+            "IPv6 loopback is required in CI"
+        );
+        eprintln!("skipped: no IPv6 loopback");
+        return;
+    }
+    let config = loopback_config().with_udp_bind_addrs(vec!["[::1]:0".parse().unwrap()]);
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup(Some(config.clone()), Some(config)).await;
+    let b_id = *b.local_peer_id();
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    let mut paths = [None, None];
+    both(&mut a, &mut b, |side, e| {
+        match e {
+            SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::Upgraded { path, .. })) => {
+                paths[side as usize] = Some(path.expect("the selected pair is reported"));
+            }
+            SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::UpgradeFailed { error, .. })) => {
+                panic!("{side:?}: upgrade failed: {error}")
+            }
+            _ => {}
+        }
+        paths.iter().all(Option::is_some).then_some(())
+    })
+    .await;
+    let [Some(a_path), Some(b_path)] = paths else {
+        unreachable!()
+    };
+    for path in [a_path, b_path] {
+        assert!(path.is_ipv6(), "{path}");
+        assert_eq!(path.family(), "udp6");
+        assert_eq!(path.remote.ip(), std::net::Ipv6Addr::LOCALHOST, "{path}");
+        assert!(!path.is_turn_relayed(), "{path}");
+    }
+    // One pair, seen from both ends.
+    assert_eq!(
+        a_path.local.port(),
+        b_path.remote.port(),
+        "{a_path} / {b_path}"
+    );
+    assert_eq!(
+        a_path.remote.port(),
+        b_path.local.port(),
+        "{a_path} / {b_path}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_connection_is_upgraded_without_app_code() {
     init_tracing();
@@ -41,8 +101,12 @@ async fn relayed_connection_is_upgraded_without_app_code() {
                 direct_connection,
                 took,
                 timings,
+                path,
                 ..
             })) => {
+                let path = path.expect("the selected pair is reported");
+                assert_eq!(path.family(), "udp4", "{path}");
+                assert_eq!(path.remote.ip(), std::net::Ipv4Addr::LOCALHOST, "{path}");
                 assert_eq!(took, timings.total());
                 assert!(timings.signaling_bytes_sent > 0 && timings.signaling_bytes_received > 0);
                 assert!(timings.ice > Duration::ZERO && timings.dtls > Duration::ZERO);
