@@ -34,6 +34,9 @@ mod error;
 #[cfg(test)]
 mod fuzz;
 mod generated;
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub mod metrics;
 mod rtc;
 mod slots;
 mod swarm;

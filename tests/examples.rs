@@ -11,7 +11,12 @@ use serde_json::Value;
 /// A relay and a listener with a reservation on it; returns them and the listener's
 /// circuit address.
 fn relay_and_listener(listener_flags: &[&str]) -> (Node, Node, String) {
-    let mut relay = Node::start(&["relay", "--listen", "/ip4/127.0.0.1/tcp/0"]);
+    relay_and_listener_on("/ip4/127.0.0.1/tcp/0", listener_flags)
+}
+
+/// [`relay_and_listener`] with the relay listening on `listen`.
+fn relay_and_listener_on(listen: &str, listener_flags: &[&str]) -> (Node, Node, String) {
+    let mut relay = Node::start(&["relay", "--listen", listen]);
     let relay_addr = relay.wait("listening")["addr"]
         .as_str()
         .expect("addr")
@@ -98,6 +103,37 @@ fn node_dial_upgrades_then_pings_and_echoes_over_webrtc() {
     // The listener saw the same upgrade, from the answering side, and closed the relay.
     assert_eq!(listener.wait("upgrade_started")["role"], "answerer");
     listener.wait("upgraded");
+    listener.wait("relay_closed");
+}
+
+/// Browsers reach relays over WebSockets: the relay serves `/ws`, the listener reserves
+/// through it, and the dialer uses the address form a browser advertises
+/// (`<relay>/tcp/P/ws/p2p/<relay>/p2p-circuit/webrtc/p2p/<id>`).
+#[test]
+fn node_upgrades_through_a_websocket_relay() {
+    let (_relay, mut listener, addr) = relay_and_listener_on("/ip4/127.0.0.1/tcp/0/ws", &[]);
+    assert!(addr.contains("/ws/p2p/"), "{addr}");
+    let advertised = addr.replace("/p2p-circuit/p2p/", "/p2p-circuit/webrtc/p2p/");
+    let dialer = Node::start(&["dial", &advertised, "--loopback", "--ping", "2"]);
+    let (code, all) = dialer.finish();
+    assert_eq!(code, 0, "{all:#?}");
+    // The first connection to the listener is the relayed one, over /ws. (With an explicit
+    // `/webrtc` address its address is the dialed one, so `relayed` is false there.)
+    let listener_id = addr.rsplit('/').next().expect("id");
+    let first = events(&all, "connected")
+        .find(|e| e["peer"] == listener_id)
+        .expect("connected");
+    assert!(
+        first["addr"]
+            .as_str()
+            .is_some_and(|a| a.contains("/ws/") && a.contains("/p2p-circuit/")),
+        "{first}"
+    );
+    let upgraded = events(&all, "upgraded").next().expect("upgraded");
+    assert_eq!(upgraded["path"], "udp4", "{upgraded}");
+    assert_eq!(upgraded["pair"], "host/host", "{upgraded}");
+    let pings: Vec<_> = events(&all, "ping").collect();
+    assert!(pings.len() == 2 && pings.iter().all(|p| p["ok"] == true && p["direct"] == true));
     listener.wait("relay_closed");
 }
 

@@ -8,7 +8,9 @@ pub mod streams;
 use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::core::transport::OptionalTransport;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, OptionalTransport};
+use libp2p::core::{upgrade, Transport as _};
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
@@ -72,7 +74,7 @@ pub fn peer_with(
 }
 
 /// The one `SwarmBuilder` chain of the examples and tests: TCP (noise, yamux), QUIC, the
-/// upgrade's transport (with `webrtc: Some`), the relay client; `behaviour` builds the
+/// upgrade's transport (with `webrtc: Some`), WebSockets (`/ws`), the relay client; `behaviour` builds the
 /// node's behaviour from the relay client and the upgrade's behaviour. A connection with
 /// no open stream is closed after `idle`.
 pub fn swarm<B: NetworkBehaviour>(
@@ -91,6 +93,7 @@ pub fn swarm<B: NetworkBehaviour>(
         )?
         .with_quic()
         .with_other_transport(move |_| transport)?
+        .with_other_transport(websocket)?
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(move |_, relay| behaviour(relay, webrtc))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle))
@@ -131,7 +134,21 @@ pub async fn loopback_relay(
     Ok((relay, addr))
 }
 
-/// Builds a circuit relay v2 server over TCP.
+/// WebSockets over TCP (`/ws`; no TLS), with noise and yamux: how browsers reach a relay.
+pub fn websocket(
+    key: &Keypair,
+) -> Result<Boxed<(libp2p::PeerId, StreamMuxerBox)>, Box<dyn std::error::Error + Send + Sync>> {
+    let ws = libp2p_websocket::Config::new(tcp::tokio::Transport::new(tcp::Config::default()));
+    Ok(ws
+        .upgrade(upgrade::Version::V1)
+        .authenticate(noise::Config::new(key)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)))
+        .boxed())
+}
+
+/// Builds a circuit relay v2 server over TCP and WebSockets (listen on `/tcp/P/ws` for
+/// browsers).
 pub fn relay_server(
     key: Keypair,
     config: relay::Config,
@@ -144,6 +161,7 @@ pub fn relay_server(
             noise::Config::new,
             yamux::Config::default,
         )?
+        .with_other_transport(websocket)?
         .with_behaviour(|_| relay::Behaviour::new(local, config))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
         .build())

@@ -56,6 +56,8 @@ pub enum Event {
         relayed_connection: ConnectionId,
         /// The new direct connection.
         direct_connection: ConnectionId,
+        /// The attempt that succeeded, from 1 (as in [`Event::UpgradeStarted`]).
+        attempt: u32,
         /// From the start of the successful attempt to the direct connection in the Swarm.
         took: Duration,
         /// Where that time went, and what the signaling cost.
@@ -414,12 +416,13 @@ impl Behaviour {
             Report::Upgraded {
                 connection: direct,
                 role,
+                attempt,
                 timings,
-                ..
             } => (
                 Input::Upgraded {
                     connection,
                     role,
+                    attempt,
                     timings,
                     path: direct.path(),
                 },

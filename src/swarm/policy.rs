@@ -115,6 +115,7 @@ pub(crate) enum Input {
     Upgraded {
         connection: ConnectionId,
         role: SdpRole,
+        attempt: u32,
         timings: Timings,
         path: Option<DirectPath>,
     },
@@ -196,6 +197,7 @@ struct Handed {
     relayed: ConnectionId,
     offerer: PeerId,
     at: Instant,
+    attempt: u32,
     timings: Timings,
     path: Option<DirectPath>,
 }
@@ -357,6 +359,7 @@ impl PeerPolicy {
             Input::Upgraded {
                 connection,
                 role,
+                attempt,
                 timings,
                 path,
             } => {
@@ -374,6 +377,7 @@ impl PeerPolicy {
                         relayed: connection,
                         offerer,
                         at: now,
+                        attempt,
                         timings,
                         path,
                     });
@@ -485,6 +489,7 @@ impl PeerPolicy {
             peer: self.peer,
             relayed_connection: h.relayed,
             direct_connection: connection,
+            attempt: h.attempt,
             took: timings.total(),
             timings,
             path: h.path,
@@ -971,6 +976,7 @@ mod tests {
             let out = self.input(Input::Upgraded {
                 connection,
                 role,
+                attempt: 1,
                 timings: Timings::default(),
                 path: None,
             });
@@ -1273,6 +1279,7 @@ mod tests {
             f.input(Input::Upgraded {
                 connection: conn(2),
                 role: SdpRole::Answerer,
+                attempt: 1,
                 timings: Timings::default(),
                 path: None,
             });
@@ -1292,6 +1299,7 @@ mod tests {
         f.input(Input::Upgraded {
             connection: conn(1),
             role: SdpRole::Offerer,
+            attempt: 1,
             timings: Timings::default(),
             path: None,
         });
@@ -1324,6 +1332,7 @@ mod tests {
         f.input(Input::Upgraded {
             connection: conn(1),
             role: SdpRole::Offerer,
+            attempt: 1,
             timings: Timings {
                 ice: Duration::from_millis(5),
                 ..Timings::default()
