@@ -57,6 +57,9 @@ common:
                            not keep a connection open (default 60)
   --timeout <s>            dial: give up after this long (default 120); relay and listen:
                            exit 0 after this long (default: run until killed)
+  --metrics <ip:port>      listen and dial: serve Prometheus metrics at http://<ip:port>/metrics
+                           (port 0: any; the `metrics` event has the address). Needs the
+                           crate's `metrics` feature (cargo run --features metrics ...)
 
 relay limits:
   --max-reservations <n>   (default 128)
@@ -121,6 +124,7 @@ struct Args {
     max_circuit_bytes: Option<u64>,
     stun_responder: Option<std::net::SocketAddr>,
     no_stun_responder: bool,
+    metrics: Option<std::net::SocketAddr>,
 }
 
 fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
@@ -167,6 +171,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--max-circuit-bytes" => args.max_circuit_bytes = Some(value(&arg, it)?),
             "--stun-responder" => args.stun_responder = Some(value(&arg, it)?),
             "--no-stun-responder" => args.no_stun_responder = true,
+            "--metrics" => args.metrics = Some(value(&arg, it)?),
             flag if flag.starts_with("--") => bail!("unknown flag {flag}"),
             target if args.role == "dial" && args.target.is_none() => {
                 args.target = Some(target.parse().map_err(|e| anyhow!("{target:?}: {e}"))?)
@@ -178,6 +183,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
         "relay" if args.listen.is_empty() => bail!("relay needs --listen"),
         "listen" if args.relay.is_none() => bail!("listen needs --relay"),
         "dial" if args.target.is_none() => bail!("dial needs a multiaddr"),
+        "relay" if args.metrics.is_some() => bail!("--metrics is for listen and dial"),
         _ => {}
     }
     if !args.turn.is_empty() && (args.turn_user.is_none() || args.turn_pass.is_none()) {
@@ -410,11 +416,36 @@ fn peer_swarm(args: &Args) -> anyhow::Result<(Swarm<Peer>, support::Inbound)> {
 }
 
 /// What `report` remembers per open connection: the remote address (for the `upgraded`
-/// event) and when a ping was last answered on it (for `direct_lost`).
+/// event) and when a ping was last answered on it (for `direct_lost`); and the metrics it
+/// records into (`--metrics`).
 #[derive(Default)]
 struct Addrs {
     remote: HashMap<ConnectionId, Multiaddr>,
     last_pong: HashMap<ConnectionId, Instant>,
+    #[cfg(feature = "metrics")]
+    metrics: Option<libp2p_webrtc_signal::metrics::Metrics>,
+}
+
+impl Addrs {
+    /// With `--metrics`: registers the metrics and serves them.
+    async fn new(args: &Args) -> anyhow::Result<Self> {
+        let Some(addr) = args.metrics else {
+            return Ok(Self::default());
+        };
+        #[cfg(feature = "metrics")]
+        {
+            let mut registry = prometheus_client::registry::Registry::default();
+            let metrics = libp2p_webrtc_signal::metrics::Metrics::new(&mut registry);
+            let bound = support::metrics::serve(addr, registry).await?;
+            emit(json!({"event": "metrics", "addr": bound.to_string()}));
+            Ok(Self {
+                metrics: Some(metrics),
+                ..Self::default()
+            })
+        }
+        #[cfg(not(feature = "metrics"))]
+        bail!("--metrics {addr}: built without the `metrics` feature (cargo run --features metrics ...)")
+    }
 }
 
 impl Addrs {
@@ -425,6 +456,13 @@ impl Addrs {
 
 /// Emits the events both listen and dial report.
 fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
+    #[cfg(feature = "metrics")]
+    if let Some(metrics) = &addrs.metrics {
+        metrics.record_swarm_event(event);
+        if let SwarmEvent::Behaviour(PeerEvent::Webrtc(e)) = event {
+            metrics.record(e);
+        }
+    }
     match event {
         SwarmEvent::ConnectionClosed { connection_id, .. } => {
             addrs.remote.remove(connection_id);
@@ -652,7 +690,7 @@ async fn run_listen(args: &Args) -> anyhow::Result<bool> {
         bail!("--relay {relay_addr} has no /p2p/<relay id>");
     }
     swarm.listen_on(relay_addr.clone().with(Protocol::P2pCircuit))?;
-    let mut addrs = Addrs::default();
+    let mut addrs = Addrs::new(args).await?;
     let deadline = run_for(args.timeout);
     tokio::pin!(deadline);
     loop {
@@ -729,7 +767,7 @@ async fn run_dial(args: &Args) -> anyhow::Result<bool> {
     let deadline = tokio::time::sleep(Duration::from_secs(args.timeout.unwrap_or(120)));
     tokio::pin!(deadline);
     let mut d = Dial::default();
-    let mut addrs = Addrs::default();
+    let mut addrs = Addrs::new(args).await?;
     // Re-checks progress while no swarm event comes (the checks finishing).
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let ok = loop {

@@ -239,3 +239,94 @@ fn node_rejects_bad_usage() {
         );
     }
 }
+
+/// `GET /metrics` from `addr` (HTTP/1.1, one request); returns the body of a 200 response.
+#[cfg(feature = "metrics")]
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to /metrics");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("application/openmetrics-text"), "{head}");
+    body.to_string()
+}
+
+/// The value of the sample that starts with `prefix` (name and labels), if there is one.
+#[cfg(feature = "metrics")]
+fn sample(body: &str, prefix: &str) -> Option<f64> {
+    body.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// `node --metrics` serves Prometheus metrics: after one upgrade, the listener's counters
+/// say so, and the open direct connection is counted down when the dialer leaves.
+#[cfg(feature = "metrics")]
+#[test]
+fn node_serves_metrics_after_an_upgrade() {
+    let (_relay, mut listener, addr) =
+        relay_and_listener(&["--metrics", "127.0.0.1:0", "--idle-timeout", "2"]);
+    // Emitted before "reserved", which `relay_and_listener` waited for.
+    let metrics = events(listener.seen(), "metrics")
+        .next()
+        .and_then(|e| e["addr"].as_str())
+        .expect("metrics event")
+        .to_string();
+    // Before any upgrade: the unlabelled metrics are there at 0 (labelled ones appear with
+    // their first sample).
+    let before = scrape(&metrics);
+    assert_eq!(
+        sample(&before, "webrtc_signal_relays_drained_total"),
+        Some(0.0),
+        "{before}"
+    );
+    assert_eq!(
+        sample(&before, "webrtc_signal_direct_connections "),
+        Some(0.0),
+        "{before}"
+    );
+    let dialer = Node::start(&["dial", &addr, "--loopback", "--ping", "1"]);
+    let (code, all) = dialer.finish();
+    assert_eq!(code, 0, "{all:#?}");
+    listener.wait("relay_closed");
+    let p = "webrtc_signal_";
+    let body = scrape(&metrics);
+    let value = |prefix: &str| {
+        sample(&body, &format!("{p}{prefix}")).unwrap_or_else(|| panic!("no {prefix}:\n{body}"))
+    };
+    assert_eq!(value("upgrades_started_total{role=\"answerer\"}"), 1.0);
+    assert_eq!(
+        value("upgrades_succeeded_total{family=\"udp4\",turn=\"false\"}"),
+        1.0
+    );
+    assert_eq!(value("upgrade_attempts_count"), 1.0);
+    assert_eq!(value("upgrade_duration_seconds_count"), 1.0);
+    assert!(value("signaling_bytes_total{direction=\"received\"}") > 0.0);
+    assert_eq!(value("relays_drained_total"), 1.0);
+    assert!(
+        sample(&body, &format!("{p}upgrades_failed_total")).is_none(),
+        "{body}"
+    );
+    // The dialer has exited: its direct connection closes (at the latest after the idle
+    // timeout), and the gauge comes back to 0.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let body = scrape(&metrics);
+        if sample(&body, &format!("{p}direct_connections ")) == Some(0.0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -4,8 +4,9 @@
 //! The js side is `interop/` (`node.mjs`, `browser.mjs`: the same command line and JSON events
 //! as the `node` example). Each case runs a listener and a dialer in their own network
 //! namespaces on one bridge, with a relay in a third: our relay for the Node.js cases,
-//! js-libp2p's (TCP and WebSockets: a browser reaches a relay over WebSockets only) for the
-//! Chromium cases. Every case must end in a direct WebRTC connection on which:
+//! js-libp2p's and ours for the Chromium cases (both serve TCP and WebSockets: a browser
+//! reaches a relay over WebSockets only). A Rust peer dials a browser with the address the
+//! browser advertises (`.../ws/p2p/<relay>/p2p-circuit/webrtc/p2p/<browser>`). Every case must end in a direct WebRTC connection on which:
 //! - the dialer pings the listener and echoes 1 MiB over a stream it opens;
 //! - the listener echoes 1 MiB over a stream it opens (streams opened by either side);
 //! - each echo half-closes (FIN) and the remote acknowledges it (FIN_ACK): a js side reports
@@ -44,8 +45,9 @@ const PREFIX: &str = "wsi-";
 const RELAY_IP: &str = "10.79.0.1";
 const A_IP: &str = "10.79.0.2";
 const B_IP: &str = "10.79.0.3";
-/// The Rust relay (TCP), and the js relay (TCP, WebSockets).
+/// The Rust relay (TCP, WebSockets), and the js relay (TCP, WebSockets).
 const RUST_RELAY_PORT: u16 = 4501;
+const RUST_RELAY_WS_PORT: u16 = 4502;
 const JS_RELAY_TCP_PORT: u16 = 4511;
 const JS_RELAY_WS_PORT: u16 = 4512;
 /// Bytes each side echoes.
@@ -224,7 +226,7 @@ struct Relay {
     _node: Node,
     /// For a Rust or Node.js peer (TCP).
     tcp: String,
-    /// For a Chromium peer (WebSockets; TCP for our relay, which no browser can reach).
+    /// For a Chromium peer (WebSockets).
     ws: String,
 }
 
@@ -257,20 +259,29 @@ fn relay(js: bool) -> Relay {
             ws: format!("{ws}/p2p/{peer}"),
         }
     } else {
-        let listen = format!("/ip4/{RELAY_IP}/tcp/{RUST_RELAY_PORT}");
+        let tcp = format!("/ip4/{RELAY_IP}/tcp/{RUST_RELAY_PORT}");
+        let ws = format!("/ip4/{RELAY_IP}/tcp/{RUST_RELAY_WS_PORT}/ws");
         let mut node = start(
             Kind::Rust,
             "relay",
-            &["relay", "--listen", &listen, "--seed", "1"],
+            &["relay", "--listen", &tcp, "--listen", &ws, "--seed", "1"],
         );
-        let addr = node.wait("listening")["addr"]
-            .as_str()
-            .expect("addr")
-            .to_string();
+        let mut addr = || {
+            node.wait("listening")["addr"]
+                .as_str()
+                .expect("addr")
+                .to_string()
+        };
+        let (first, second) = (addr(), addr());
+        let (ws, tcp) = if first.contains("/ws/") {
+            (first, second)
+        } else {
+            (second, first)
+        };
         Relay {
             _node: node,
-            tcp: addr.clone(),
-            ws: addr,
+            tcp,
+            ws,
         }
     }
 }
@@ -340,11 +351,19 @@ fn assert_served(side: &str, node: &mut Node) {
 }
 
 /// One case: `listener` listens through the relay, `dialer` dials it, both run the checks.
+/// The Node.js cases use our relay, the Chromium ones js-libp2p's.
 fn case(dialer: Kind, listener: Kind, lossy: bool) {
+    let js_relay = dialer == Kind::Chromium || listener == Kind::Chromium;
+    case_via(dialer, listener, lossy, js_relay)
+}
+
+/// [`case`] through js-libp2p's relay or ours (`js_relay`). A Rust dialer of a Chromium
+/// listener dials the address the browser advertises, as given
+/// (`<relay>/tcp/P/ws/p2p/<relay>/p2p-circuit/webrtc/p2p/<browser>`).
+fn case_via(dialer: Kind, listener: Kind, lossy: bool, js_relay: bool) {
     let Some(_lock) = lock() else { return };
     let _net = Net::up(lossy);
-    // The browser needs the js relay; Node.js cases use ours.
-    let relay = relay(dialer == Kind::Chromium || listener == Kind::Chromium);
+    let relay = relay(js_relay);
     let mb = ECHO_BYTES.to_string();
     let mut l = start(
         listener,
@@ -368,7 +387,19 @@ fn case(dialer: Kind, listener: Kind, lossy: bool) {
         .and_then(|a| a.rsplit('/').next())
         .expect("listener id")
         .to_string();
-    let target = format!("{}/p2p-circuit/p2p/{id}", relay.addr_for(dialer));
+    let target = if listener == Kind::Chromium && dialer == Kind::Rust {
+        let advertised = l.wait("listening")["addr"]
+            .as_str()
+            .expect("addr")
+            .to_string();
+        assert!(
+            advertised.contains("/ws/") && advertised.contains("/p2p-circuit/webrtc/"),
+            "{advertised}"
+        );
+        advertised
+    } else {
+        format!("{}/p2p-circuit/p2p/{id}", relay.addr_for(dialer))
+    };
     let mut d = start(
         dialer,
         "a",
@@ -446,6 +477,18 @@ fn chromium_dials_rust() {
 #[test]
 fn rust_dials_chromium() {
     case(Kind::Rust, Kind::Chromium, false);
+}
+
+/// A browser reserves on our relay (over WebSockets) and dials a Rust peer through it.
+#[test]
+fn chromium_dials_rust_through_a_rust_relay() {
+    case_via(Kind::Chromium, Kind::Rust, false, false);
+}
+
+/// A Rust peer dials a browser through our relay, with the address the browser advertises.
+#[test]
+fn rust_dials_chromium_through_a_rust_relay() {
+    case_via(Kind::Rust, Kind::Chromium, false, false);
 }
 
 #[test]

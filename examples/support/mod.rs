@@ -2,6 +2,8 @@
 //! echo protocol for checked transfers.
 #![allow(dead_code)]
 
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod payload;
 pub mod streams;
 
