@@ -3,12 +3,13 @@
 //! carries out the policy's actions (handler commands, closes, events, hand-offs of direct
 //! connections to the [`Transport`](crate::Transport)) and runs its timers.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use either::Either;
 use futures::channel::mpsc;
 use futures::stream::{BoxStream, SelectAll};
 use futures::{FutureExt, StreamExt};
@@ -20,13 +21,14 @@ use libp2p_swarm::behaviour::{
     ConnectionClosed, ConnectionEstablished, DialFailure, FromSwarm, ListenFailure,
 };
 use libp2p_swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p_swarm::dummy;
 use libp2p_swarm::{
     CloseConnection, ConnectionDenied, ConnectionId, ListenOpts, NetworkBehaviour, NotifyHandler,
     THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 
 use super::exchange::Timings;
-use super::handler::{Command, Handler, NodeShare, Paths, Report};
+use super::handler::{Handler, NodeShare, Paths, Report};
 use super::policy::{is_relayed, relay_stun_url, Action, Input, PeerPolicy};
 use super::transport::{listen_addr, Handoff};
 use crate::rtc::{PeerEvent, PeerState};
@@ -156,8 +158,11 @@ pub struct Behaviour {
     direct_ids: HashMap<ConnectionId, PeerId>,
     /// Redials of relayed addresses in flight, after a direct connection died.
     redials: HashMap<ConnectionId, PeerId>,
+    /// Established relayed connections: the ones with a [`Handler`] (the others have a
+    /// dummy handler, which no command may reach).
+    relayed_ids: HashSet<ConnectionId>,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-    events: VecDeque<ToSwarm<Event, Command>>,
+    events: VecDeque<ToSwarm<Event, THandlerInEvent<Self>>>,
     /// The direct connection to each peer, for the handlers' ICE restarts.
     paths: Paths,
     /// What each direct connection's driver reports about its path.
@@ -188,6 +193,7 @@ impl Behaviour {
             listen: Some(ListenOpts::new(listen_addr())),
             peers: HashMap::new(),
             direct_ids: HashMap::new(),
+            relayed_ids: HashSet::new(),
             redials: HashMap::new(),
             sleep: None,
             events: VecDeque::new(),
@@ -225,13 +231,17 @@ impl Behaviour {
         self.peers.get(&peer).is_some_and(PeerPolicy::is_upgrading)
     }
 
-    /// A connection's handler; `relayed`: the relayed address of a relayed connection.
+    /// A connection's handler: a [`Handler`] for a relayed connection (`relayed`: its
+    /// relayed address), a dummy one for the others.
     fn handler(
         &mut self,
         relayed: Option<&Multiaddr>,
         peer: PeerId,
         connection: ConnectionId,
-    ) -> Handler {
+    ) -> THandler<Self> {
+        let Some(relayed) = relayed else {
+            return Either::Right(dummy::ConnectionHandler);
+        };
         let per_peer = self.config.max_concurrent_upgrades_per_peer;
         let peer_slots = self
             .peer_slots
@@ -244,18 +254,12 @@ impl Behaviour {
             slots: self.slots.clone(),
             paths: self.paths.clone(),
         };
-        let relay_stun = relayed
-            .zip(self.config.relay_stun_port)
-            .and_then(|(addr, port)| relay_stun_url(addr, port))
+        let relay_stun = self
+            .config
+            .relay_stun_port
+            .and_then(|port| relay_stun_url(relayed, port))
             .map(IceServer::stun);
-        Handler::new(
-            node,
-            relayed.is_some(),
-            peer,
-            connection,
-            peer_slots,
-            relay_stun,
-        )
+        Either::Left(Handler::new(node, peer, connection, peer_slots, relay_stun))
     }
 
     /// Feeds `input` to `peer`'s policy and carries out its actions. `direct` is the direct
@@ -275,11 +279,19 @@ impl Behaviour {
                 Action::Command {
                     connection,
                     command,
-                } => self.events.push_back(ToSwarm::NotifyHandler {
-                    peer_id: peer,
-                    handler: NotifyHandler::One(connection),
-                    event: command,
-                }),
+                } => {
+                    // Only a relayed connection's handler takes commands; the policy only
+                    // sends them there, and this keeps a slip from reaching a dummy handler.
+                    if self.relayed_ids.contains(&connection) {
+                        self.events.push_back(ToSwarm::NotifyHandler {
+                            peer_id: peer,
+                            handler: NotifyHandler::One(connection),
+                            event: Either::Left(command),
+                        })
+                    } else {
+                        tracing::debug!(%peer, %connection, ?command, "no handler takes this command");
+                    }
+                }
                 Action::Close { connection } => self.events.push_back(ToSwarm::CloseConnection {
                     peer_id: peer,
                     connection: CloseConnection::One(connection),
@@ -348,6 +360,7 @@ impl Behaviour {
         if !is_relayed(&addr) {
             return;
         }
+        self.relayed_ids.insert(e.connection_id);
         let input = Input::RelayEstablished {
             connection: e.connection_id,
             addr,
@@ -357,6 +370,7 @@ impl Behaviour {
     }
 
     fn on_closed(&mut self, e: ConnectionClosed) {
+        self.relayed_ids.remove(&e.connection_id);
         let direct = self.direct_ids.remove(&e.connection_id).is_some();
         if direct {
             if let Ok(mut paths) = self.paths.lock() {
@@ -484,7 +498,9 @@ fn died(cause: Option<&libp2p_swarm::ConnectionError>) -> bool {
 }
 
 impl NetworkBehaviour for Behaviour {
-    type ConnectionHandler = Handler;
+    /// A [`Handler`] on relayed connections; nothing on the others (the signaling protocols
+    /// are not even offered there).
+    type ConnectionHandler = Either<Handler, dummy::ConnectionHandler>;
     type ToSwarm = Event;
 
     fn handle_established_inbound_connection(
@@ -496,7 +512,7 @@ impl NetworkBehaviour for Behaviour {
     ) -> Result<THandler<Self>, ConnectionDenied> {
         if *local_addr == listen_addr() {
             self.direct_ids.insert(connection_id, peer);
-            return Ok(self.handler(None, peer, connection_id));
+            return Ok(Either::Right(dummy::ConnectionHandler));
         }
         // An inbound circuit: the local address is `<relay>/p2p-circuit`.
         let relayed = [local_addr, remote_addr]
@@ -535,7 +551,10 @@ impl NetworkBehaviour for Behaviour {
         connection: ConnectionId,
         report: THandlerOutEvent<Self>,
     ) {
-        self.on_report(peer, connection, report);
+        match report {
+            Either::Left(report) => self.on_report(peer, connection, report),
+            Either::Right(never) => match never {},
+        }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {

@@ -131,9 +131,8 @@ struct Running {
     _slots: (Slot, Slot),
 }
 
-/// Handler of one connection; inert unless the connection is relayed.
+/// Handler of one relayed connection (other connections get a dummy handler).
 pub struct Handler {
-    relayed: bool,
     config: Arc<Config>,
     local: PeerId,
     remote: PeerId,
@@ -162,7 +161,6 @@ pub struct Handler {
 impl std::fmt::Debug for Handler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Handler")
-            .field("relayed", &self.relayed)
             .field("remote", &self.remote)
             .field("connection", &self.connection)
             .field(
@@ -186,7 +184,6 @@ pub(crate) struct NodeShare {
 impl Handler {
     pub(crate) fn new(
         node: NodeShare,
-        relayed: bool,
         remote: PeerId,
         connection: ConnectionId,
         peer_slots: Arc<Slots>,
@@ -199,7 +196,6 @@ impl Handler {
             paths,
         } = node;
         Self {
-            relayed,
             config,
             local,
             remote,
@@ -208,7 +204,7 @@ impl Handler {
             peer_slots,
             paths,
             relay_stun,
-            keep_alive: relayed,
+            keep_alive: true,
             to_open: None,
             opening: None,
             next_request: 0,
@@ -345,11 +341,10 @@ impl ConnectionHandler for Handler {
     }
 
     fn connection_keep_alive(&self) -> bool {
-        self.relayed
-            && (self.keep_alive
-                || self.running.is_some()
-                || self.opening.is_some()
-                || self.to_open.is_some())
+        self.keep_alive
+            || self.running.is_some()
+            || self.opening.is_some()
+            || self.to_open.is_some()
     }
 
     fn poll(
@@ -452,9 +447,6 @@ impl ConnectionHandler for Handler {
                 protocol: (stream, protocol),
                 ..
             }) => {
-                if !self.relayed {
-                    return;
-                }
                 if protocol == RESTART_PROTOCOL_NAME {
                     // Only the side that dialed the relayed connection offers a restart; one
                     // exchange at a time.
@@ -548,7 +540,6 @@ mod tests {
         };
         Handler::new(
             node,
-            true,
             PeerId::random(),
             ConnectionId::new_unchecked(1),
             Slots::new(2),

@@ -582,3 +582,61 @@ async fn a_new_offer_replaces_the_one_being_answered() {
         "the relayed connection survives"
     );
 }
+
+/// A connection that is not relayed has no signaling handler: the protocols are not offered
+/// there (a dummy handler), so a signaling stream on it is refused in the negotiation and
+/// nothing starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_tcp_connection_does_not_offer_signaling() {
+    use futures::StreamExt;
+    init_tracing();
+    // A: raw access to the signaling protocol, no WebRTC behaviour. B: the behaviour (its
+    // raw streams speak another protocol).
+    let (mut a, _) = node(None, libp2p_webrtc_signal::PROTOCOL_NAME);
+    let (mut b, _) = node(
+        Some(loopback_config()),
+        libp2p::StreamProtocol::new("/test/other/1"),
+    );
+    let b_id = *b.local_peer_id();
+    b.listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = b.select_next_some().await {
+            if !address.to_string().contains("p2p-circuit") {
+                break address;
+            }
+        }
+    };
+    a.dial(addr.clone()).unwrap();
+    let direct = both(&mut a, &mut b, |side, e| match e {
+        SwarmEvent::ConnectionEstablished {
+            connection_id,
+            endpoint,
+            ..
+        } if side == Side::A && *endpoint.get_remote_address() == addr => Some(connection_id),
+        SwarmEvent::OutgoingConnectionError { error, .. } if side == Side::A => {
+            panic!("dial {addr}: {error}")
+        }
+        _ => None,
+    })
+    .await;
+    let rx = a.behaviour_mut().raw.open(b_id, direct);
+    let opened = drive(&mut a, &mut b, rx).await.expect("an answer");
+    assert!(
+        opened.is_err(),
+        "a signaling stream on a direct TCP connection was accepted"
+    );
+    // And B started nothing.
+    let started = tokio::time::timeout(
+        Duration::from_millis(500),
+        both(&mut a, &mut b, |_, e| {
+            matches!(
+                webrtc_event(&e),
+                Some(Event::UpgradeStarted { .. } | Event::UpgradeFailed { .. })
+            )
+            .then_some(())
+        }),
+    )
+    .await;
+    assert!(started.is_err(), "B reacted to the refused stream");
+}
