@@ -466,40 +466,62 @@ fn remote_killed_after_the_upgrade_is_noticed() {
 #[ignore = "a measurement, run by hand"]
 fn measure_upgrade_in_rtts() {
     let Some(_lock) = lab_lock() else { return };
-    const DELAY_MS: u32 = 25;
+    measure_phases(Nat::Cone, Nat::Cone, Ice::Stun, 25, env_or("RUNS", 20));
+}
+
+/// The TURN row's upgrade, phase by phase: symmetric/symmetric with STUN and TURN, no delay
+/// (`RUNS`, default 10). `NATS=cone`: cone/cone with the same servers, to see which pair
+/// wins where a direct one works too.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_turn_upgrade() {
+    let Some(_lock) = lab_lock() else { return };
+    let nat = if std::env::var("NATS").is_ok_and(|v| v == "cone") {
+        Nat::Cone
+    } else {
+        Nat::Symmetric
+    };
+    measure_phases(nat, nat, Ice::StunTurn, 0, env_or("RUNS", 10));
+}
+
+/// Dials `runs` times across one lab and prints the upgrade's phases (p50, p90), in RTTs of
+/// the direct path when there is a delay.
+fn measure_phases(r1: Nat, r2: Nat, ice: Ice, delay_ms: u32, runs: usize) {
     // The direct path crosses two delayed links each way; the relayed one four.
-    let rtt = 4.0 * f64::from(DELAY_MS);
-    let runs: usize = env_or("RUNS", 20);
+    let rtt = 4.0 * f64::from(delay_ms);
     let lab = Lab::up(
-        Nat::Cone,
-        Nat::Cone,
+        r1,
+        r2,
         Links {
-            delay_ms: DELAY_MS,
+            delay_ms,
             loss_pct: 0.0,
         },
     );
-    let (_relay, _listener, addr) = relay_and_listener(&lab, Ice::Stun, &[]);
+    let (_relay, _listener, addr) = relay_and_listener(&lab, ice, &[]);
     let phases = ["stream", "descriptions", "ice", "dtls", "sctp", "handoff"];
     let mut samples: Vec<Vec<f64>> = vec![Vec::new(); phases.len() + 1];
     for run in 0..runs {
         let seed = (100 + run).to_string();
         let mut args: Vec<String> = vec!["dial".into(), addr.clone(), "--seed".into(), seed];
-        args.extend(ice_flags(Ice::Stun));
+        args.extend(ice_flags(ice));
         args.extend(["--ping", "1", "--timeout", "60"].map(String::from));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, all) = Node::start_in(&lab.ns("p2"), &args).finish();
         assert_eq!(code, 0, "run {run}: {all:#?}");
         let upgraded = events(&all, "upgraded").next().expect("upgraded");
         let ms = upgraded["ms"].as_f64().expect("ms");
-        eprintln!("run {run}: {ms:.0} ms = {:.1} RTT", ms / rtt);
+        eprintln!(
+            "run {run}: {ms:.0} ms ({} {})",
+            upgraded["path"], upgraded["pair"]
+        );
         samples[0].push(ms);
         for (i, phase) in phases.iter().enumerate() {
             samples[i + 1].push(upgraded["phases_ms"][phase].as_f64().unwrap_or(f64::NAN));
         }
     }
     eprintln!(
-        "\n### Upgrade latency, NAT lab (cone/cone, STUN, {DELAY_MS} ms per link, direct RTT \
-         {rtt:.0} ms, relayed RTT {:.0} ms), {runs} runs\n",
+        "\n### Upgrade latency, NAT lab ({r1:?}/{r2:?}, {ice:?}, {delay_ms} ms per link, direct \
+         RTT {rtt:.0} ms, relayed RTT {:.0} ms), {runs} runs\n",
         2.0 * rtt
     );
     eprintln!("| phase | p50 ms | p50 RTT | p90 ms | p90 RTT |\n|---|---|---|---|---|");

@@ -33,8 +33,8 @@
 //!    `resets_mid_transfer_do_not_poison_later_streams`; unit tests in `reuse`.
 //! 6. **Peer-reflexive and server-reflexive pairs wait 1 s / 500 ms before nomination**
 //!    (acceptance minimum waits): set to zero for host, server- and peer-reflexive pairs in
-//!    [`Peer::new`]; TURN-relayed pairs keep the wait, so a direct pair wins. Shows in the
-//!    NAT lab's upgrade times (`tests/nat_lab.rs`).
+//!    [`Peer::new`]; TURN-relayed pairs wait `Config::ice_relay_acceptance_wait` (default
+//!    0, webrtc-rs's 2 s). Shows in the NAT lab's upgrade times (`tests/nat_lab.rs`).
 //! 7. **The offer needs an application m-line, and closing a channel frees its stream id
 //!    early** (5): the offerer opens a data channel labelled [`INIT_CHANNEL_LABEL`] before
 //!    the offer and keeps it open for the connection's lifetime; a remote's `init` channel

@@ -258,6 +258,7 @@ impl Peer {
             .with_host_acceptance_min_wait(Some(Duration::ZERO))
             .with_prflx_acceptance_min_wait(Some(Duration::ZERO))
             .with_srflx_acceptance_min_wait(Some(Duration::ZERO))
+            .with_relay_acceptance_min_wait(Some(config.ice_relay_acceptance_wait))
             .build();
         let early_dtls = Arc::new(EarlyDtls::new(config.early_dtls_records));
         let runtime = BufferedRuntime::tokio(config.udp_socket_buffer, early_dtls.clone())
