@@ -488,7 +488,7 @@ impl Config {
 
     /// Checks that the values can be used; called when a session is created.
     pub fn validate(&self) -> Result<(), Error> {
-        let bad = |msg: String| Err(Error::InvalidConfig(msg));
+        let bad = |msg: String| Err(Error::InvalidConfig(crate::Cause::new(msg)));
         if !(MIN_FRAME_SIZE..=MAX_FRAME_SIZE).contains(&self.max_frame_size) {
             return bad(format!(
                 "max_frame_size {} outside {MIN_FRAME_SIZE}..={MAX_FRAME_SIZE}",

@@ -7,12 +7,12 @@ pub enum Error {
     /// The WebRTC stack reported an error (its error is the [`source`](std::error::Error::source)).
     #[error("webrtc")]
     WebRtc(#[source] WebRtcError),
-    /// The remote SDP could not be used.
-    #[error("invalid remote SDP: {0}")]
-    InvalidSdp(String),
+    /// The remote SDP could not be used (the parser's error is the source).
+    #[error("invalid remote SDP")]
+    InvalidSdp(#[source] Cause),
     /// A remote ICE candidate could not be parsed.
-    #[error("invalid ICE candidate: {0}")]
-    InvalidCandidate(String),
+    #[error("invalid ICE candidate")]
+    InvalidCandidate(#[source] Cause),
     /// The remote sent more ICE candidates than the configured limit.
     #[error("too many remote ICE candidates (limit {0})")]
     TooManyCandidates(usize),
@@ -49,36 +49,55 @@ pub enum Error {
     /// The remote does not speak the signaling protocol.
     #[error("remote does not support WebRTC signaling")]
     Unsupported,
-    /// The Swarm refused the direct connection (another behaviour denied it).
-    #[error("the direct connection was refused: {0}")]
-    Denied(String),
-    /// The configuration is not usable.
-    #[error("invalid configuration: {0}")]
-    InvalidConfig(String),
+    /// The Swarm refused the direct connection (another behaviour denied it; the source
+    /// has the Swarm's reason).
+    #[error("the direct connection was refused")]
+    Denied(#[source] Cause),
+    /// The configuration is not usable (the source says which setting and why).
+    #[error("invalid configuration")]
+    InvalidConfig(#[source] Cause),
 }
 
-/// An error of the WebRTC stack (webrtc-rs), kept opaque so that this crate's API does not
-/// name webrtc-rs types. Its [`Display`](std::fmt::Display) is webrtc-rs's message.
-#[derive(Debug)]
-pub struct WebRtcError(Box<dyn std::error::Error + Send + Sync>);
+/// An opaque error type: `Display` is the wrapped error's message, `source` its source.
+macro_rules! opaque_error {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug)]
+        pub struct $name(Box<dyn std::error::Error + Send + Sync>);
 
-impl WebRtcError {
-    pub(crate) fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self(e.into())
-    }
+        impl $name {
+            pub(crate) fn new(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+                Self(e.into())
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+
+        impl std::error::Error for $name {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.0.source()
+            }
+        }
+    };
 }
 
-impl std::fmt::Display for WebRtcError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
+opaque_error!(
+    /// An error of the WebRTC stack (webrtc-rs), kept opaque so that this crate's API does
+    /// not name webrtc-rs types. Its [`Display`](std::fmt::Display) is webrtc-rs's message.
+    WebRtcError
+);
 
-impl std::error::Error for WebRtcError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.0.source()
-    }
-}
+opaque_error!(
+    /// What was wrong, behind [`Error::InvalidSdp`], [`Error::InvalidCandidate`],
+    /// [`Error::Denied`] and [`Error::InvalidConfig`]: a parser's error (then also its
+    /// [`source`](std::error::Error::source)) or the rule that was broken. Its
+    /// [`Display`](std::fmt::Display) is that message.
+    Cause
+);
 
 /// How the remote broke the signaling protocol.
 #[derive(Debug, thiserror::Error)]
@@ -131,5 +150,11 @@ mod tests {
         );
         let e = Error::WebRtc(WebRtcError::new("ice agent closed"));
         assert_eq!(chain(&e), "webrtc: ice agent closed");
+        // A parser's error stays reachable behind the cause.
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        let e = Error::InvalidCandidate(Cause::new(json));
+        let cause = e.source().expect("the cause");
+        assert!(cause.is::<Cause>());
+        assert!(chain(&e).starts_with("invalid ICE candidate: EOF while parsing"));
     }
 }

@@ -51,7 +51,7 @@ pub use direct::framing::{MAX_FRAME_SIZE, MIN_FRAME_SIZE};
 pub use direct::path::{CandidateKind, DirectPath};
 pub use direct::session::{SdpRole, Session, SessionEvent};
 pub use direct::stream::Stream;
-pub use error::{Error, ProtocolViolation, WebRtcError};
+pub use error::{Cause, Error, ProtocolViolation, WebRtcError};
 pub use swarm::behaviour::{Behaviour, Event};
 pub use swarm::exchange::Timings;
 pub use swarm::protocol::{PROTOCOL_NAME, RESTART_PROTOCOL_NAME, SPEC_PROTOCOL_NAME};

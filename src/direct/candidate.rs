@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::rtc::CandidateInit as RTCIceCandidateInit;
 
-use crate::Error;
+use crate::{Cause, Error};
 
 /// Longest candidate JSON accepted (a candidate line is ~100–200 bytes).
 pub const MAX_CANDIDATE_JSON: usize = 4096;
@@ -78,13 +78,13 @@ pub fn parse(data: Option<&str>, allow_loopback: bool) -> Result<RemoteCandidate
         Some(d) => d,
     };
     if data.len() > MAX_CANDIDATE_JSON {
-        return Err(Error::InvalidCandidate(format!(
+        return Err(Error::InvalidCandidate(Cause::new(format!(
             "{} bytes of JSON, limit {MAX_CANDIDATE_JSON}",
             data.len()
-        )));
+        ))));
     }
     let json: CandidateJson =
-        serde_json::from_str(data).map_err(|e| Error::InvalidCandidate(e.to_string()))?;
+        serde_json::from_str(data).map_err(|e| Error::InvalidCandidate(Cause::new(e)))?;
     let line = json.candidate.unwrap_or_default();
     let line = line.trim();
     let line = line.strip_prefix("a=").unwrap_or(line);
@@ -92,18 +92,18 @@ pub fn parse(data: Option<&str>, allow_loopback: bool) -> Result<RemoteCandidate
         return Ok(RemoteCandidate::EndOfCandidates);
     }
     let Some(attrs) = line.strip_prefix("candidate:") else {
-        return Err(Error::InvalidCandidate(format!(
+        return Err(Error::InvalidCandidate(Cause::new(format!(
             "not a candidate line: {line:.64}"
-        )));
+        ))));
     };
     // foundation component transport priority address port typ type ...
     let fields: Vec<&str> = attrs.split_ascii_whitespace().collect();
     let (Some(transport), Some(address), Some(port)) =
         (fields.get(2), fields.get(4), fields.get(5))
     else {
-        return Err(Error::InvalidCandidate(format!(
+        return Err(Error::InvalidCandidate(Cause::new(format!(
             "truncated candidate: {line:.64}"
-        )));
+        ))));
     };
     if address.ends_with(".local") {
         return Ok(RemoteCandidate::Skipped("mDNS candidates are not resolved"));
@@ -115,7 +115,9 @@ pub fn parse(data: Option<&str>, allow_loopback: bool) -> Result<RemoteCandidate
         return Ok(RemoteCandidate::Skipped("host names are not resolved"));
     };
     let Ok(port) = port.parse::<u16>() else {
-        return Err(Error::InvalidCandidate(format!("bad port: {line:.64}")));
+        return Err(Error::InvalidCandidate(Cause::new(format!(
+            "bad port: {line:.64}"
+        ))));
     };
     if let Some(why) = unusable_address(ip, port, allow_loopback) {
         return Ok(RemoteCandidate::Skipped(why));

@@ -21,7 +21,7 @@ use webrtc::peer_connection::{
 use super::socket::{BufferedRuntime, EarlyDtls};
 use super::{CandidateInit, Channel, INIT_CHANNEL_LABEL};
 use crate::direct::path::{CandidateKind, DirectPath};
-use crate::{Config, Error};
+use crate::{Cause, Config, Error};
 
 /// A new peer connection: the [`Peer`], its events, and the offerer's `init` channel.
 pub(crate) type NewPeer = (Peer, mpsc::UnboundedReceiver<PeerEvent>, Option<Channel>);
@@ -262,7 +262,7 @@ impl Peer {
             .build();
         let early_dtls = Arc::new(EarlyDtls::new(config.early_dtls_records));
         let runtime = BufferedRuntime::tokio(config.udp_socket_buffer, early_dtls.clone())
-            .ok_or_else(|| Error::InvalidConfig("no async runtime available".into()))?;
+            .ok_or_else(|| Error::InvalidConfig(Cause::new("no async runtime available")))?;
         let (tx, events) = mpsc::unbounded();
         let observers = Observers::default();
         let pc = PeerConnectionBuilder::new()
@@ -345,11 +345,11 @@ impl Peer {
         } else {
             RTCSessionDescription::answer(sdp.to_owned())
         }
-        .map_err(|e| Error::InvalidSdp(e.to_string()))?;
+        .map_err(|e| Error::InvalidSdp(Cause::new(e)))?;
         self.pc()
             .set_remote_description(desc)
             .await
-            .map_err(|e| Error::InvalidSdp(e.to_string()))
+            .map_err(|e| Error::InvalidSdp(Cause::new(e)))
     }
 
     /// Adds remote candidates, then wakes the driver (workaround 1 in [`super`]).
@@ -362,7 +362,7 @@ impl Peer {
             self.pc()
                 .add_ice_candidate(init)
                 .await
-                .map_err(|e| Error::InvalidCandidate(e.to_string()))?;
+                .map_err(|e| Error::InvalidCandidate(Cause::new(e)))?;
             added = true;
         }
         if added {

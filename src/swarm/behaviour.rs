@@ -498,7 +498,7 @@ fn died(cause: Option<&libp2p_swarm::ConnectionError>) -> bool {
 }
 
 impl NetworkBehaviour for Behaviour {
-    /// A [`Handler`] on relayed connections; nothing on the others (the signaling protocols
+    /// A signaling handler on relayed connections; nothing on the others (the signaling protocols
     /// are not even offered there).
     type ConnectionHandler = Either<Handler, dummy::ConnectionHandler>;
     type ToSwarm = Event;

@@ -327,7 +327,7 @@ impl PeerPolicy {
                     out.push(Action::Emit(Event::UpgradeFailed {
                         peer: self.peer,
                         relayed_connection: h.relayed,
-                        error: Error::Denied(reason),
+                        error: Error::Denied(crate::Cause::new(reason)),
                         attempt: 1,
                         will_retry: false,
                     }));
