@@ -14,7 +14,7 @@
 //! //   metrics.record_swarm_event(&event);
 //! let mut text = String::new();
 //! prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-//! assert!(text.contains("webrtc_signal_upgrades_started_total"));
+//! assert!(text.contains("webrtc_signal_relays_drained_total 0"));
 //! ```
 //!
 //! All names start with `webrtc_signal_`:
