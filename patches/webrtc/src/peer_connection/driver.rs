@@ -849,7 +849,18 @@ where
             self.inner.write_pending.store(false, Ordering::Release);
             self.poll_writes().await?;
             self.poll_events().await;
-            self.poll_reads().await?;
+            // (libp2p-webrtc-signal patch) What handling the events made the core write (ICE
+            // connected: the DTLS client's first flight) goes out now, not at the next
+            // wake-up.
+            self.poll_writes().await?;
+            if self.poll_reads().await? {
+                // (libp2p-webrtc-signal patch) `poll_reads` handed TURN-relayed datagrams to
+                // the core (3.a): run the writes and events they caused now, as for a datagram
+                // read from a socket directly. Otherwise they wait for the next wake-up, a
+                // timer up to hundreds of milliseconds away: over TURN, each handshake flight
+                // waited, and DTLS retransmitted flights that were only late.
+                continue;
+            }
 
             // Wake senders blocked in `DataChannel::writable()`: the poll_* passes above
             // applied any SCTP buffer releases (acked/abandoned bytes) to the per-channel
@@ -1950,6 +1961,24 @@ where
         }
 
         // 1.b turn_relayer poll_write()
+        self.flush_turn_writes().await;
+
+        // 1.c peer_connection poll_write() - Send all outgoing packets, coalescing
+        // consecutive same-destination datagrams into single UDP GSO syscalls.
+        let writes = Self::drain_core_writes(self.inner.clone()).await;
+        self.flush_writes(writes).await;
+
+        // 1.d (libp2p-webrtc-signal patch) What 1.c handed to the TURN relayer (packets of a
+        // pair whose local candidate is a TURN allocation) is queued there, and 1.b already
+        // ran: send it now. Otherwise it waits for the driver's next wake-up, a timer up to
+        // hundreds of milliseconds away, and DTLS retransmits a flight that was only late.
+        self.flush_turn_writes().await;
+
+        Ok(())
+    }
+
+    /// Sends what the TURN relayer has queued (step 1.b of [`poll_writes`](Self::poll_writes)).
+    async fn flush_turn_writes(&mut self) {
         while let Some(msg) = self.turn_relayer.poll_write() {
             let four_tuple: FourTuple = FourTuple::from(&msg.transport);
             if let Err(err) = self.handle_write(msg).await {
@@ -1968,13 +1997,6 @@ where
                 }
             }
         }
-
-        // 1.c peer_connection poll_write() - Send all outgoing packets, coalescing
-        // consecutive same-destination datagrams into single UDP GSO syscalls.
-        let writes = Self::drain_core_writes(self.inner.clone()).await;
-        self.flush_writes(writes).await;
-
-        Ok(())
     }
 
     /// Send a drained batch of outgoing packets, coalescing maximal runs of
@@ -2124,14 +2146,16 @@ where
         }
     }
 
-    async fn poll_reads(&mut self) -> Result<()> {
+    /// Whether TURN-relayed datagrams were handed to the core (libp2p-webrtc-signal patch).
+    async fn poll_reads(&mut self) -> Result<bool> {
         // 3.a turn_relayer poll_read() - deliver decapsulated relay data,
         // but no need for stun_gatherer poll_read()
         let mut turn_messages = Vec::new();
         while let Some(message) = self.turn_relayer.poll_read() {
             turn_messages.push(message);
         }
-        if !turn_messages.is_empty() {
+        let relayed = !turn_messages.is_empty();
+        if relayed {
             let mut core = self.inner.core.lock().await;
             for message in turn_messages {
                 core.handle_read(message)?;
@@ -2152,14 +2176,14 @@ where
         // `a_rwnd` falls, and the peer slows down. Draining regardless would move the backlog
         // into this process's heap and throttle nobody.
         if self.flush_pending_data_channel_events().await {
-            return Ok(());
+            return Ok(relayed);
         }
 
         for message in Self::drain_core_data(self.inner.clone()).await {
             self.handle_rtc_message(message).await;
         }
 
-        Ok(())
+        Ok(relayed)
     }
 
     async fn poll_timeout(&mut self) -> Instant {
