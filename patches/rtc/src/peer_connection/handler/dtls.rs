@@ -396,6 +396,16 @@ impl<'a>
                         dtls_handshake_config,
                         None,
                     )?;
+                    // (libp2p-webrtc-signal patch) The ClientHello goes down now: left in
+                    // the endpoint, it waited for the next `handle_timeout`, one ICE check
+                    // interval later, in every handshake.
+                    while let Some(transmit) = dtls_endpoint.poll_transmit() {
+                        self.ctx.write_outs.push_back(TaggedRTCMessageInternal {
+                            now: transmit.now,
+                            transport: transmit.transport,
+                            message: RTCMessageInternal::Dtls(DTLSMessage::Raw(transmit.message)),
+                        });
+                    }
                 };
             }
         } else {
