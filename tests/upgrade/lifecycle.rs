@@ -70,6 +70,47 @@ async fn an_ipv6_path_is_reported_as_udp6() {
     );
 }
 
+/// ICE selects a pair as soon as a check works, not on a later check tick (the patched
+/// rtc-ice: the controlling agent nominates when its check succeeds, and the controlled agent
+/// answers an early nomination and selects the pair when its own check succeeds). With a
+/// 600 ms check interval the ICE phase stays far below one interval; unpatched, about one
+/// upgrade in three waited for the controlling agent's next nomination (~200 ms here) and some
+/// for its next tick. Four upgrades, so that a regression shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_selects_a_pair_without_waiting_for_a_check_tick() {
+    init_tracing();
+    let interval = Duration::from_millis(600);
+    let config = loopback_config().with_ice_checks(interval, 20);
+    for run in 0..4 {
+        let Setup {
+            mut a,
+            mut b,
+            relay_addr,
+            _relay,
+            ..
+        } = setup(Some(config.clone()), Some(config.clone())).await;
+        let b_id = *b.local_peer_id();
+        a.dial(circuit(&relay_addr, b_id)).unwrap();
+        let ice = both(&mut a, &mut b, |side, e| match e {
+            SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::Upgraded { timings, .. }))
+                if side == Side::A =>
+            {
+                Some(timings.ice)
+            }
+            SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::UpgradeFailed { error, .. })) => {
+                panic!("{side:?}: upgrade failed: {error}")
+            }
+            _ => None,
+        })
+        .await;
+        assert!(
+            ice < Duration::from_millis(100),
+            "run {run}: ICE took {ice:?} with a {interval:?} check interval: selection \
+             waited for a tick"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relayed_connection_is_upgraded_without_app_code() {
     init_tracing();

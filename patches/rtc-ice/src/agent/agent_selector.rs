@@ -137,6 +137,31 @@ impl Agent {
         }
     }
 
+    /// Controlling agent: nominates the best valid pair if its candidates are past their
+    /// acceptance waits; returns whether it did. (Moved out of `contact_candidates` by the
+    /// libp2p-webrtc-signal patch, which also calls it when a check succeeds.)
+    fn nominate_best_valid_pair(&mut self, now: Instant) -> bool {
+        let Some(pair_index) = self.get_best_valid_candidate_pair() else {
+            return false;
+        };
+        let p = self.candidate_pairs[pair_index];
+        if !(self.is_nominatable(now, p.local_index, true)
+            && self.is_nominatable(now, p.remote_index, false))
+        {
+            return false;
+        }
+        let p = &mut self.candidate_pairs[pair_index];
+        trace!(
+            "Nominatable pair found, nominating ({}, {})",
+            self.local_candidates[p.local_index],
+            self.remote_candidates[p.remote_index],
+        );
+        p.nominated = true;
+        self.nominated_pair = Some(pair_index);
+        self.nominate_pair(now);
+        true
+    }
+
     pub(crate) fn start(&mut self, now: Instant) {
         if self.is_controlling {
             ControllingSelector::start(self, now);
@@ -228,32 +253,8 @@ impl ControllingSelector for Agent {
             }
         } else if nominated_pair_is_some {
             self.nominate_pair(now);
-        } else {
-            let has_nominated_pair = if let Some(pair_index) = self.get_best_valid_candidate_pair()
-            {
-                let p = self.candidate_pairs[pair_index];
-                self.is_nominatable(now, p.local_index, true)
-                    && self.is_nominatable(now, p.remote_index, false)
-            } else {
-                false
-            };
-
-            if has_nominated_pair {
-                if let Some(pair_index) = self.get_best_valid_candidate_pair() {
-                    let p = &mut self.candidate_pairs[pair_index];
-                    trace!(
-                        "Nominatable pair found, nominating ({}, {})",
-                        self.local_candidates[p.local_index],
-                        self.remote_candidates[p.remote_index],
-                    );
-                    p.nominated = true;
-                    self.nominated_pair = Some(pair_index);
-                }
-
-                self.nominate_pair(now);
-            } else {
-                self.ping_all_candidates(now);
-            }
+        } else if !self.nominate_best_valid_pair(now) {
+            self.ping_all_candidates(now);
         }
     }
 
@@ -337,6 +338,12 @@ impl ControllingSelector for Agent {
                 );
                 if pending_request.is_use_candidate && selected_pair_is_none {
                     self.set_selected_pair(Some(now), Some(pair_index));
+                } else if selected_pair_is_none && self.nominated_pair.is_none() {
+                    // (libp2p-webrtc-signal patch) A pair works: nominate the best valid
+                    // pair now instead of on the next `contact_candidates` tick, which left
+                    // the connection waiting up to one check interval (or the driver's next
+                    // wake-up) in every upgrade. Same choice and acceptance waits as the tick.
+                    self.nominate_best_valid_pair(now);
                 }
             } else {
                 // This shouldn't happen
@@ -505,6 +512,11 @@ impl ControlledSelector for Agent {
                     self.remote_candidates[p.remote_index].addr(),
                     rtt.as_millis()
                 );
+                // (libp2p-webrtc-signal patch) The controlling agent nominated this pair
+                // before it was valid here; now it is: select it (RFC 8445 7.3.1.5).
+                if p.nominated && self.get_selected_pair().is_none() {
+                    self.set_selected_pair(Some(now), Some(pair_index));
+                }
             } else {
                 // This shouldn't happen
                 error!("Success response from invalid candidate pair");
@@ -555,6 +567,14 @@ impl ControlledSelector for Agent {
                     // MUST remove the candidate pair from the valid list, set the
                     // candidate pair state to Failed, and set the checklist state to
                     // Failed.
+                    //
+                    // (libp2p-webrtc-signal patch) Remember the nomination, so that the
+                    // triggered check's success selects the pair (see
+                    // `handle_success_response`), and answer the request like any valid
+                    // one (RFC 8445 7.3.1): without both, the controlling agent had to
+                    // nominate again on its next tick, and the pair was selected only then.
+                    self.candidate_pairs[pair_index].nominated = true;
+                    self.send_binding_success(now, m, local_index, remote_index);
                     self.ping_candidate(now, local_index, remote_index);
                 }
             } else {
