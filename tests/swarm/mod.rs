@@ -220,6 +220,15 @@ pub async fn setup_raw(
     }
 }
 
+/// [`setup`] with `config` on both nodes, and A dialing B through the relay; returns the
+/// setup (keep it: it holds the relay) and B's peer id.
+pub async fn setup_and_dial(config: Config) -> (Setup, PeerId) {
+    let mut s = setup(Some(config.clone()), Some(config)).await;
+    let b_id = *s.b.local_peer_id();
+    s.a.dial(circuit(&s.relay_addr, b_id)).expect("dial");
+    (s, b_id)
+}
+
 /// A dials B through the relay; returns A's id of the relayed connection once established.
 pub async fn dial_relayed(
     a: &mut NodeSwarm,

@@ -25,17 +25,9 @@ async fn an_ipv6_path_is_reported_as_udp6() {
         return;
     }
     let config = loopback_config().with_udp_bind_addrs(vec!["[::1]:0".parse().unwrap()]);
-    let Setup {
-        mut a,
-        mut b,
-        relay_addr,
-        _relay,
-        ..
-    } = setup(Some(config.clone()), Some(config)).await;
-    let b_id = *b.local_peer_id();
-    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    let (mut s, _) = setup_and_dial(config).await;
     let mut paths = [None, None];
-    both(&mut a, &mut b, |side, e| {
+    both(&mut s.a, &mut s.b, |side, e| {
         match e {
             SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::Upgraded { path, .. })) => {
                 paths[side as usize] = Some(path.expect("the selected pair is reported"));
@@ -82,16 +74,8 @@ async fn ice_selects_a_pair_without_waiting_for_a_check_tick() {
     let interval = Duration::from_millis(600);
     let config = loopback_config().with_ice_checks(interval, 20);
     for run in 0..4 {
-        let Setup {
-            mut a,
-            mut b,
-            relay_addr,
-            _relay,
-            ..
-        } = setup(Some(config.clone()), Some(config.clone())).await;
-        let b_id = *b.local_peer_id();
-        a.dial(circuit(&relay_addr, b_id)).unwrap();
-        let ice = both(&mut a, &mut b, |side, e| match e {
+        let (mut s, _) = setup_and_dial(config.clone()).await;
+        let ice = both(&mut s.a, &mut s.b, |side, e| match e {
             SwarmEvent::Behaviour(NodeEvent::Webrtc(Event::Upgraded { timings, .. }))
                 if side == Side::A =>
             {
