@@ -1338,3 +1338,100 @@ fn measure_no_false_fallback_under_load_and_loss() {
     assert_eq!(lost, 0, "a healthy path was declared dead");
     assert_eq!(code, 0, "{:#?}", events(&all, "error").collect::<Vec<_>>());
 }
+
+/// A js-libp2p node (`interop/node.mjs`, the `node` example's command line) in `netns`.
+fn js_node(netns: &str, args: &[&str]) -> Node {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop");
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", netns])
+        .arg(dir.join("node_modules/.bin/node"))
+        .arg(dir.join("node.mjs"))
+        .args(args);
+    Node::spawn(cmd)
+}
+
+/// This crate and js-libp2p (`@libp2p/webrtc`, Node.js) side by side in one lab per case:
+/// the same relay (ours), the same NATs, links and ICE servers; each listener behind r1,
+/// each dialer behind r2. Reports the p50 of "relayed connection up → direct connection"
+/// (`upgraded`'s `ms`: ours from the start of the attempt, js's from the start of its
+/// `/webrtc` dial over the relayed connection) and the ratio. `RUNS` per side (default 5).
+/// Needs `cd interop && npm ci`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_js_side_by_side() {
+    let Some(_lock) = lab_lock() else { return };
+    let node_bin =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("interop/node_modules/.bin/node");
+    if !node_bin.exists() {
+        eprintln!("skipped: cd interop && npm ci");
+        return;
+    }
+    let runs: usize = env_or("RUNS", 5);
+    let cases = [
+        (Nat::Cone, Nat::Cone, Ice::Stun, 0),
+        (Nat::Cone, Nat::Cone, Ice::Stun, 25),
+        (Nat::Symmetric, Nat::Symmetric, Ice::StunTurn, 0),
+    ];
+    let mut table = Vec::new();
+    for (r1, r2, ice, delay_ms) in cases {
+        let links = Links {
+            delay_ms,
+            loss_pct: 0.0,
+        };
+        let lab = Lab::up(r1, r2, links);
+        let (relay, _rust_listener, rust_addr) = relay_and_listener(&lab, ice, &[]);
+        let relay_addr = rust_addr
+            .split("/p2p-circuit")
+            .next()
+            .expect("relay address")
+            .to_string();
+        let flags = ice_flags(ice);
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let mut args = vec!["listen", "--relay", &relay_addr, "--seed", "5"];
+        args.extend(&flags);
+        let mut js_listener = js_node(&lab.ns("p1"), &args);
+        let reserved = js_listener.wait("reserved");
+        let js_addr = reserved["addr"].as_str().expect("addr").to_string();
+        let mut ours = Vec::new();
+        let mut js = Vec::new();
+        for run in 0..runs {
+            let seed = (100 + run).to_string();
+            let mut args = vec!["dial", &rust_addr, "--seed", &seed, "--ping", "1"];
+            args.extend(&flags);
+            let (code, all) = Node::start_in(&lab.ns("p2"), &args).finish();
+            assert_eq!(code, 0, "ours, run {run}: {all:#?}");
+            let up = events(&all, "upgraded").next().expect("upgraded");
+            ours.push(up["ms"].as_f64().expect("ms"));
+            let seed = (200 + run).to_string();
+            let mut args = vec!["dial", &js_addr, "--seed", &seed, "--ping", "1"];
+            args.extend(&flags);
+            let (code, all) = js_node(&lab.ns("p2"), &args).finish();
+            assert_eq!(code, 0, "js, run {run}: {all:#?}");
+            let up = events(&all, "upgraded").next().expect("upgraded");
+            js.push(up["ms"].as_f64().expect("ms"));
+        }
+        let (o, j) = (pct(&mut ours, 50), pct(&mut js, 50));
+        let rtt = 4.0 * f64::from(delay_ms);
+        let in_rtt = |ms: f64| {
+            if rtt > 0.0 {
+                format!(" = {:.1} RTT", ms / rtt)
+            } else {
+                String::new()
+            }
+        };
+        table.push(format!(
+            "| {r1:?}/{r2:?}, {ice:?}, {delay_ms} ms per link | {o:.0} ms{} | {j:.0} ms{} | {:.2} |",
+            in_rtt(o),
+            in_rtt(j),
+            o / j
+        ));
+        drop(js_listener);
+        drop(relay);
+    }
+    eprintln!(
+        "\n| case ({runs} runs each) | this crate, p50 | js-libp2p, p50 | ours / js |\n|---|---|---|---|"
+    );
+    for line in &table {
+        eprintln!("{line}");
+    }
+}
