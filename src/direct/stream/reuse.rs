@@ -23,8 +23,12 @@ use std::time::{Duration, Instant};
 
 /// Round-trip estimate used before any sample.
 const INITIAL_RTT: Duration = Duration::from_millis(50);
-/// Slack added to the wait, for scheduling on a loaded machine.
-const SLACK: Duration = Duration::from_millis(10);
+/// Slack added to the wait, for scheduling on a loaded machine and for resets that wait for
+/// a timer of webrtc-rs's driver. 10 ms was enough while the driver's write latency padded
+/// the round-trip samples; with the patched driver (writes sent at once) the samples are
+/// sub-millisecond on loopback, and 1 in 40 runs of
+/// `resets_mid_transfer_do_not_poison_later_streams` lost a stream.
+const SLACK: Duration = Duration::from_millis(25);
 /// The wait never exceeds this, however slow the path looks.
 const MAX_WAIT: Duration = Duration::from_secs(1);
 
@@ -103,8 +107,9 @@ mod tests {
         g.on_outbound_closed(t0);
         assert_eq!(g.open_allowed_at(t0), Some(t0 + INITIAL_RTT * 2 + SLACK));
         g.on_rtt_sample(Duration::from_millis(2));
-        assert_eq!(g.open_allowed_at(t0), Some(t0 + Duration::from_millis(14)));
-        assert_eq!(g.open_allowed_at(t0 + Duration::from_millis(14)), None);
+        let wait = Duration::from_millis(4) + SLACK;
+        assert_eq!(g.open_allowed_at(t0), Some(t0 + wait));
+        assert_eq!(g.open_allowed_at(t0 + wait), None);
     }
 
     #[test]
@@ -127,7 +132,7 @@ mod tests {
         g.on_outbound_finished(t0);
         assert_eq!(
             g.open_allowed_at(t0),
-            Some(t0 + Duration::from_millis(4 + 8 + 10))
+            Some(t0 + Duration::from_millis(4 + 8) + SLACK)
         );
     }
 
