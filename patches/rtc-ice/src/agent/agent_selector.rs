@@ -259,6 +259,15 @@ impl ControllingSelector for Agent {
     }
 
     fn ping_candidate(&mut self, now: Instant, local_index: usize, remote_index: usize) {
+        // (libp2p-webrtc-signal patch) Aggressive nomination (RFC 5245 8.1.1.2): until a pair
+        // is nominated or selected, every check of a pair past its acceptance waits carries
+        // USE-CANDIDATE, so the first check that succeeds selects its pair on both sides
+        // without a separate nomination round trip. A controlled agent whose own check of the
+        // pair already succeeded selects it when the request arrives.
+        let aggressive = self.nominated_pair.is_none()
+            && self.get_selected_pair().is_none()
+            && self.is_nominatable(now, local_index, true)
+            && self.is_nominatable(now, remote_index, false);
         let (msg, result) = {
             let Some(remote_credentials) = &self.ufrag_pwd.remote_credentials else {
                 error!("ufrag_pwd.remote_credentials is none");
@@ -268,19 +277,27 @@ impl ControllingSelector for Agent {
             let username = remote_credentials.ufrag.clone()
                 + ":"
                 + self.ufrag_pwd.local_credentials.ufrag.as_str();
-            let mut msg = Message::new();
-            let result = msg.build(&[
+            let mut setters: Vec<Box<dyn Setter>> = vec![
                 Box::new(BINDING_REQUEST),
                 Box::new(TransactionId::new()),
                 Box::new(Username::new(ATTR_USERNAME, username)),
-                Box::new(AttrControlling(self.tie_breaker)),
-                Box::new(PriorityAttr(self.local_candidates[local_index].priority())),
-                Box::new(MessageIntegrity::new_short_term_integrity_with_provider(
+            ];
+            if aggressive {
+                setters.push(Box::<UseCandidateAttr>::default());
+            }
+            setters.push(Box::new(AttrControlling(self.tie_breaker)));
+            setters.push(Box::new(PriorityAttr(
+                self.local_candidates[local_index].priority(),
+            )));
+            setters.push(Box::new(
+                MessageIntegrity::new_short_term_integrity_with_provider(
                     remote_credentials.pwd.clone(),
                     self.crypto_provider.crypto(),
-                )),
-                Box::new(FINGERPRINT),
-            ]);
+                ),
+            ));
+            setters.push(Box::new(FINGERPRINT));
+            let mut msg = Message::new();
+            let result = msg.build(&setters);
             (msg, result)
         };
 
