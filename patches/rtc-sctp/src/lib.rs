@@ -77,7 +77,9 @@ pub use crate::config::{
 };
 
 mod endpoint;
-pub use crate::endpoint::{AssociationHandle, ConnectError, DatagramEvent, Endpoint};
+pub use crate::endpoint::{
+    AssociationHandle, ConnectError, DatagramEvent, Endpoint, snap_init_chunk,
+};
 
 mod packet;
 

@@ -427,6 +427,100 @@ impl Association {
         };
 
         if side.is_client() {
+            this.send_client_init(now);
+        }
+
+        this
+    }
+
+    /// (libp2p-webrtc-signal patch) SNAP (draft-hancke-tsvwg-snap): an association that is
+    /// established from the start, from the INIT chunk this side signaled (`local`) and the
+    /// one the peer signaled (`remote`), without the INIT / INIT ACK / COOKIE ECHO / COOKIE
+    /// ACK exchange. Both sides must call this with the same two chunks, swapped.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new_snap(
+        config: Arc<TransportConfig>,
+        max_payload_size: u32,
+        local: &ChunkInit,
+        remote: &ChunkInit,
+        remote_addr: SocketAddr,
+        local_addr: SocketAddr,
+        protocol: TransportProtocol,
+        now: Instant,
+    ) -> Self {
+        // A server config makes `new` wait for an INIT instead of sending one.
+        let server = Arc::new(ServerConfig {
+            transport: config.clone(),
+            concurrent_associations: 1,
+        });
+        let mut this = Association::new(
+            Some(server),
+            config,
+            max_payload_size,
+            local.initiate_tag,
+            remote_addr,
+            local_addr,
+            protocol,
+            now,
+        );
+        this.side = Side::Client;
+        let tsn = local.initial_tsn;
+        this.my_next_tsn = tsn;
+        this.my_next_rsn = tsn;
+        this.min_tsn2measure_rtt = tsn;
+        this.cumulative_tsn_ack_point = tsn.wrapping_sub(1);
+        this.advanced_peer_tsn_ack_point = tsn.wrapping_sub(1);
+        this.source_port = 5000;
+        this.destination_port = 5000;
+        this.adopt_peer_init(remote);
+        this.events.push_back(Event::Connected);
+        this.set_state(AssociationState::Established);
+        this.handshake_completed = true;
+        this
+    }
+
+    /// Takes the peer's parameters from its INIT (or INIT ACK): streams, verification tag,
+    /// TSN, receive window, and whether it supports FORWARD TSN.
+    fn adopt_peer_init(&mut self, i: &ChunkInit) {
+        self.my_max_num_inbound_streams =
+            std::cmp::min(i.num_inbound_streams, self.my_max_num_inbound_streams);
+        self.my_max_num_outbound_streams =
+            std::cmp::min(i.num_outbound_streams, self.my_max_num_outbound_streams);
+        self.peer_verification_tag = i.initiate_tag;
+        self.peer_last_tsn = i.initial_tsn.wrapping_sub(1);
+        self.rwnd = i.advertised_receiver_window_credit;
+        self.ssthresh = self.rwnd;
+        for param in &i.params {
+            if let Some(v) = param.as_any().downcast_ref::<ParamSupportedExtensions>()
+                && v.chunk_types.contains(&CT_FORWARD_TSN)
+            {
+                self.use_forward_tsn = true;
+            }
+        }
+    }
+
+    /// The INIT chunk a SNAP association of this side starts from: a fresh verification
+    /// tag and initial TSN, and `config`'s streams and receive window.
+    pub(crate) fn snap_init(config: &TransportConfig, initiate_tag: AssociationId) -> ChunkInit {
+        let mut tsn = random::<u32>();
+        if tsn == 0 {
+            tsn = 1;
+        }
+        let mut init = ChunkInit {
+            initial_tsn: tsn,
+            num_outbound_streams: config.max_num_outbound_streams(),
+            num_inbound_streams: config.max_num_inbound_streams(),
+            initiate_tag,
+            advertised_receiver_window_credit: config.max_receive_buffer_size(),
+            ..Default::default()
+        };
+        init.set_supported_extensions();
+        init
+    }
+
+    fn send_client_init(&mut self, now: Instant) {
+        let this = self;
+        {
             let mut init = ChunkInit {
                 initial_tsn: this.my_next_tsn,
                 num_outbound_streams: this.my_max_num_outbound_streams,
@@ -443,8 +537,6 @@ impl Association {
             this.timers
                 .start(Timer::T1Init, now, this.rto_mgr.get_rto());
         }
-
-        this
     }
 
     /// Returns application-facing event

@@ -4,6 +4,8 @@ mod endpoint_test;
 mod init_retransmit_test;
 #[cfg(test)]
 mod lossy_path_test;
+#[cfg(test)]
+mod snap_test;
 
 use std::{
     collections::HashMap,
@@ -201,6 +203,60 @@ impl Endpoint {
         Ok((ch, conn))
     }
 
+    /// (libp2p-webrtc-signal patch) SNAP: an association that is established at once from
+    /// this side's INIT chunk (from [`snap_init_chunk`]) and the one the peer signaled,
+    /// without the four-way handshake. Both sides call it once DTLS is up; neither sends an
+    /// INIT. Fails with [`ConnectError::InvalidSnapInit`] if either chunk is not a valid INIT.
+    pub fn connect_snap(
+        &mut self,
+        now: Instant,
+        config: ClientConfig,
+        remote: SocketAddr,
+        local_init: &[u8],
+        remote_init: &[u8],
+    ) -> Result<(AssociationHandle, Association), ConnectError> {
+        use crate::chunk::Chunk as _;
+        if self.is_full() {
+            return Err(ConnectError::TooManyAssociations);
+        }
+        let parse = |raw: &[u8]| {
+            let init = crate::chunk::chunk_init::ChunkInit::unmarshal(&Bytes::copy_from_slice(raw))
+                .map_err(|e| ConnectError::InvalidSnapInit(e.to_string()))?;
+            if init.is_ack {
+                return Err(ConnectError::InvalidSnapInit("an INIT ACK".into()));
+            }
+            init.check()
+                .map_err(|e| ConnectError::InvalidSnapInit(e.to_string()))?;
+            Ok(init)
+        };
+        let local = parse(local_init)?;
+        let remote_chunk = parse(remote_init)?;
+        if self.association_ids.contains_key(&local.initiate_tag) {
+            return Err(ConnectError::InvalidSnapInit(
+                "the local verification tag is in use".into(),
+            ));
+        }
+        let conn = Association::new_snap(
+            config.transport,
+            self.endpoint_config.get_max_payload_size(),
+            &local,
+            &remote_chunk,
+            remote,
+            self.local_addr,
+            self.transport_protocol,
+            now,
+        );
+        let id = self.associations.insert(AssociationMeta {
+            init_cid: remote_chunk.initiate_tag,
+            cids_issued: 0,
+            loc_cids: iter::once((0, local.initiate_tag)).collect(),
+            initial_remote: remote,
+        });
+        let ch = AssociationHandle(id);
+        self.association_ids.insert(local.initiate_tag, ch);
+        Ok((ch, conn))
+    }
+
     /// The association an INIT from `remote` with Initiate Tag `tag` created, if any.
     fn retransmitted_init(
         &self,
@@ -385,6 +441,18 @@ pub enum DatagramEvent {
 
 /// Errors in the parameters being used to create a new association
 ///
+/// (libp2p-webrtc-signal patch) A fresh INIT chunk for SNAP (draft-hancke-tsvwg-snap): a
+/// random verification tag and initial TSN, and `transport`'s streams and receive window. It
+/// is signaled to the peer (in SDP, `a=sctp-init`) and later given to
+/// [`Endpoint::connect_snap`] as `local_init`.
+pub fn snap_init_chunk(transport: &TransportConfig) -> Bytes {
+    use crate::chunk::Chunk as _;
+    let tag = RandomAssociationIdGenerator::new().generate_aid();
+    Association::snap_init(transport, tag)
+        .marshal()
+        .unwrap_or_default()
+}
+
 /// These arise before any I/O has been performed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -407,6 +475,10 @@ pub enum ConnectError {
     /// Examples include attempting to connect to port 0, or using an inappropriate address family.
     #[error("invalid remote address: {0}")]
     InvalidRemoteAddress(SocketAddr),
+    /// (libp2p-webrtc-signal patch) An INIT chunk given to [`Endpoint::connect_snap`] does not
+    /// decode, or is not acceptable.
+    #[error("invalid SNAP INIT chunk: {0}")]
+    InvalidSnapInit(String),
     /// No default client configuration was set up
     ///
     /// Use `Endpoint::connect_with` to specify a client configuration.

@@ -6,7 +6,8 @@ use crate::peer_connection::handler::endpoint::EndpointHandlerContext;
 use crate::peer_connection::handler::interceptor::InterceptorHandlerContext;
 use crate::peer_connection::handler::srtp::SrtpHandlerContext;
 use crate::peer_connection::sdp::{
-    MediaSection, PopulateSdpParams, add_candidates_to_media_descriptions, get_by_mid,
+    MediaSection, PopulateSdpParams, add_candidates_to_media_descriptions,
+    get_application_media, get_application_media_section_sctp_init, get_by_mid,
     get_peer_direction, get_rids, have_data_channel, is_ext_map_allow_mixed_set,
     rtp_extensions_from_media_description, track_details_from_sdp,
 };
@@ -144,13 +145,14 @@ impl RTCPeerConnection {
         })?;
 
         // Create the SCTP transport
-        let sctp_transport = SctpTransport::new(
+        let mut sctp_transport = SctpTransport::new(
             setting_engine.sctp_max_message_size,
             setting_engine.sctp_max_receive_buffer_size,
             setting_engine.sctp_mtu,
             sctp_transport_id,
             dtls_transport_id,
         );
+        sctp_transport.snap = !setting_engine.sctp_snap_disabled;
 
         // Create Pipeline Context
         let ice_handler_context = IceHandlerContext::new(ice_transport);
@@ -251,6 +253,7 @@ impl RTCPeerConnection {
             ice_gathering_state: self.ice_transport().ice_gathering_state,
             match_bundle_group: None,
             sctp_max_message_size: self.setting_engine.sctp_max_message_size.as_usize(),
+            sctp_init: self.sctp_transport_mut().snap_local_init(),
             ignore_rid_pause_for_recv: false,
             write_ssrc_attributes_for_simulcast: self
                 .setting_engine
@@ -388,6 +391,18 @@ impl RTCPeerConnection {
             return Err(Error::ErrNonCertificate);
         };
 
+        // SNAP: an offer always carries this side's INIT; an answer only if the offer did.
+        let remote_has_snap = self
+            .remote_description()
+            .and_then(|d| d.parsed.as_ref())
+            .and_then(get_application_media)
+            .and_then(get_application_media_section_sctp_init)
+            .is_some();
+        let sctp_init = if include_unmatched || remote_has_snap {
+            self.sctp_transport_mut().snap_local_init()
+        } else {
+            None
+        };
         let params = PopulateSdpParams {
             media_description_fingerprint: self.setting_engine.sdp_media_level_fingerprints,
             is_ice_lite: self.setting_engine.candidates.ice_lite,
@@ -396,6 +411,7 @@ impl RTCPeerConnection {
             ice_gathering_state: self.ice_transport().ice_gathering_state,
             match_bundle_group,
             sctp_max_message_size: self.setting_engine.sctp_max_message_size.as_usize(),
+            sctp_init,
             ignore_rid_pause_for_recv,
             write_ssrc_attributes_for_simulcast: self
                 .setting_engine

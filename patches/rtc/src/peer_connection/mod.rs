@@ -272,7 +272,8 @@ use crate::peer_connection::sdp::MediaDescriptionExt;
 use crate::peer_connection::sdp::session_description::RTCSessionDescription;
 use crate::peer_connection::sdp::{
     extract_fingerprint, extract_ice_details, get_application_media,
-    get_application_media_section_max_message_size, get_application_media_section_sctp_port,
+    get_application_media_section_max_message_size, get_application_media_section_sctp_init,
+    get_application_media_section_sctp_port,
     get_mid_value, get_peer_direction, has_ice_trickle_option, is_lite_set, sdp_type::RTCSdpType,
     update_sdp_origin,
 };
@@ -1230,6 +1231,9 @@ impl RTCPeerConnection {
                     // then, we create_answer() and set_local_description() here
                     // Now we should have done SDP negotiation.
                     // Therefore, it is ready to start sctp and rtp.
+                    let remote_snap_init =
+                        get_application_media_section_sctp_init(remote_application_media);
+                    self.sctp_transport_mut().snap_remote_init = remote_snap_init.map(Into::into);
                     self.sctp_transport_mut().start(
                         dtls_role,
                         remote_caps,
@@ -1631,6 +1635,9 @@ impl RTCPeerConnection {
                     // then, after call set_remote_description here,
                     // Now we should have done SDP negotiation.
                     // Therefore, it is ready to start sctp and rtp.
+                    let remote_snap_init =
+                        get_application_media_section_sctp_init(remote_application_media);
+                    self.sctp_transport_mut().snap_remote_init = remote_snap_init.map(Into::into);
                     self.sctp_transport_mut().start(
                         dtls_role,
                         remote_caps,

@@ -374,6 +374,8 @@ pub struct SettingEngine {
     /// budget via rtc-sctp's `max_payload_size_for_mtu`. `None` uses the rtc-sctp
     /// default (`INITIAL_MTU`, 1191 — the TURN-relayed IPv6 minimum-MTU budget).
     pub(crate) sctp_mtu: Option<u32>,
+    /// (libp2p-webrtc-signal patch) SNAP off: no SCTP INIT chunks in the SDP.
+    pub(crate) sctp_snap_disabled: bool,
     pub(crate) ignore_rid_pause_for_recv: bool,
     pub(crate) write_ssrc_attributes_for_simulcast: bool,
 }
@@ -1400,6 +1402,18 @@ impl SettingEngineBuilder {
     /// default, leave this unset.
     pub fn with_sctp_mtu(mut self, mtu: u32) -> Self {
         self.0.sctp_mtu = Some(mtu);
+        self
+    }
+
+    /// (libp2p-webrtc-signal patch) SNAP, the SCTP Negotiation Acceleration Protocol
+    /// (draft-hancke-tsvwg-snap): offers, and answers to offers that have one, carry this
+    /// side's SCTP INIT chunk (`a=sctp-init:<base64>` in the data channel's media section).
+    /// When both descriptions have one, both sides take the association as established when
+    /// DTLS is, without the INIT / INIT ACK / COOKIE ECHO / COOKIE ACK exchange: data
+    /// channels open up to two round trips sooner. A peer without SNAP ignores the attribute
+    /// and the handshake runs as before. On by default.
+    pub fn with_sctp_snap(mut self, enabled: bool) -> Self {
+        self.0.sctp_snap_disabled = !enabled;
         self
     }
 

@@ -699,6 +699,7 @@ impl<'a>
 
         // DTLSHandshakeComplete is not terminated here since SRTP handler needs it
         let dtls_complete = matches!(&evt.event, RTCEventInternal::DTLSHandshakeComplete(_, _));
+        let mut snap_connected = None;
         if dtls_complete {
             debug!("sctp recv dtls handshake complete");
 
@@ -714,14 +715,39 @@ impl<'a>
                     &mut self.ctx.sctp_transport.sctp_associations,
                 );
 
-                debug!("sctp endpoint initiates connection for dtls client role");
-                let (ch, conn) = sctp_endpoint
-                    .connect(
-                        now,
-                        ClientConfig::new(sctp_transport_config),
-                        TransportContext::default().peer_addr,
-                    )
-                    .map_err(|e| Error::Other(e.to_string()))?;
+                let snap = match (
+                    self.ctx.sctp_transport.snap_ready,
+                    &self.ctx.sctp_transport.snap_local_init,
+                    &self.ctx.sctp_transport.snap_remote_init,
+                ) {
+                    (true, Some(local), Some(remote)) => Some((local.clone(), remote.clone())),
+                    _ => None,
+                };
+                let (ch, conn) = if let Some((local, remote)) = snap {
+                    // (libp2p-webrtc-signal patch) SNAP: established now, no handshake.
+                    debug!("sctp association established from the signaled INIT chunks (SNAP)");
+                    let (ch, mut conn) = sctp_endpoint
+                        .connect_snap(
+                            now,
+                            ClientConfig::new(sctp_transport_config),
+                            TransportContext::default().peer_addr,
+                            &local,
+                            &remote,
+                        )
+                        .map_err(|e| Error::Other(e.to_string()))?;
+                    while conn.poll().is_some() {}
+                    snap_connected = Some(ch);
+                    (ch, conn)
+                } else {
+                    debug!("sctp endpoint initiates connection for dtls client role");
+                    sctp_endpoint
+                        .connect(
+                            now,
+                            ClientConfig::new(sctp_transport_config),
+                            TransportContext::default().peer_addr,
+                        )
+                        .map_err(|e| Error::Other(e.to_string()))?
+                };
 
                 sctp_associations.insert(ch, conn);
 
@@ -746,6 +772,13 @@ impl<'a>
         }
 
         self.ctx.event_outs.push_back(evt);
+        if let Some(ch) = snap_connected {
+            // A SNAP association is up with DTLS: report it like a completed handshake.
+            self.ctx.event_outs.push_back(TaggedRTCEventInternal {
+                now,
+                event: RTCEventInternal::SCTPHandshakeComplete(ch.0),
+            });
+        }
 
         Ok(())
     }

@@ -564,6 +564,7 @@ pub(crate) struct AddDataMediaSectionParams {
     dtls_role: ConnectionRole,
     ice_gathering_state: RTCIceGatheringState,
     sctp_max_message_size: usize,
+    sctp_init: Option<String>,
 }
 
 pub(crate) fn add_data_media_section(
@@ -611,6 +612,9 @@ pub(crate) fn add_data_media_section(
         params.ice_params.username_fragment,
         params.ice_params.password,
     );
+    if let Some(init) = params.sctp_init {
+        media = media.with_value_attribute(ATTR_KEY_SCTP_INIT.to_owned(), init);
+    }
 
     for f in dtls_fingerprints {
         media = media.with_fingerprint(f.algorithm.clone(), f.value.to_uppercase());
@@ -1026,6 +1030,8 @@ pub(crate) struct PopulateSdpParams {
     pub(crate) ice_gathering_state: RTCIceGatheringState,
     pub(crate) match_bundle_group: Option<String>,
     pub(crate) sctp_max_message_size: usize,
+    /// (libp2p-webrtc-signal patch) SNAP: this side's SCTP INIT chunk, base64.
+    pub(crate) sctp_init: Option<String>,
     pub(crate) ignore_rid_pause_for_recv: bool,
     pub(crate) write_ssrc_attributes_for_simulcast: bool,
 }
@@ -1119,6 +1125,7 @@ impl RTCPeerConnection {
                     dtls_role: params.connection_role,
                     ice_gathering_state: params.ice_gathering_state,
                     sctp_max_message_size: params.sctp_max_message_size,
+                    sctp_init: params.sctp_init.clone(),
                 };
                 d = add_data_media_section(d, &media_dtls_fingerprints, candidates, params)?;
                 true
@@ -1352,6 +1359,24 @@ pub(crate) fn get_application_media_section_sctp_port(
     }
 
     None
+}
+
+/// (libp2p-webrtc-signal patch) SNAP: the `sctp-init` attribute's name.
+pub(crate) const ATTR_KEY_SCTP_INIT: &str = "sctp-init";
+
+/// (libp2p-webrtc-signal patch) SNAP: the SCTP INIT chunk a data channel media section
+/// carries (`a=sctp-init:<base64>`), decoded; `None` without one or if it is not base64.
+pub(crate) fn get_application_media_section_sctp_init(
+    media_desc: &MediaDescription,
+) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    if !media_desc.is_webrtc_datachannel() {
+        return None;
+    }
+    let value = media_desc.attribute(ATTR_KEY_SCTP_INIT)??;
+    base64::engine::general_purpose::STANDARD
+        .decode(value.trim())
+        .ok()
 }
 
 pub(crate) fn get_application_media_section_max_message_size(

@@ -52,6 +52,14 @@ pub(crate) struct SctpTransport {
     pub(crate) mtu: Option<u32>,
 
     pub(crate) internal_buffer: Vec<u8>,
+
+    // (libp2p-webrtc-signal patch) SNAP (draft-hancke-tsvwg-snap): whether descriptions carry
+    // this side's INIT chunk, that chunk once made, the peer's from its description, and
+    // whether `start` found both (then both sides connect with `connect_snap`).
+    pub(crate) snap: bool,
+    pub(crate) snap_local_init: Option<bytes::Bytes>,
+    pub(crate) snap_remote_init: Option<bytes::Bytes>,
+    pub(crate) snap_ready: bool,
 }
 
 impl SctpTransport {
@@ -75,7 +83,36 @@ impl SctpTransport {
             max_receive_buffer_size,
             mtu,
             internal_buffer: vec![],
+            snap: false,
+            snap_local_init: None,
+            snap_remote_init: None,
+            snap_ready: false,
         }
+    }
+
+    /// (libp2p-webrtc-signal patch) SNAP: this side's INIT chunk, base64, for the
+    /// `a=sctp-init` attribute; made once, on first use. `None` unless SNAP is enabled, or
+    /// once the transport has started without it (a later offer must not promise it).
+    pub(crate) fn snap_local_init(&mut self) -> Option<String> {
+        use base64::Engine as _;
+        if !self.snap || (self.is_started && !self.snap_ready) {
+            return None;
+        }
+        if self.snap_local_init.is_none() {
+            self.snap_local_init = Some(::sctp::snap_init_chunk(&self.init_transport_config()));
+        }
+        let init = self.snap_local_init.as_ref()?;
+        Some(base64::engine::general_purpose::STANDARD.encode(init))
+    }
+
+    /// The parts of the transport config an INIT chunk announces (streams, receive window),
+    /// as `start` will configure them.
+    fn init_transport_config(&self) -> ::sctp::TransportConfig {
+        let mut config = ::sctp::TransportConfig::default();
+        if let Some(recv_buf) = self.max_receive_buffer_size {
+            config = config.with_max_receive_buffer_size(recv_buf);
+        }
+        config
     }
 
     pub(crate) fn calc_message_size(remote_max_message_size: u32, can_send_size: u32) -> u32 {
@@ -187,7 +224,17 @@ impl SctpTransport {
         }
         //TODO: add remote_port support
 
-        if dtls_role == RTCDtlsRole::Client {
+        // SNAP when both descriptions carried an INIT chunk: whatever the DTLS role, the
+        // association is made (established) when DTLS is up.
+        // A peer that copies unknown attributes of the offer into its answer (libdatachannel
+        // does) returns our own INIT: that is no SNAP, and its DTLS client sends an INIT.
+        let tag = |init: &bytes::Bytes| init.get(4..8).map(<[u8]>::to_vec);
+        self.snap_ready = self.snap
+            && match (&self.snap_local_init, &self.snap_remote_init) {
+                (Some(local), Some(remote)) => tag(local) != tag(remote),
+                _ => false,
+            };
+        if dtls_role == RTCDtlsRole::Client || self.snap_ready {
             self.sctp_endpoint = Some(sctp::Endpoint::new(
                 TransportContext::default().local_addr, // placeholder; rewritten per-transmit by the ICE handler
                 TransportProtocol::UDP, // placeholder; rewritten per-transmit by the ICE handler

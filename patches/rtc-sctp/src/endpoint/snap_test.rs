@@ -1,0 +1,129 @@
+//! Patch test: SNAP (draft-hancke-tsvwg-snap). Two endpoints that exchanged INIT chunks out
+//! of band are established at once, send DATA without any handshake chunk, and refuse
+//! chunks that are not a valid INIT.
+
+use super::*;
+use crate::association::state::AssociationState;
+use crate::chunk::chunk_payload_data::PayloadProtocolIdentifier;
+use crate::{Event, StreamEvent};
+use std::net::Ipv4Addr;
+
+fn endpoint(port: u16) -> (Endpoint, SocketAddr) {
+    let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
+    let endpoint = Endpoint::new(
+        addr,
+        TransportProtocol::UDP,
+        Arc::new(EndpointConfig::default()),
+        None,
+    );
+    (endpoint, addr)
+}
+
+fn transmits(conn: &mut Association, now: Instant) -> Vec<Bytes> {
+    let mut out = vec![];
+    while let Some(t) = conn.poll_transmit(now) {
+        if let Payload::RawEncode(contents) = t.message {
+            out.extend(contents);
+        }
+    }
+    out
+}
+
+fn deliver(
+    endpoint: &mut Endpoint,
+    conn: &mut Association,
+    from: SocketAddr,
+    now: Instant,
+    datagrams: Vec<Bytes>,
+) {
+    for data in datagrams {
+        match endpoint.handle(now, from, None, data) {
+            Some((_, DatagramEvent::AssociationEvent(event))) => conn.handle_event(event),
+            _ => panic!("a datagram did not reach the SNAP association"),
+        }
+    }
+}
+
+#[test]
+fn snap_associations_are_established_without_a_handshake() {
+    let (mut a, a_addr) = endpoint(6101);
+    let (mut b, b_addr) = endpoint(6102);
+    let config = TransportConfig::default();
+    let a_init = snap_init_chunk(&config);
+    let b_init = snap_init_chunk(&config);
+    let now = Instant::now();
+    let (_, mut a_conn) = a
+        .connect_snap(now, ClientConfig::new(config.clone()), b_addr, &a_init, &b_init)
+        .expect("a");
+    let (_, mut b_conn) = b
+        .connect_snap(now, ClientConfig::new(config), a_addr, &b_init, &a_init)
+        .expect("b");
+    assert_eq!(a_conn.state(), AssociationState::Established);
+    assert_eq!(b_conn.state(), AssociationState::Established);
+    assert!(matches!(a_conn.poll(), Some(Event::Connected)));
+    assert!(matches!(b_conn.poll(), Some(Event::Connected)));
+    assert!(transmits(&mut a_conn, now).is_empty(), "a sent a handshake chunk");
+    assert!(transmits(&mut b_conn, now).is_empty(), "b sent a handshake chunk");
+
+    // The first datagram a sends carries DATA, and b takes it as the first TSN it expects.
+    a_conn
+        .open_stream(1, PayloadProtocolIdentifier::Binary)
+        .expect("stream")
+        .write(now, b"hello")
+        .expect("write");
+    let data = transmits(&mut a_conn, now);
+    assert_eq!(data.len(), 1);
+    deliver(&mut b, &mut b_conn, a_addr, now, data);
+    let mut readable = false;
+    while let Some(event) = b_conn.poll() {
+        readable |= matches!(event, Event::Stream(StreamEvent::Readable { id: 1 }));
+    }
+    assert!(readable, "b has nothing to read");
+    let mut stream = b_conn.accept_stream().expect("accepted");
+    let chunks = stream.read().expect("read").expect("a message");
+    let mut buf = [0u8; 16];
+    let n = chunks.read(&mut buf).expect("copy");
+    assert_eq!(&buf[..n], b"hello");
+
+    // b's SACK (and b's own DATA) reach a: the tags match both ways.
+    b_conn
+        .stream(1)
+        .expect("stream")
+        .write(now, b"back")
+        .expect("write");
+    let back = transmits(&mut b_conn, now);
+    assert!(!back.is_empty());
+    deliver(&mut a, &mut a_conn, b_addr, now, back);
+    let mut readable = false;
+    while let Some(event) = a_conn.poll() {
+        readable |= matches!(event, Event::Stream(StreamEvent::Readable { id: 1 }));
+    }
+    assert!(readable, "a has nothing to read");
+}
+
+#[test]
+fn connect_snap_refuses_what_is_not_an_init() {
+    let (mut a, _) = endpoint(6103);
+    let (mut b, b_addr) = endpoint(6104);
+    let config = TransportConfig::default();
+    let local = snap_init_chunk(&config);
+    let remote = snap_init_chunk(&config);
+    let now = Instant::now();
+    for bad in [&b""[..], &b"\x01\x00\x00\x04"[..], &remote[..remote.len() / 2]] {
+        let result = a.connect_snap(now, ClientConfig::new(config.clone()), b_addr, &local, bad);
+        assert!(
+            matches!(result, Err(ConnectError::InvalidSnapInit(_))),
+            "{bad:?}"
+        );
+    }
+    // An INIT with a zero verification tag is refused too.
+    let mut zero_tag = remote.to_vec();
+    zero_tag[4..8].copy_from_slice(&[0; 4]);
+    let result = a.connect_snap(now, ClientConfig::new(config.clone()), b_addr, &local, &zero_tag);
+    assert!(matches!(result, Err(ConnectError::InvalidSnapInit(_))));
+    // The same local INIT cannot make a second association.
+    a.connect_snap(now, ClientConfig::new(config.clone()), b_addr, &local, &remote)
+        .expect("first");
+    let again = a.connect_snap(now, ClientConfig::new(config), b_addr, &local, &remote);
+    assert!(matches!(again, Err(ConnectError::InvalidSnapInit(_))));
+}
