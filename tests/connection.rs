@@ -699,3 +699,73 @@ async fn checks_towards_a_remote_candidate_are_bounded() {
     offerer.close().await;
     answerer.close().await;
 }
+
+/// An answerer that gathered before the offer puts its candidates in the answer (the offerer
+/// can check them without waiting for trickle), still trickles each of them once, and
+/// connects. Without early gathering the answer has none: it is made before gathering
+/// starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_after_early_gathering_carries_the_candidates() {
+    init_tracing();
+    within(async {
+        let config = loopback_config();
+        for early in [true, false] {
+            let mut offerer = Session::new(&config, SdpRole::Offerer).await.unwrap();
+            let mut answerer = Session::new(&config, SdpRole::Answerer).await.unwrap();
+            if early {
+                answerer.gather_early().await.expect("gather early");
+                // Host candidates come at once; this is slack for a busy machine.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            let offer = offerer.create_offer().await.unwrap();
+            let answer = answerer.accept_offer(&offer).await.unwrap();
+            let in_answer = answer
+                .lines()
+                .filter(|l| l.starts_with("a=candidate:"))
+                .count();
+            if early {
+                assert!(in_answer > 0, "no candidate in the answer:\n{answer}");
+            } else {
+                assert_eq!(in_answer, 0, "{answer}");
+            }
+            offerer.accept_answer(&answer).await.unwrap();
+            // Trickle the rest both ways, counting what the answerer reports.
+            let mut trickled: Vec<String> = Vec::new();
+            let (mut a_up, mut b_up) = (false, false);
+            while !(a_up && b_up) {
+                tokio::select! {
+                    ev = offerer.next_event(), if !a_up => match ev.unwrap() {
+                        SessionEvent::LocalCandidate(c) => {
+                            answerer.add_remote_candidate(Some(&c)).await.unwrap()
+                        }
+                        SessionEvent::LocalCandidatesComplete => {
+                            answerer.add_remote_candidate(None).await.unwrap()
+                        }
+                        SessionEvent::Connected => a_up = true,
+                    },
+                    ev = answerer.next_event(), if !b_up => match ev.unwrap() {
+                        SessionEvent::LocalCandidate(c) => {
+                            trickled.push(c.clone());
+                            offerer.add_remote_candidate(Some(&c)).await.unwrap();
+                        }
+                        SessionEvent::LocalCandidatesComplete => {}
+                        SessionEvent::Connected => b_up = true,
+                    },
+                }
+            }
+            let unique: std::collections::HashSet<_> = trickled.iter().collect();
+            assert_eq!(
+                unique.len(),
+                trickled.len(),
+                "a candidate twice: {trickled:?}"
+            );
+            let a = offerer.into_connection().await.expect("offerer connection");
+            let b = answerer
+                .into_connection()
+                .await
+                .expect("answerer connection");
+            drop((a, b));
+        }
+    })
+    .await;
+}

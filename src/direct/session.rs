@@ -74,6 +74,10 @@ pub struct Session {
     connected: bool,
     /// An ICE restart of a connected peer connection (see [`Session::restart`]).
     restart: bool,
+    /// Local candidates already reported: gathering that started before the answer (see
+    /// [`Session::gather_early`]) may report a candidate, or the end of them, twice.
+    reported: std::collections::HashSet<String>,
+    gathering_reported: bool,
 }
 
 impl std::fmt::Debug for Session {
@@ -136,7 +140,38 @@ impl Session {
             ice_connected_at: None,
             connected: false,
             restart,
+            reported: std::collections::HashSet::new(),
+            gathering_reported: false,
         }
+    }
+
+    /// Answerer: starts gathering candidates before the offer arrives, so that the answer
+    /// carries the server-reflexive (and relayed) candidates instead of trickling them one
+    /// STUN (or TURN) round trip after it. The behaviour calls it when the signaling stream
+    /// is negotiated, a relayed round trip before the offer arrives. Does nothing for an
+    /// offerer or a restart, or once the offer is applied.
+    ///
+    /// The candidates gathered are in the answer and are also reported by
+    /// [`Session::next_event`] once, as they would be without it.
+    ///
+    /// ```no_run
+    /// # async fn example() -> Result<(), libp2p_webrtc_signal::Error> {
+    /// use libp2p_webrtc_signal::{Config, SdpRole, Session};
+    /// let mut answerer = Session::new(&Config::default(), SdpRole::Answerer).await?;
+    /// answerer.gather_early().await?;
+    /// // ... the offer arrives over signaling ...
+    /// # let offer = String::new();
+    /// let answer = answerer.accept_offer(&offer).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn gather_early(&mut self) -> Result<(), Error> {
+        if self.role != SdpRole::Answerer || self.restart || self.remote_description_set {
+            return Ok(());
+        }
+        // webrtc-rs starts gathering on `set_local_description` or on an ICE restart; before
+        // any description, the restart only stages new credentials for a later offer (which
+        // an answerer never makes without restarting again), and gathers.
+        self.peer.restart_ice().await
     }
 
     /// The role this session was created with.
@@ -242,11 +277,19 @@ impl Session {
             let event = self.events.next().await.ok_or(Error::Closed)?;
             match event {
                 PeerEvent::LocalCandidate(mut init) => {
+                    if !self.reported.insert(init.candidate.clone()) {
+                        continue;
+                    }
                     init.sdp_mid = self.local_mid.clone().or(init.sdp_mid);
                     init.username_fragment = self.local_ufrag.clone();
                     return Ok(SessionEvent::LocalCandidate(candidate::to_json(&init)));
                 }
-                PeerEvent::GatheringComplete => return Ok(SessionEvent::LocalCandidatesComplete),
+                PeerEvent::GatheringComplete => {
+                    if std::mem::replace(&mut self.gathering_reported, true) {
+                        continue;
+                    }
+                    return Ok(SessionEvent::LocalCandidatesComplete);
+                }
                 // A restart is done when ICE works again; the rest is connected already.
                 PeerEvent::State(PeerState::Connected) if !self.restart => {
                     self.connected = true;

@@ -155,6 +155,10 @@ async fn run_inner(
     let started = std::time::Instant::now();
     let mut framed = framed(stream, config.max_signaling_message_size);
     let mut session = Session::new(&config, role).await?;
+    if let Err(e) = session.gather_early().await {
+        session.close().await;
+        return Err(e);
+    }
     let mut counters = Counters::default();
     let described = match exchange(&mut framed, &mut session, role, &mut counters).await {
         Ok(at) => at,

@@ -1726,9 +1726,15 @@ where
                     self.ice_gather_policy = ice_transport_policy;
                 }
 
-                self.ice_gathering_active = true;
-                self.stun_gathering_complete = false;
-                self.turn_gathering_complete = false;
+                // (libp2p-webrtc-signal patch) Only the gatherers that start (see below) have
+                // a completion to wait for.
+                let start_stun = self.stun_gatherer.state() == RTCIceGatheringState::New;
+                let start_turn = self.turn_relayer.state() == RTCIceGatheringState::New;
+                if start_stun || start_turn {
+                    self.ice_gathering_active = true;
+                    self.stun_gathering_complete = !start_stun;
+                    self.turn_gathering_complete = !start_turn;
+                }
 
                 // Gather TCP candidates
                 let ice_gather_policy = {
@@ -1747,13 +1753,17 @@ where
                     }
                 }
 
-                if self.stun_gatherer.state() != RTCIceGatheringState::Gathering
-                    && let Err(err) = self.stun_gatherer.gather().await
+                // (libp2p-webrtc-signal patch) Gather only what has not been gathered on these
+                // sockets with this configuration: `New` after construction, after an ICE
+                // restart's rebind and after a configuration change. Gathering again when
+                // complete re-sent every STUN request and allocated a second TURN relay on
+                // each `set_local_description` after the first (an ICE restart, or gathering
+                // started before the answer with `restart_ice`).
+                if start_stun && let Err(err) = self.stun_gatherer.gather().await
                 {
                     error!("Failed to gather ice gathering: {}", err);
                 }
-                if self.turn_relayer.state() != RTCIceGatheringState::Gathering
-                    && let Err(err) = self.turn_relayer.gather().await
+                if start_turn && let Err(err) = self.turn_relayer.gather().await
                 {
                     error!("Failed to gather relay candidates: {}", err);
                 }
