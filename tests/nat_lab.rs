@@ -549,6 +549,98 @@ fn measure_phases(r1: Nat, r2: Nat, ice: Ice, delay_ms: u32, runs: usize) {
     }
 }
 
+/// This build against an earlier one (`BEFORE_NODE`, the path of that commit's `node`
+/// example) in one lab: cone/cone, STUN, `DELAY_MS` per link (default 25), `RUNS` pairs of
+/// runs (default 10), the two builds alternating, each with its own listener and dialer
+/// behind the same relay. Prints the phases of both, p50, in ms and in RTTs of the direct
+/// path. A measurement, run by hand (BENCHMARKS.md section 1):
+/// `BEFORE_NODE=/tmp/before-target/debug/examples/node cargo test --features metrics --test
+/// nat_lab measure_upgrade_before_after -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_upgrade_before_after() {
+    let Some(_lock) = lab_lock() else { return };
+    let Some(before) = std::env::var_os("BEFORE_NODE").map(std::path::PathBuf::from) else {
+        eprintln!("BEFORE_NODE is not set: nothing to compare");
+        return;
+    };
+    let after = procs::example("node");
+    let delay_ms: u32 = env_or("DELAY_MS", 25);
+    let runs: usize = env_or("RUNS", 10);
+    let rtt = 4.0 * f64::from(delay_ms);
+    let lab = Lab::up(
+        Nat::Cone,
+        Nat::Cone,
+        Links {
+            delay_ms,
+            loss_pct: 0.0,
+        },
+    );
+    let listen = format!("/ip4/{}/tcp/4001", lab::RELAY_IP);
+    let mut relay = Node::start_in(
+        &lab.ns("relay"),
+        &["relay", "--listen", &listen, "--seed", "1"],
+    );
+    let relay_addr = relay.wait("listening")["addr"]
+        .as_str()
+        .expect("addr")
+        .to_string();
+    let phases = ["stream", "descriptions", "ice", "dtls", "sctp", "handoff"];
+    let builds = [("before", before), ("after", after)];
+    // samples[build][0] is the total, then one per phase.
+    let mut samples = vec![vec![Vec::<f64>::new(); phases.len() + 1]; builds.len()];
+    for run in 0..runs {
+        for (b, (name, bin)) in builds.iter().enumerate() {
+            let mut args: Vec<String> = vec![
+                "listen".into(),
+                "--relay".into(),
+                relay_addr.clone(),
+                "--seed".into(),
+                "2".into(),
+            ];
+            args.extend(ice_flags(Ice::Stun));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let mut listener = Node::start_bin_in(bin, &lab.ns("p1"), &args);
+            let addr = listener.wait("reserved")["addr"]
+                .as_str()
+                .expect("addr")
+                .to_string();
+            let seed = (100 + run).to_string();
+            let mut args: Vec<String> = vec!["dial".into(), addr, "--seed".into(), seed];
+            args.extend(ice_flags(Ice::Stun));
+            args.extend(["--ping", "1", "--timeout", "60"].map(String::from));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (code, all) = Node::start_bin_in(bin, &lab.ns("p2"), &args).finish();
+            assert_eq!(code, 0, "{name} run {run}: {all:#?}");
+            let upgraded = events(&all, "upgraded").next().expect("upgraded");
+            let ms = upgraded["ms"].as_f64().expect("ms");
+            eprintln!("run {run} {name}: {ms:.0} ms");
+            samples[b][0].push(ms);
+            for (i, phase) in phases.iter().enumerate() {
+                samples[b][i + 1].push(upgraded["phases_ms"][phase].as_f64().unwrap_or(f64::NAN));
+            }
+            drop(listener);
+        }
+    }
+    eprintln!(
+        "\n### Upgrade latency before/after, NAT lab (cone/cone, STUN, {delay_ms} ms per link, \
+         direct RTT {rtt:.0} ms), {runs} runs each, alternating\n"
+    );
+    eprintln!(
+        "| phase | before p50 ms | before p50 RTT | after p50 ms | after p50 RTT |\n|---|---|---|---|---|"
+    );
+    let names = std::iter::once("attempt start → direct established").chain(phases);
+    for (i, name) in names.enumerate() {
+        let before = pct(&mut samples[0][i], 50);
+        let after = pct(&mut samples[1][i], 50);
+        eprintln!(
+            "| {name} | {before:.0} | {:.1} | {after:.0} | {:.1} |",
+            before / rtt,
+            after / rtt
+        );
+    }
+}
+
 /// The loss row, repeated with and without the early-DTLS hold: how often each succeeds.
 /// `LOSS_RUNS` runs each (default 5), `LOSS_PCT` per link (default 5). A measurement, run
 /// by hand:

@@ -125,16 +125,55 @@ fn wire_len(msg: &crate::generated::signaling_pb::Message) -> u64 {
     (prost::length_delimiter_len(body) + body) as u64
 }
 
+/// An offerer's session and offer, prepared while its signaling stream is being negotiated:
+/// the peer connection exists and gathers, so the offer goes out with its reflexive and relay
+/// candidates right behind it when the stream is ready. Dropping it stops the preparation
+/// and closes the peer connection.
+pub(crate) struct PreparedOffer(tokio::task::JoinHandle<Result<(Session, String), Error>>);
+
+impl PreparedOffer {
+    /// Starts preparing an offer with `config`; `None` outside a tokio runtime.
+    pub(crate) fn start(config: Arc<Config>) -> Option<Self> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        Some(Self(handle.spawn(async move {
+            let mut session = Session::new(&config, SdpRole::Offerer).await?;
+            match session.create_offer().await {
+                Ok(offer) => Ok((session, offer)),
+                Err(e) => {
+                    session.close().await;
+                    Err(e)
+                }
+            }
+        })))
+    }
+
+    async fn ready(mut self) -> Result<(Session, String), Error> {
+        (&mut self.0).await.unwrap_or(Err(Error::Closed))
+    }
+}
+
+impl Drop for PreparedOffer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs one attempt on a negotiated signaling stream: sets up a [`Session`] in `role`,
 /// exchanges descriptions and candidates until ICE and DTLS connect, verifies the remote
 /// certificate, and returns the direct connection with the attempt's [`Timings`] (all but
 /// `stream` and `handoff`, which the caller knows). Bounded by [`Config::upgrade_timeout`].
+/// An offerer uses `prepared` if given (see [`PreparedOffer`]).
 pub(crate) async fn run(
     stream: Stream,
     role: SdpRole,
     config: Arc<Config>,
+    prepared: Option<PreparedOffer>,
 ) -> Result<(Connection, Timings), Error> {
-    bounded(config.upgrade_timeout, run_inner(stream, role, config)).await
+    bounded(
+        config.upgrade_timeout,
+        run_inner(stream, role, config, prepared),
+    )
+    .await
 }
 
 /// `fut`, failing with [`Error::Timeout`] after `timeout`.
@@ -151,16 +190,24 @@ async fn run_inner(
     stream: Stream,
     role: SdpRole,
     config: Arc<Config>,
+    prepared: Option<PreparedOffer>,
 ) -> Result<(Connection, Timings), Error> {
     let started = std::time::Instant::now();
     let mut framed = framed(stream, config.max_signaling_message_size);
-    let mut session = Session::new(&config, role).await?;
+    let (mut session, offer) = match prepared.filter(|_| role == SdpRole::Offerer) {
+        Some(prepared) => {
+            let (session, offer) = prepared.ready().await?;
+            (session, Some(offer))
+        }
+        None => (Session::new(&config, role).await?, None),
+    };
     if let Err(e) = session.gather_early().await {
         session.close().await;
         return Err(e);
     }
     let mut counters = Counters::default();
-    let described = match exchange(&mut framed, &mut session, role, &mut counters).await {
+    let exchanged = exchange(&mut framed, &mut session, role, offer, &mut counters).await;
+    let described = match exchanged {
         Ok(at) => at,
         Err(e) => {
             session.close().await;
@@ -202,7 +249,14 @@ pub(crate) async fn restart(
     let run = async {
         let mut framed = framed(stream, config.max_signaling_message_size);
         let mut session = Session::restart(peer, role, &config);
-        exchange(&mut framed, &mut session, role, &mut Counters::default()).await?;
+        exchange(
+            &mut framed,
+            &mut session,
+            role,
+            None,
+            &mut Counters::default(),
+        )
+        .await?;
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), framed.close()).await;
         Ok(started.elapsed())
     };
@@ -223,17 +277,21 @@ async fn send(
 }
 
 /// Exchanges descriptions and candidates until connected; returns when both descriptions
-/// were set.
+/// were set. An offerer sends `offer` if it was made already.
 async fn exchange(
     framed: &mut SignalingStream,
     session: &mut Session,
     role: SdpRole,
+    offer: Option<String>,
     counters: &mut Counters,
 ) -> Result<std::time::Instant, Error> {
     let mut exchange = Exchange::new(role);
     let mut described = None;
     if role == SdpRole::Offerer {
-        let offer = session.create_offer().await?;
+        let offer = match offer {
+            Some(offer) => offer,
+            None => session.create_offer().await?,
+        };
         send(framed, Signal::Offer(offer), counters).await?;
     }
     // Once both descriptions are set, a broken signaling stream no longer fails the attempt:
@@ -241,10 +299,15 @@ async fn exchange(
     // candidates (peer-reflexive).
     let mut stream_open = true;
     loop {
+        // An answerer reports nothing before its answer: candidates gathered early go after
+        // it (and carry its ufrag and mid).
+        let answer_pending = role == SdpRole::Answerer && described.is_none();
         let step = {
             let event = session.next_event();
             futures::pin_mut!(event);
-            if stream_open {
+            if answer_pending {
+                Either::Left(framed.next().await)
+            } else if stream_open {
                 match select(framed.next(), event).await {
                     Either::Left((msg, _)) => Either::Left(msg),
                     Either::Right((event, _)) => Either::Right(event),

@@ -153,6 +153,8 @@ pub struct Handler {
     next_request: u64,
     /// When the current outbound signaling stream was asked for.
     open_started: Option<Instant>,
+    /// The offer being prepared while the stream opens, with the upgrade slots it holds.
+    prepared: Option<(exchange::PreparedOffer, (Slot, Slot))>,
     running: Option<Running>,
     reports: VecDeque<Report>,
     waker: Option<Waker>,
@@ -209,6 +211,7 @@ impl Handler {
             opening: None,
             next_request: 0,
             open_started: None,
+            prepared: None,
             running: None,
             reports: VecDeque::new(),
             waker: None,
@@ -238,9 +241,27 @@ impl Handler {
             .and_then(|peer| Some((self.slots.try_acquire()?, peer)))
     }
 
-    /// Starts an attempt on a negotiated stream, if a slot is free.
+    /// The configuration of an attempt on this connection: the node's, with the relay's STUN
+    /// server after the configured ones.
+    fn attempt_config(&self) -> Arc<Config> {
+        match &self.relay_stun {
+            Some(server) => {
+                let mut config = (*self.config).clone();
+                config.ice_servers.push(server.clone());
+                Arc::new(config)
+            }
+            None => self.config.clone(),
+        }
+    }
+
+    /// Starts an attempt on a negotiated stream, if a slot is free (an offerer's prepared
+    /// offer holds its slots already).
     fn start(&mut self, stream: libp2p_swarm::Stream, role: SdpRole, attempt: u32) {
-        let Some(slots) = self.slots() else {
+        let (prepared, slots) = match self.prepared.take() {
+            Some((prepared, slots)) if role == SdpRole::Offerer => (Some(prepared), Some(slots)),
+            _ => (None, None),
+        };
+        let Some(slots) = slots.or_else(|| self.slots()) else {
             tracing::debug!(peer = %self.remote, "refusing upgrade: too many running");
             self.reports.push_back(Report::Failed {
                 role,
@@ -256,16 +277,8 @@ impl Handler {
             ?role,
             attempt
         );
-        let config = match &self.relay_stun {
-            // After the configured servers: they come first.
-            Some(server) => {
-                let mut config = (*self.config).clone();
-                config.ice_servers.push(server.clone());
-                Arc::new(config)
-            }
-            None => self.config.clone(),
-        };
-        let future = exchange::run(stream, role, config)
+        let config = self.attempt_config();
+        let future = exchange::run(stream, role, config, prepared)
             .map(|r| r.map(|(c, t)| Outcome::Upgraded(Box::new(c), t)))
             .instrument(span)
             .boxed();
@@ -362,6 +375,15 @@ impl ConnectionHandler for Handler {
             };
             self.next_request += 1;
             self.opening = Some(request);
+            // Prepare the offer while the stream opens (a relayed round trip): the peer
+            // connection gathers meanwhile, so its candidates follow the offer at once.
+            self.prepared = None;
+            if !restart {
+                if let Some(slots) = self.slots() {
+                    self.prepared =
+                        exchange::PreparedOffer::start(self.attempt_config()).map(|p| (p, slots));
+                }
+            }
             let upgrade = if restart {
                 Upgrade::Restart
             } else {
@@ -410,6 +432,7 @@ impl ConnectionHandler for Handler {
             Command::Abort => {
                 self.to_open = None;
                 self.opening = None;
+                self.prepared = None;
                 if let Some(running) = self.running.take() {
                     tracing::debug!(peer = %self.remote, role = ?running.role, "upgrade aborted");
                 }
@@ -427,7 +450,8 @@ impl ConnectionHandler for Handler {
                 info: request,
             }) => {
                 if self.opening != Some(request) {
-                    // Aborted while the stream was opening: nobody waits for this offer.
+                    // Aborted while the stream was opening: nobody waits for this offer (its
+                    // preparation was dropped with the attempt).
                     tracing::debug!(peer = %self.remote, attempt = request.attempt, "dropping a signaling stream opened for an aborted attempt");
                     return;
                 }
@@ -435,6 +459,7 @@ impl ConnectionHandler for Handler {
                 let attempt = request.attempt;
                 if self.running.is_some() {
                     // The remote's offer got here first and won the tie-break.
+                    self.prepared = None;
                     return;
                 }
                 if request.restart {
@@ -492,6 +517,7 @@ impl ConnectionHandler for Handler {
                     None => {}
                 }
                 self.to_open = None;
+                self.prepared = None;
                 self.start(stream, SdpRole::Answerer, 1);
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { info, error }) => {
@@ -499,6 +525,7 @@ impl ConnectionHandler for Handler {
                     return;
                 }
                 self.opening = None;
+                self.prepared = None;
                 let error = match error {
                     StreamUpgradeError::NegotiationFailed => Error::Unsupported,
                     StreamUpgradeError::Timeout => Error::Timeout,

@@ -59,6 +59,14 @@ impl Node {
         Self::spawn(cmd)
     }
 
+    /// [`Node::start_in`] with another build of `node` (`bin`), for side-by-side
+    /// measurements against an earlier commit.
+    pub fn start_bin_in(bin: &std::path::Path, netns: &str, args: &[&str]) -> Self {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", netns]).arg(bin).args(args);
+        Self::spawn(cmd)
+    }
+
     /// Starts a command whose stdout is JSON lines.
     pub fn spawn(cmd: Command) -> Self {
         Self::spawn_with_stderr(cmd, Stdio::inherit())

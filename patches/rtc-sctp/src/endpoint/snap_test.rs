@@ -53,7 +53,13 @@ fn snap_associations_are_established_without_a_handshake() {
     let b_init = snap_init_chunk(&config);
     let now = Instant::now();
     let (_, mut a_conn) = a
-        .connect_snap(now, ClientConfig::new(config.clone()), b_addr, &a_init, &b_init)
+        .connect_snap(
+            now,
+            ClientConfig::new(config.clone()),
+            b_addr,
+            &a_init,
+            &b_init,
+        )
         .expect("a");
     let (_, mut b_conn) = b
         .connect_snap(now, ClientConfig::new(config), a_addr, &b_init, &a_init)
@@ -62,8 +68,14 @@ fn snap_associations_are_established_without_a_handshake() {
     assert_eq!(b_conn.state(), AssociationState::Established);
     assert!(matches!(a_conn.poll(), Some(Event::Connected)));
     assert!(matches!(b_conn.poll(), Some(Event::Connected)));
-    assert!(transmits(&mut a_conn, now).is_empty(), "a sent a handshake chunk");
-    assert!(transmits(&mut b_conn, now).is_empty(), "b sent a handshake chunk");
+    assert!(
+        transmits(&mut a_conn, now).is_empty(),
+        "a sent a handshake chunk"
+    );
+    assert!(
+        transmits(&mut b_conn, now).is_empty(),
+        "b sent a handshake chunk"
+    );
 
     // The first datagram a sends carries DATA, and b takes it as the first TSN it expects.
     a_conn
@@ -104,12 +116,16 @@ fn snap_associations_are_established_without_a_handshake() {
 #[test]
 fn connect_snap_refuses_what_is_not_an_init() {
     let (mut a, _) = endpoint(6103);
-    let (mut b, b_addr) = endpoint(6104);
+    let (_, b_addr) = endpoint(6104);
     let config = TransportConfig::default();
     let local = snap_init_chunk(&config);
     let remote = snap_init_chunk(&config);
     let now = Instant::now();
-    for bad in [&b""[..], &b"\x01\x00\x00\x04"[..], &remote[..remote.len() / 2]] {
+    for bad in [
+        &b""[..],
+        &b"\x01\x00\x00\x04"[..],
+        &remote[..remote.len() / 2],
+    ] {
         let result = a.connect_snap(now, ClientConfig::new(config.clone()), b_addr, &local, bad);
         assert!(
             matches!(result, Err(ConnectError::InvalidSnapInit(_))),
@@ -119,11 +135,23 @@ fn connect_snap_refuses_what_is_not_an_init() {
     // An INIT with a zero verification tag is refused too.
     let mut zero_tag = remote.to_vec();
     zero_tag[4..8].copy_from_slice(&[0; 4]);
-    let result = a.connect_snap(now, ClientConfig::new(config.clone()), b_addr, &local, &zero_tag);
+    let result = a.connect_snap(
+        now,
+        ClientConfig::new(config.clone()),
+        b_addr,
+        &local,
+        &zero_tag,
+    );
     assert!(matches!(result, Err(ConnectError::InvalidSnapInit(_))));
     // The same local INIT cannot make a second association.
-    a.connect_snap(now, ClientConfig::new(config.clone()), b_addr, &local, &remote)
-        .expect("first");
+    a.connect_snap(
+        now,
+        ClientConfig::new(config.clone()),
+        b_addr,
+        &local,
+        &remote,
+    )
+    .expect("first");
     let again = a.connect_snap(now, ClientConfig::new(config), b_addr, &local, &remote);
     assert!(matches!(again, Err(ConnectError::InvalidSnapInit(_))));
 }

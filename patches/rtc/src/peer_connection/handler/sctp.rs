@@ -317,6 +317,9 @@ enum SctpMessage {
     Outbound(TransportMessage<Payload>),
 }
 
+/// SNAP: the most SCTP packets kept while the association waits for this side's DTLS.
+const SNAP_EARLY_PACKETS: usize = 32;
+
 impl<'a>
     sansio::Protocol<TaggedRTCMessageInternal, TaggedRTCMessageInternal, TaggedRTCEventInternal>
     for SctpHandler<'a>
@@ -328,6 +331,21 @@ impl<'a>
     type Time = Instant;
 
     fn handle_read(&mut self, msg: TaggedRTCMessageInternal) -> Result<()> {
+        // (libp2p-webrtc-signal patch) SNAP: the peer's DTLS may complete first, and its DATA
+        // (a data channel's OPEN) arrive before this side's DTLS completion made the
+        // association. Keep it (a few packets) for the association; SCTP would otherwise have
+        // to retransmit it.
+        if self.ctx.sctp_transport.snap_ready
+            && !self.ctx.sctp_transport.snap_connected
+            && matches!(msg.message, RTCMessageInternal::Dtls(DTLSMessage::Raw(_)))
+        {
+            if self.ctx.sctp_transport.snap_early.len() < SNAP_EARLY_PACKETS {
+                self.ctx.sctp_transport.snap_early.push(msg);
+            } else {
+                debug!("sctp: dropping a packet that came before the SNAP association");
+            }
+            return Ok(());
+        }
         let now = msg.now;
         if let RTCMessageInternal::Dtls(DTLSMessage::Raw(dtls_message)) = msg.message {
             debug!("recv sctp RAW {:?}", msg.transport.peer_addr);
@@ -737,6 +755,7 @@ impl<'a>
                         .map_err(|e| Error::Other(e.to_string()))?;
                     while conn.poll().is_some() {}
                     snap_connected = Some(ch);
+                    self.ctx.sctp_transport.snap_connected = true;
                     (ch, conn)
                 } else {
                     debug!("sctp endpoint initiates connection for dtls client role");
@@ -778,6 +797,9 @@ impl<'a>
                 now,
                 event: RTCEventInternal::SCTPHandshakeComplete(ch.0),
             });
+            for early in std::mem::take(&mut self.ctx.sctp_transport.snap_early) {
+                self.handle_read(early)?;
+            }
         }
 
         Ok(())

@@ -60,6 +60,10 @@ pub(crate) struct SctpTransport {
     pub(crate) snap_local_init: Option<bytes::Bytes>,
     pub(crate) snap_remote_init: Option<bytes::Bytes>,
     pub(crate) snap_ready: bool,
+    // SNAP: whether the association was made, and the SCTP packets that arrived before it:
+    // the peer's DTLS can finish first and send DATA before this side's completes.
+    pub(crate) snap_connected: bool,
+    pub(crate) snap_early: Vec<crate::peer_connection::message::internal::TaggedRTCMessageInternal>,
 }
 
 impl SctpTransport {
@@ -87,6 +91,8 @@ impl SctpTransport {
             snap_local_init: None,
             snap_remote_init: None,
             snap_ready: false,
+            snap_connected: false,
+            snap_early: Vec::new(),
         }
     }
 
