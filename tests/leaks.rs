@@ -197,6 +197,51 @@ async fn an_attempt_cut_off_by_relay_loss_leaves_nothing_behind() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_prepared_for_a_refused_stream_leaves_nothing_behind() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    // A prepares its offer (a peer connection, bound and gathering) while its signaling
+    // stream opens. B has no WebRTC behaviour and refuses the stream: the preparation is
+    // dropped, and its sockets with it.
+    let Setup {
+        mut a,
+        mut b,
+        relay_addr,
+        _relay,
+        ..
+    } = setup_raw(
+        Some(loopback_config()),
+        None,
+        libp2p::StreamProtocol::new("/test/other/1"),
+    )
+    .await;
+    let baseline = held();
+    let b_id = *b.local_peer_id();
+    a.dial(circuit(&relay_addr, b_id)).unwrap();
+    both(&mut a, &mut b, |side, e| {
+        matches!(
+            (side, webrtc_event(&e)),
+            (
+                Side::A,
+                Some(Event::UpgradeFailed {
+                    error: Error::Unsupported,
+                    ..
+                })
+            )
+        )
+        .then_some(())
+    })
+    .await;
+    let after = settle(&mut a, &mut b, baseline).await;
+    assert!(
+        after.udp <= baseline.udp,
+        "UDP sockets: {} before, {} after the refused offer",
+        baseline.udp,
+        after.udp
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn glare_leaves_one_peer_connection_per_side() {
     let _serial = SERIAL.lock().await;
     init_tracing();
