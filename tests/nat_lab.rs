@@ -353,6 +353,17 @@ fn nat_matrix() {
         turn <= 5.0 * direct + 250.0,
         "symmetric/symmetric through TURN took {turn:.0} ms, cone/cone direct {direct:.0} ms"
     );
+    // Round trips at 25 ms per link (issue 17): 6.3 RTT of the direct path since SNAP,
+    // aggressive nomination and gathering before the offer and the answer (10.4 before).
+    // Two round trips more fail it.
+    let Some(delayed) = upgrade_ms[5] else {
+        panic!("row 5 upgrades: {upgrade_ms:?}");
+    };
+    let rtts = delayed / (4.0 * 25.0);
+    assert!(
+        rtts <= 8.0,
+        "cone/cone at 25 ms per link took {delayed:.0} ms = {rtts:.1} RTT (6.3 expected)"
+    );
 }
 
 /// Dual stack (issue 20): global IPv6 behind each home router's stateful firewall beside
