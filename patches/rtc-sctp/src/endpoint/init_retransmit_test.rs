@@ -1,33 +1,10 @@
 //! Patch test: an INIT retransmitted because its INIT ACK was lost reaches the association
 //! the first INIT created, and the handshake completes on it (one association, not two).
 
+use super::test_util::{endpoint, transmits};
 use super::*;
 use crate::association::state::AssociationState;
-use std::net::Ipv4Addr;
 use std::time::Duration;
-
-fn endpoint(port: u16, server: bool) -> (Endpoint, SocketAddr) {
-    let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
-    let server = server.then(|| Arc::new(ServerConfig::default()));
-    let endpoint = Endpoint::new(
-        addr,
-        TransportProtocol::UDP,
-        Arc::new(EndpointConfig::default()),
-        server,
-    );
-    (endpoint, addr)
-}
-
-/// The datagrams `conn` sends at `now`.
-fn transmits(conn: &mut Association, now: Instant) -> Vec<Bytes> {
-    let mut out = vec![];
-    while let Some(t) = conn.poll_transmit(now) {
-        if let Payload::RawEncode(contents) = t.message {
-            out.extend(contents);
-        }
-    }
-    out
-}
 
 /// Delivers `datagrams` to `endpoint`, whose association `ch` must receive them.
 fn deliver(

@@ -6,6 +6,8 @@ mod init_retransmit_test;
 mod lossy_path_test;
 #[cfg(test)]
 mod snap_test;
+#[cfg(test)]
+mod test_util;
 
 use std::{
     collections::HashMap,

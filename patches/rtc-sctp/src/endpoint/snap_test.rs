@@ -2,32 +2,11 @@
 //! of band are established at once, send DATA without any handshake chunk, and refuse
 //! chunks that are not a valid INIT.
 
+use super::test_util::{endpoint, transmits};
 use super::*;
 use crate::association::state::AssociationState;
 use crate::chunk::chunk_payload_data::PayloadProtocolIdentifier;
 use crate::{Event, StreamEvent};
-use std::net::Ipv4Addr;
-
-fn endpoint(port: u16) -> (Endpoint, SocketAddr) {
-    let addr = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port);
-    let endpoint = Endpoint::new(
-        addr,
-        TransportProtocol::UDP,
-        Arc::new(EndpointConfig::default()),
-        None,
-    );
-    (endpoint, addr)
-}
-
-fn transmits(conn: &mut Association, now: Instant) -> Vec<Bytes> {
-    let mut out = vec![];
-    while let Some(t) = conn.poll_transmit(now) {
-        if let Payload::RawEncode(contents) = t.message {
-            out.extend(contents);
-        }
-    }
-    out
-}
 
 fn deliver(
     endpoint: &mut Endpoint,
@@ -46,8 +25,8 @@ fn deliver(
 
 #[test]
 fn snap_associations_are_established_without_a_handshake() {
-    let (mut a, a_addr) = endpoint(6101);
-    let (mut b, b_addr) = endpoint(6102);
+    let (mut a, a_addr) = endpoint(6101, false);
+    let (mut b, b_addr) = endpoint(6102, false);
     let config = TransportConfig::default();
     let a_init = snap_init_chunk(&config);
     let b_init = snap_init_chunk(&config);
@@ -115,8 +94,8 @@ fn snap_associations_are_established_without_a_handshake() {
 
 #[test]
 fn connect_snap_refuses_what_is_not_an_init() {
-    let (mut a, _) = endpoint(6103);
-    let (_, b_addr) = endpoint(6104);
+    let (mut a, _) = endpoint(6103, false);
+    let (_, b_addr) = endpoint(6104, false);
     let config = TransportConfig::default();
     let local = snap_init_chunk(&config);
     let remote = snap_init_chunk(&config);
