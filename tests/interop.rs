@@ -188,7 +188,11 @@ enum Kind {
 
 /// Where a Rust peer in namespace `wsi-<host>` logs (its stream flags, at debug level).
 fn log_path(host: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("{PREFIX}{host}-{}.log", std::process::id()))
+    // Per test too (the test thread's name): the cases of one run share the process, and a
+    // failed case's logs must outlive the cases that pass after it.
+    let thread = std::thread::current();
+    let case = thread.name().unwrap_or("main").replace("::", "-");
+    std::env::temp_dir().join(format!("{PREFIX}{host}-{case}-{}.log", std::process::id()))
 }
 
 /// Starts a peer of this kind in namespace `wsi-<host>` with the `node` command line `args`.
@@ -200,7 +204,7 @@ fn start(kind: Kind, host: &str, args: &[&str]) -> Node {
             cmd.arg(example("node"));
             cmd.env(
                 "RUST_LOG",
-                "warn,libp2p_webrtc_signal::direct::stream=debug",
+                "warn,libp2p_webrtc_signal=debug,libp2p_webrtc_signal::direct::session=trace",
             );
             cmd.env("NO_COLOR", "1");
             let log = std::fs::File::create(log_path(host)).expect("log file");

@@ -90,6 +90,23 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// `sdp` without its candidate and end-of-candidates lines. Candidates always travel trickled,
+/// each once ([`Session::next_event`]): webrtc-rs writes those it gathered before the
+/// description into it too (with [`Session::gather_early`], all of them), including a
+/// component 2 copy of each, and js-libp2p in Node.js (libdatachannel) then failed to apply
+/// the answer now and then ("Failed to set remoteDescription").
+fn without_candidates(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    for line in sdp.split_inclusive('\n') {
+        let attr = line.trim_end();
+        if attr.starts_with("a=candidate:") || attr == "a=end-of-candidates" {
+            continue;
+        }
+        out.push_str(line);
+    }
+    out
+}
+
 fn sdp_attribute(sdp: &str, name: &str) -> Option<String> {
     sdp.lines()
         .find_map(|l| l.trim().strip_prefix(name))
@@ -145,14 +162,15 @@ impl Session {
         }
     }
 
-    /// Answerer: starts gathering candidates before the offer arrives, so that the answer
-    /// carries the server-reflexive (and relayed) candidates instead of trickling them one
+    /// Answerer: starts gathering candidates before the offer arrives, so that the
+    /// server-reflexive (and relayed) candidates follow the answer at once instead of one
     /// STUN (or TURN) round trip after it. The behaviour calls it when the signaling stream
     /// is negotiated, a relayed round trip before the offer arrives. Does nothing for an
     /// offerer or a restart, or once the offer is applied.
     ///
-    /// The candidates gathered are in the answer and are also reported by
-    /// [`Session::next_event`] once, as they would be without it.
+    /// The candidates gathered are reported by [`Session::next_event`] once each, right
+    /// after the answer is made, as they would be without it (descriptions never carry
+    /// candidates).
     ///
     /// ```no_run
     /// # async fn example() -> Result<(), libp2p_webrtc_signal::Error> {
@@ -180,6 +198,7 @@ impl Session {
     }
 
     fn remember_local(&mut self, sdp: &str) {
+        tracing::trace!(role = ?self.role, %sdp, "local description");
         self.local_mid = sdp_attribute(sdp, "a=mid:");
         self.local_ufrag = sdp_attribute(sdp, "a=ice-ufrag:");
     }
@@ -210,7 +229,7 @@ impl Session {
         if self.restart {
             self.peer.restart_ice().await?;
         }
-        let sdp = self.peer.create_offer().await?;
+        let sdp = without_candidates(&self.peer.create_offer().await?);
         self.remember_local(&sdp);
         Ok(sdp)
     }
@@ -222,7 +241,7 @@ impl Session {
             return Err(Error::InvalidState("unexpected offer"));
         }
         self.set_remote(offer, true).await?;
-        let sdp = self.peer.create_answer().await?;
+        let sdp = without_candidates(&self.peer.create_answer().await?);
         self.remember_local(&sdp);
         Ok(sdp)
     }
