@@ -197,6 +197,17 @@ impl Session {
         self.role
     }
 
+    /// A new session's description without candidates ([`without_candidates`]). A
+    /// restart's keeps them: the peer connection keeps the candidates it gathered before, and
+    /// announces none of them again, so its descriptions are where the remote learns them.
+    fn without_candidates(&self, sdp: String) -> String {
+        if self.restart {
+            sdp
+        } else {
+            without_candidates(&sdp)
+        }
+    }
+
     fn remember_local(&mut self, sdp: &str) {
         tracing::trace!(role = ?self.role, %sdp, "local description");
         self.local_mid = sdp_attribute(sdp, "a=mid:");
@@ -229,7 +240,7 @@ impl Session {
         if self.restart {
             self.peer.restart_ice().await?;
         }
-        let sdp = without_candidates(&self.peer.create_offer().await?);
+        let sdp = self.without_candidates(self.peer.create_offer().await?);
         self.remember_local(&sdp);
         Ok(sdp)
     }
@@ -241,7 +252,7 @@ impl Session {
             return Err(Error::InvalidState("unexpected offer"));
         }
         self.set_remote(offer, true).await?;
-        let sdp = without_candidates(&self.peer.create_answer().await?);
+        let sdp = self.without_candidates(self.peer.create_answer().await?);
         self.remember_local(&sdp);
         Ok(sdp)
     }

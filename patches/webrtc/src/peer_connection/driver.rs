@@ -506,6 +506,8 @@ pub(crate) struct PeerConnectionDriver<A = SocketAddr> {
     /// into one UDP GSO send (see [`flush_writes`](Self::flush_writes)).
     gso_scratch: Vec<u8>,
     ice_gathering_active: bool,
+    /// (libp2p-webrtc-signal patch) The local ICE ufrag of the last gathering.
+    gathered_ufrag: Option<String>,
     stun_gathering_complete: bool,
     turn_gathering_complete: bool,
     pending_ice_configuration: Option<(Vec<RTCIceServer>, RTCIceTransportPolicy)>,
@@ -586,6 +588,7 @@ where
             gso_scratch: Vec::new(),
             tcp_transport: RTCTcpTransport::new(HashMap::new()),
             ice_gathering_active: false,
+            gathered_ufrag: None,
             stun_gathering_complete: false,
             turn_gathering_complete: false,
             pending_ice_configuration: None,
@@ -1728,8 +1731,29 @@ where
 
                 // (libp2p-webrtc-signal patch) Only the gatherers that start (see below) have
                 // a completion to wait for.
-                let start_stun = self.stun_gatherer.state() == RTCIceGatheringState::New;
-                let start_turn = self.turn_relayer.state() == RTCIceGatheringState::New;
+                // An ICE restart gathers again on completed gatherers, as before: the local
+                // description's ufrag changed since the last gathering (a restart is applied
+                // by `set_local_description`; `restart_ice` itself only stages it).
+                let ufrag = {
+                    let core = self.inner.core.lock().await;
+                    core.local_description()
+                        .as_ref()
+                        .and_then(super::ice_credentials)
+                        .map(|(ufrag, _)| ufrag)
+                };
+                let restart = matches!(
+                    (&self.gathered_ufrag, &ufrag),
+                    (Some(before), Some(now)) if before != now
+                );
+                if ufrag.is_some() {
+                    self.gathered_ufrag = ufrag;
+                }
+                let start = |state: RTCIceGatheringState| {
+                    state == RTCIceGatheringState::New
+                        || (restart && state != RTCIceGatheringState::Gathering)
+                };
+                let start_stun = start(self.stun_gatherer.state());
+                let start_turn = start(self.turn_relayer.state());
                 if start_stun || start_turn {
                     self.ice_gathering_active = true;
                     self.stun_gathering_complete = !start_stun;
@@ -1754,11 +1778,11 @@ where
                 }
 
                 // (libp2p-webrtc-signal patch) Gather only what has not been gathered on these
-                // sockets with this configuration: `New` after construction, after an ICE
-                // restart's rebind and after a configuration change. Gathering again when
-                // complete re-sent every STUN request and allocated a second TURN relay on
-                // each `set_local_description` after the first (an ICE restart, or gathering
-                // started before the answer with `restart_ice`).
+                // sockets with this configuration (`New`: after construction, an ICE
+                // restart's rebind, a configuration change), or again for an ICE restart.
+                // Gathering again when complete re-sent every STUN request on each
+                // `set_local_description` after the first (after an ICE restart's own
+                // gathering, or gathering started before the answer with `restart_ice`).
                 if start_stun && let Err(err) = self.stun_gatherer.gather().await
                 {
                     error!("Failed to gather ice gathering: {}", err);
