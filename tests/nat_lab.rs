@@ -78,6 +78,13 @@ fn relay_and_listener_with(
     relay_extra: &[&str],
     extra: &[&str],
 ) -> (Node, Node, String) {
+    let (relay, relay_addr) = start_relay(lab, ice, relay_extra);
+    let (listener, addr) = start_listener(lab, &procs::example("node"), &relay_addr, ice, extra);
+    (relay, listener, addr)
+}
+
+/// Starts the relay (`relay_extra`: its limits); returns it and its address.
+fn start_relay(lab: &Lab, ice: Ice, relay_extra: &[&str]) -> (Node, String) {
     let listen = format!("/ip4/{}/tcp/4001", lab::RELAY_IP);
     let mut args = vec!["relay", "--listen", &listen, "--seed", "1"];
     if ice == Ice::None {
@@ -89,22 +96,34 @@ fn relay_and_listener_with(
         .as_str()
         .expect("addr")
         .to_string();
+    (relay, relay_addr)
+}
+
+/// Starts `bin` (a build of `node`) listening behind r1 through the relay at `relay_addr`;
+/// returns it and its relayed address, once reserved.
+fn start_listener(
+    lab: &Lab,
+    bin: &std::path::Path,
+    relay_addr: &str,
+    ice: Ice,
+    extra: &[&str],
+) -> (Node, String) {
     let mut args: Vec<String> = vec![
         "listen".into(),
         "--relay".into(),
-        relay_addr,
+        relay_addr.into(),
         "--seed".into(),
         "2".into(),
     ];
     args.extend(ice_flags(ice));
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut listener = Node::start_in(&lab.ns("p1"), &args);
+    let mut listener = Node::start_bin_in(bin, &lab.ns("p1"), &args);
     let addr = listener.wait("reserved")["addr"]
         .as_str()
         .expect("addr")
         .to_string();
-    (relay, listener, addr)
+    (listener, addr)
 }
 
 /// Starts the dialer behind r2.
@@ -508,6 +527,37 @@ fn measure_turn_upgrade() {
     measure_phases(nat, nat, Ice::StunTurn, 0, env_or("RUNS", 10));
 }
 
+/// The phases of `upgraded`'s `phases_ms`, in order.
+const PHASES: [&str; 6] = ["stream", "descriptions", "ice", "dtls", "sctp", "handoff"];
+
+/// One dial with `bin` (a build of `node`) from behind r2 to `addr`, which must upgrade; its
+/// `upgraded` event.
+fn measured_dial(
+    lab: &Lab,
+    bin: &std::path::Path,
+    addr: &str,
+    ice: Ice,
+    run: usize,
+) -> serde_json::Value {
+    let seed = (100 + run).to_string();
+    let mut args: Vec<String> = vec!["dial".into(), addr.into(), "--seed".into(), seed];
+    args.extend(ice_flags(ice));
+    args.extend(["--ping", "1", "--timeout", "60"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, all) = Node::start_bin_in(bin, &lab.ns("p2"), &args).finish();
+    assert_eq!(code, 0, "{} run {run}: {all:#?}", bin.display());
+    let upgraded = events(&all, "upgraded").next().expect("upgraded").clone();
+    upgraded
+}
+
+/// Adds `upgraded`'s total (`samples[0]`) and [`PHASES`] (the rest) to `samples`.
+fn record(samples: &mut [Vec<f64>], upgraded: &serde_json::Value) {
+    samples[0].push(upgraded["ms"].as_f64().expect("ms"));
+    for (i, phase) in PHASES.iter().enumerate() {
+        samples[i + 1].push(upgraded["phases_ms"][phase].as_f64().unwrap_or(f64::NAN));
+    }
+}
+
 /// Dials `runs` times across one lab and prints the upgrade's phases (p50, p90), in RTTs of
 /// the direct path when there is a delay.
 fn measure_phases(r1: Nat, r2: Nat, ice: Ice, delay_ms: u32, runs: usize) {
@@ -522,26 +572,15 @@ fn measure_phases(r1: Nat, r2: Nat, ice: Ice, delay_ms: u32, runs: usize) {
         },
     );
     let (_relay, _listener, addr) = relay_and_listener(&lab, ice, &[]);
-    let phases = ["stream", "descriptions", "ice", "dtls", "sctp", "handoff"];
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); phases.len() + 1];
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); PHASES.len() + 1];
     for run in 0..runs {
-        let seed = (100 + run).to_string();
-        let mut args: Vec<String> = vec!["dial".into(), addr.clone(), "--seed".into(), seed];
-        args.extend(ice_flags(ice));
-        args.extend(["--ping", "1", "--timeout", "60"].map(String::from));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (code, all) = Node::start_in(&lab.ns("p2"), &args).finish();
-        assert_eq!(code, 0, "run {run}: {all:#?}");
-        let upgraded = events(&all, "upgraded").next().expect("upgraded");
-        let ms = upgraded["ms"].as_f64().expect("ms");
+        let upgraded = measured_dial(&lab, &procs::example("node"), &addr, ice, run);
+        let ms = upgraded["ms"].as_f64().unwrap_or(f64::NAN);
         eprintln!(
             "run {run}: {ms:.0} ms ({} {})",
             upgraded["path"], upgraded["pair"]
         );
-        samples[0].push(ms);
-        for (i, phase) in phases.iter().enumerate() {
-            samples[i + 1].push(upgraded["phases_ms"][phase].as_f64().unwrap_or(f64::NAN));
-        }
+        record(&mut samples, &upgraded);
     }
     eprintln!(
         "\n### Upgrade latency, NAT lab ({r1:?}/{r2:?}, {ice:?}, {delay_ms} ms per link, direct \
@@ -549,7 +588,7 @@ fn measure_phases(r1: Nat, r2: Nat, ice: Ice, delay_ms: u32, runs: usize) {
         2.0 * rtt
     );
     eprintln!("| phase | p50 ms | p50 RTT | p90 ms | p90 RTT |\n|---|---|---|---|---|");
-    let names = std::iter::once("attempt start → direct established").chain(phases);
+    let names = std::iter::once("attempt start → direct established").chain(PHASES);
     for (name, v) in names.zip(samples.iter_mut()) {
         let (p50, p90) = (pct(v, 50), pct(v, 90));
         eprintln!(
@@ -587,49 +626,17 @@ fn measure_upgrade_before_after() {
             loss_pct: 0.0,
         },
     );
-    let listen = format!("/ip4/{}/tcp/4001", lab::RELAY_IP);
-    let mut relay = Node::start_in(
-        &lab.ns("relay"),
-        &["relay", "--listen", &listen, "--seed", "1"],
-    );
-    let relay_addr = relay.wait("listening")["addr"]
-        .as_str()
-        .expect("addr")
-        .to_string();
-    let phases = ["stream", "descriptions", "ice", "dtls", "sctp", "handoff"];
+    let (_relay, relay_addr) = start_relay(&lab, Ice::Stun, &[]);
     let builds = [("before", before), ("after", after)];
     // samples[build][0] is the total, then one per phase.
-    let mut samples = vec![vec![Vec::<f64>::new(); phases.len() + 1]; builds.len()];
+    let mut samples = vec![vec![Vec::<f64>::new(); PHASES.len() + 1]; builds.len()];
     for run in 0..runs {
         for (b, (name, bin)) in builds.iter().enumerate() {
-            let mut args: Vec<String> = vec![
-                "listen".into(),
-                "--relay".into(),
-                relay_addr.clone(),
-                "--seed".into(),
-                "2".into(),
-            ];
-            args.extend(ice_flags(Ice::Stun));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let mut listener = Node::start_bin_in(bin, &lab.ns("p1"), &args);
-            let addr = listener.wait("reserved")["addr"]
-                .as_str()
-                .expect("addr")
-                .to_string();
-            let seed = (100 + run).to_string();
-            let mut args: Vec<String> = vec!["dial".into(), addr, "--seed".into(), seed];
-            args.extend(ice_flags(Ice::Stun));
-            args.extend(["--ping", "1", "--timeout", "60"].map(String::from));
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            let (code, all) = Node::start_bin_in(bin, &lab.ns("p2"), &args).finish();
-            assert_eq!(code, 0, "{name} run {run}: {all:#?}");
-            let upgraded = events(&all, "upgraded").next().expect("upgraded");
-            let ms = upgraded["ms"].as_f64().expect("ms");
+            let (listener, addr) = start_listener(&lab, bin, &relay_addr, Ice::Stun, &[]);
+            let upgraded = measured_dial(&lab, bin, &addr, Ice::Stun, run);
+            let ms = upgraded["ms"].as_f64().unwrap_or(f64::NAN);
             eprintln!("run {run} {name}: {ms:.0} ms");
-            samples[b][0].push(ms);
-            for (i, phase) in phases.iter().enumerate() {
-                samples[b][i + 1].push(upgraded["phases_ms"][phase].as_f64().unwrap_or(f64::NAN));
-            }
+            record(&mut samples[b], &upgraded);
             drop(listener);
         }
     }
@@ -640,7 +647,7 @@ fn measure_upgrade_before_after() {
     eprintln!(
         "| phase | before p50 ms | before p50 RTT | after p50 ms | after p50 RTT |\n|---|---|---|---|---|"
     );
-    let names = std::iter::once("attempt start → direct established").chain(phases);
+    let names = std::iter::once("attempt start → direct established").chain(PHASES);
     for (i, name) in names.enumerate() {
         let before = pct(&mut samples[0][i], 50);
         let after = pct(&mut samples[1][i], 50);

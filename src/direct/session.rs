@@ -95,7 +95,7 @@ impl std::fmt::Debug for Session {
 /// description into it too (with [`Session::gather_early`], all of them), including a
 /// component 2 copy of each, and js-libp2p in Node.js (libdatachannel) then failed to apply
 /// the answer now and then ("Failed to set remoteDescription").
-fn without_candidates(sdp: &str) -> String {
+fn strip_candidates(sdp: &str) -> String {
     let mut out = String::with_capacity(sdp.len());
     for line in sdp.split_inclusive('\n') {
         let attr = line.trim_end();
@@ -197,14 +197,14 @@ impl Session {
         self.role
     }
 
-    /// A new session's description without candidates ([`without_candidates`]). A
+    /// A new session's description without candidates ([`strip_candidates`]). A
     /// restart's keeps them: the peer connection keeps the candidates it gathered before, and
     /// announces none of them again, so its descriptions are where the remote learns them.
     fn without_candidates(&self, sdp: String) -> String {
         if self.restart {
             sdp
         } else {
-            without_candidates(&sdp)
+            strip_candidates(&sdp)
         }
     }
 

@@ -143,8 +143,9 @@ pub struct Handler {
     keep_alive: bool,
     /// The direct connections to restart.
     paths: Paths,
-    /// The STUN server of the relay this connection goes through ([`Config::relay_stun_port`]).
-    relay_stun: Option<IceServer>,
+    /// The configuration of an attempt on this connection: the node's, with the STUN server
+    /// of the relay it goes through ([`Config::relay_stun_port`]) after the configured ones.
+    attempt_config: Arc<Config>,
     /// An outbound signaling stream to request, for this attempt (`true`: a restart).
     to_open: Option<(u32, bool)>,
     /// An outbound signaling stream requested, for this attempt.
@@ -197,6 +198,14 @@ impl Handler {
             slots,
             paths,
         } = node;
+        let attempt_config = match relay_stun {
+            Some(server) => {
+                let mut attempt = (*config).clone();
+                attempt.ice_servers.push(server);
+                Arc::new(attempt)
+            }
+            None => config.clone(),
+        };
         Self {
             config,
             local,
@@ -205,7 +214,7 @@ impl Handler {
             slots,
             peer_slots,
             paths,
-            relay_stun,
+            attempt_config,
             keep_alive: true,
             to_open: None,
             opening: None,
@@ -241,19 +250,6 @@ impl Handler {
             .and_then(|peer| Some((self.slots.try_acquire()?, peer)))
     }
 
-    /// The configuration of an attempt on this connection: the node's, with the relay's STUN
-    /// server after the configured ones.
-    fn attempt_config(&self) -> Arc<Config> {
-        match &self.relay_stun {
-            Some(server) => {
-                let mut config = (*self.config).clone();
-                config.ice_servers.push(server.clone());
-                Arc::new(config)
-            }
-            None => self.config.clone(),
-        }
-    }
-
     /// Starts an attempt on a negotiated stream, if a slot is free (an offerer's prepared
     /// offer holds its slots already).
     fn start(&mut self, stream: libp2p_swarm::Stream, role: SdpRole, attempt: u32) {
@@ -277,8 +273,7 @@ impl Handler {
             ?role,
             attempt
         );
-        let config = self.attempt_config();
-        let future = exchange::run(stream, role, config, prepared)
+        let future = exchange::run(stream, role, self.attempt_config.clone(), prepared)
             .map(|r| r.map(|(c, t)| Outcome::Upgraded(Box::new(c), t)))
             .instrument(span)
             .boxed();
@@ -380,8 +375,8 @@ impl ConnectionHandler for Handler {
             self.prepared = None;
             if !restart {
                 if let Some(slots) = self.slots() {
-                    self.prepared =
-                        exchange::PreparedOffer::start(self.attempt_config()).map(|p| (p, slots));
+                    self.prepared = exchange::PreparedOffer::start(self.attempt_config.clone())
+                        .map(|p| (p, slots));
                 }
             }
             let upgrade = if restart {

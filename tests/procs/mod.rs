@@ -52,11 +52,7 @@ impl Node {
     /// Starts `node` in a network namespace (`ip netns exec`, which execs it: killing the
     /// child kills the node).
     pub fn start_in(netns: &str, args: &[&str]) -> Self {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", netns])
-            .arg(example("node"))
-            .args(args);
-        Self::spawn(cmd)
+        Self::start_bin_in(&example("node"), netns, args)
     }
 
     /// [`Node::start_in`] with another build of `node` (`bin`), for side-by-side
