@@ -153,8 +153,7 @@ impl Agent {
         let p = &mut self.candidate_pairs[pair_index];
         trace!(
             "Nominatable pair found, nominating ({}, {})",
-            self.local_candidates[p.local_index],
-            self.remote_candidates[p.remote_index],
+            self.local_candidates[p.local_index], self.remote_candidates[p.remote_index],
         );
         p.nominated = true;
         self.nominated_pair = Some(pair_index);

@@ -6,10 +6,10 @@ use crate::peer_connection::handler::endpoint::EndpointHandlerContext;
 use crate::peer_connection::handler::interceptor::InterceptorHandlerContext;
 use crate::peer_connection::handler::srtp::SrtpHandlerContext;
 use crate::peer_connection::sdp::{
-    MediaSection, PopulateSdpParams, add_candidates_to_media_descriptions,
-    get_application_media, get_application_media_section_sctp_init, get_by_mid,
-    get_peer_direction, get_rids, have_data_channel, is_ext_map_allow_mixed_set,
-    rtp_extensions_from_media_description, track_details_from_sdp,
+    MediaSection, PopulateSdpParams, add_candidates_to_media_descriptions, get_application_media,
+    get_application_media_section_sctp_init, get_by_mid, get_peer_direction, get_rids,
+    have_data_channel, is_ext_map_allow_mixed_set, rtp_extensions_from_media_description,
+    track_details_from_sdp,
 };
 use crate::peer_connection::state::signaling_state::check_next_signaling_state;
 use crate::peer_connection::transport::dtls::state::RTCDtlsTransportState;

@@ -273,9 +273,8 @@ use crate::peer_connection::sdp::session_description::RTCSessionDescription;
 use crate::peer_connection::sdp::{
     extract_fingerprint, extract_ice_details, get_application_media,
     get_application_media_section_max_message_size, get_application_media_section_sctp_init,
-    get_application_media_section_sctp_port,
-    get_mid_value, get_peer_direction, has_ice_trickle_option, is_lite_set, sdp_type::RTCSdpType,
-    update_sdp_origin,
+    get_application_media_section_sctp_port, get_mid_value, get_peer_direction,
+    has_ice_trickle_option, is_lite_set, sdp_type::RTCSdpType, update_sdp_origin,
 };
 use crate::peer_connection::state::RTCIceGatheringState;
 use crate::peer_connection::state::ice_connection_state::RTCIceConnectionState;

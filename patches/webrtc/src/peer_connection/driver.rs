@@ -1783,12 +1783,10 @@ where
                 // Gathering again when complete re-sent every STUN request on each
                 // `set_local_description` after the first (after an ICE restart's own
                 // gathering, or gathering started before the answer with `restart_ice`).
-                if start_stun && let Err(err) = self.stun_gatherer.gather().await
-                {
+                if start_stun && let Err(err) = self.stun_gatherer.gather().await {
                     error!("Failed to gather ice gathering: {}", err);
                 }
-                if start_turn && let Err(err) = self.turn_relayer.gather().await
-                {
+                if start_turn && let Err(err) = self.turn_relayer.gather().await {
                     error!("Failed to gather relay candidates: {}", err);
                 }
             }
