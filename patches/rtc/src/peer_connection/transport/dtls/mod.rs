@@ -39,7 +39,6 @@ const DTLS_INITIAL_RETRANSMIT: std::time::Duration = std::time::Duration::from_m
 /// transport over which RTP and RTCP packets are sent and received by
 /// RTPSender and RTPReceiver, as well other data such as SCTP packets sent
 /// and received by data channels.
-
 pub(crate) struct DtlsTransport {
     pub(crate) id: RTCTransportId,
     pub(crate) ice_transport_id: RTCTransportId,
