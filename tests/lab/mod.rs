@@ -48,6 +48,47 @@ pub struct Links {
     pub loss_pct: f64,
 }
 
+/// A home line's access link, on both home routers: rate-limited each way by a token
+/// bucket filter (`tc tbf`) with a finite queue, as a home router's WAN port (uplink) and
+/// the ISP's side of the line (downlink, on the core router's link to the home router).
+/// The relay's and the STUN server's links stay unlimited, so the relayed and the direct
+/// path cross the same access queues.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Access {
+    /// Home → internet, kbit/s.
+    pub up_kbit: u32,
+    /// Internet → home, kbit/s.
+    pub down_kbit: u32,
+    /// Each queue holds this many milliseconds at its link's rate.
+    pub buffer_ms: u32,
+}
+
+/// What the four access queues did (summed), from their `tc -s` counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueStats {
+    /// Bytes sent on (left the queues for) the links.
+    pub bytes: u64,
+    /// Packets sent.
+    pub packets: u64,
+    /// Packets the queues dropped (full).
+    pub dropped: u64,
+}
+
+impl std::ops::Sub for QueueStats {
+    type Output = QueueStats;
+    fn sub(self, earlier: QueueStats) -> QueueStats {
+        QueueStats {
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            packets: self.packets.saturating_sub(earlier.packets),
+            dropped: self.dropped.saturating_sub(earlier.dropped),
+        }
+    }
+}
+
+/// The access queues: (namespace, device) of r1's and r2's uplinks and downlinks.
+const ACCESS_QUEUES: [(&str, &str); 4] =
+    [("r1", "wan"), ("r2", "wan"), ("core", "r1"), ("core", "r2")];
+
 /// IPv6 in the lab: global addresses (`2001:db8::/32`, no NAT) where asked for, behind the
 /// same stateful firewall on each home router as IPv4.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,7 +137,15 @@ pub fn unavailable() -> Option<String> {
     if !is_root() {
         return Some("needs root (network namespaces, iptables)".into());
     }
-    for tool in ["ip", "iptables", "ip6tables", "conntrack", "turnserver"] {
+    for tool in [
+        "ip",
+        "iptables",
+        "ip6tables",
+        "conntrack",
+        "turnserver",
+        "tc",
+        "ping",
+    ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
             .output()
@@ -104,7 +153,7 @@ pub fn unavailable() -> Option<String> {
             .unwrap_or(false);
         if !found {
             return Some(format!(
-                "needs {tool} (apt-get install -y iproute2 iptables conntrack coturn)"
+                "needs {tool} (apt-get install -y iproute2 iptables conntrack coturn iputils-ping)"
             ));
         }
     }
@@ -303,6 +352,66 @@ impl Lab {
         lab.turn = Some(turn);
         wait_for_udp(&ns("stun"), 3478);
         lab
+    }
+
+    /// Rate-limits both home routers' access links per `access` (see [`Access`]), and lets
+    /// ICMP echo requests from the internet reach r1 (so p2 can ping r1's WAN address across
+    /// all four access queues while a transfer runs).
+    pub fn limit_access(&self, access: Access) {
+        for (netns, dev) in ACCESS_QUEUES {
+            let kbit = if netns == "core" {
+                access.down_kbit
+            } else {
+                access.up_kbit
+            };
+            let rate = u64::from(kbit) * 1000 / 8;
+            // A burst of 1 ms at the rate, at least two full-size packets; the queue holds
+            // `buffer_ms` at the rate, at least two full-size packets too.
+            let burst = (rate / 1000).max(3028);
+            let limit = (rate * u64::from(access.buffer_ms) / 1000).max(3028);
+            nsx(
+                netns,
+                &format!("tc qdisc replace dev {dev} root tbf rate {kbit}kbit burst {burst} limit {limit}"),
+            );
+        }
+        nsx(
+            "r1",
+            "iptables -I INPUT -i wan -p icmp --icmp-type echo-request -j ACCEPT",
+        );
+    }
+
+    /// The four access queues' counters, summed (all zero without [`Lab::limit_access`]).
+    pub fn access_stats(&self) -> QueueStats {
+        let mut sum = QueueStats::default();
+        for (netns, dev) in ACCESS_QUEUES {
+            let out = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns(netns),
+                    "tc",
+                    "-s",
+                    "-j",
+                    "qdisc",
+                    "show",
+                ])
+                .args(["dev", dev])
+                .output()
+                .expect("tc");
+            let qdiscs: serde_json::Value =
+                serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+            let Some(tbf) = qdiscs
+                .as_array()
+                .and_then(|q| q.iter().find(|q| q["kind"] == "tbf"))
+            else {
+                continue;
+            };
+            let n = |k: &str| tbf[k].as_u64().unwrap_or(0);
+            sum.bytes += n("bytes");
+            sum.packets += n("packets");
+            sum.dropped += n("drops");
+        }
+        sum
     }
 
     /// The namespace of a host: `relay`, `stun`, `p1`, `p2`.

@@ -59,6 +59,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 pub(crate) mod congestion;
+mod pacing;
 mod recovery;
 pub(crate) mod state;
 pub(crate) mod stats;
@@ -632,6 +633,9 @@ impl Association {
                 self.on_ack_timeout();
             } else if timer == Timer::Recovery {
                 self.on_recovery_timeout(now);
+            } else if timer == Timer::Pacing {
+                // The pacer has budget again: the caller polls for transmits next.
+                self.resume_waiting_retransmissions();
             } else if failure {
                 self.on_retransmission_failure(timer);
             } else {
@@ -1831,6 +1835,8 @@ impl Association {
         now: Instant,
     ) -> Result<(FxHashMap<u16, i64>, i64, u32, recovery::NewestAcked)> {
         let mut newest = recovery::NewestAcked::default();
+        // Fed to the rate model and slow start once the acknowledgements are recorded.
+        let mut rtt_samples: Vec<std::time::Duration> = Vec::new();
         let mut bytes_acked_per_stream = FxHashMap::default();
         let mut total_bytes_acked = 0;
         let mut newly_acked_data = false;
@@ -1876,7 +1882,7 @@ impl Association {
                         self.min_tsn2measure_rtt = self.my_next_tsn;
                         if let Some(since) = &c.since {
                             let rtt = now.duration_since(*since);
-                            self.recovery.rate.on_rtt(now, rtt);
+                            rtt_samples.push(rtt);
                             let srtt = self.rto_mgr.set_new_rtt(rtt.as_millis() as u64);
                             trace!(
                                 "[{}] SACK: measured-rtt={} srtt={} new-rto={}",
@@ -1933,7 +1939,7 @@ impl Association {
                             self.min_tsn2measure_rtt = self.my_next_tsn;
                             if let Some(since) = &c.since {
                                 let rtt = now.duration_since(*since);
-                                self.recovery.rate.on_rtt(now, rtt);
+                                rtt_samples.push(rtt);
                                 let srtt = self.rto_mgr.set_new_rtt(rtt.as_millis() as u64);
                                 trace!(
                                     "[{}] SACK: measured-rtt={} srtt={} new-rto={}",
@@ -1972,6 +1978,9 @@ impl Association {
             // TSN remains outstanding.
             self.timers.set(Timer::T3RTX, None);
         }
+        for rtt in rtt_samples {
+            self.on_rtt_sample(now, rtt);
+        }
         Ok((bytes_acked_per_stream, total_bytes_acked, htna, newest))
     }
 
@@ -2006,7 +2015,9 @@ impl Association {
             //      outstanding DATA chunk(s) acknowledged, and 2) the destination's
             //      path MTU.
             if !self.in_fast_recovery && !self.pending_queue.is_empty() {
-                self.cwnd += std::cmp::min(total_bytes_acked as u32, self.cwnd); // TCP way
+                self.cwnd = self
+                    .cwnd
+                    .saturating_add(std::cmp::min(total_bytes_acked as u32, self.cwnd)); // TCP way
                 // self.cwnd += min32(uint32(total_bytes_acked), self.mtu) // SCTP way (slow)
                 trace!(
                     "[{}] updated cwnd={} ssthresh={} acked={} (SS)",
@@ -2030,7 +2041,9 @@ impl Association {
             //      partial_bytes_acked by the total number of bytes of all new chunks
             //      acknowledged in that SACK including chunks acknowledged by the new
             //      Cumulative TSN Ack and by Gap Ack Blocks.
-            self.partial_bytes_acked += total_bytes_acked as u32;
+            self.partial_bytes_acked = self
+                .partial_bytes_acked
+                .saturating_add(total_bytes_acked as u32);
 
             //   o  When partial_bytes_acked is equal to or greater than cwnd and
             //      before the arrival of the SACK the sender had cwnd or more bytes
@@ -2039,7 +2052,7 @@ impl Association {
             //      reset partial_bytes_acked to (partial_bytes_acked - cwnd).
             if self.partial_bytes_acked >= self.cwnd && !self.pending_queue.is_empty() {
                 self.partial_bytes_acked -= self.cwnd;
-                self.cwnd += self.mtu;
+                self.cwnd = self.cwnd.saturating_add(self.mtu);
                 trace!(
                     "[{}] updated cwnd={} ssthresh={} acked={} (CA)",
                     self.side, self.cwnd, self.ssthresh, total_bytes_acked
@@ -2522,6 +2535,9 @@ impl Association {
 
             let mut to_fast_retrans: Vec<ChunkPayloadData> = vec![];
             let mut fast_retrans_size = COMMON_HEADER_SIZE;
+            // Patch: what the window has room for beside what is still in the network.
+            let budget = self.cwnd.saturating_sub(self.pipe());
+            let mut more_left = false;
 
             let mut i = 0;
             loop {
@@ -2577,14 +2593,29 @@ impl Association {
                     // decisions.
                     let data_chunk_size =
                         (DATA_CHUNK_HEADER_SIZE + c.user_data.len() as u32).next_multiple_of(4);
-                    // Patch: every chunk found lost goes out now, up to a window's worth
-                    // (one packet at the least), not one packet per SACK: with several
-                    // losses in a window the rest otherwise waited for T3-rtx.
-                    if fast_retrans_size + data_chunk_size > self.cwnd.max(self.mtu) {
+                    // Patch: every chunk found lost goes out now, as far as the window has
+                    // room beside what is still in the network (RFC 6675's pipe), not one
+                    // packet per SACK: with several losses in a window the rest otherwise
+                    // waited for T3-rtx. The first of a loss episode and a probe go even
+                    // without room. What does not fit waits for the next SACK.
+                    let fits = (fast_retrans_size - COMMON_HEADER_SIZE)
+                        .saturating_add(data_chunk_size)
+                        <= budget;
+                    // One packet per pass may go without room: the first retransmission
+                    // of a chunk, a loss episode's first, a probe (RFC 9260 7.2.4 step 3).
+                    // Passes run per SACK or pacer tick, so that is one packet per event.
+                    let forced = to_fast_retrans.is_empty()
+                        && (self.recovery.force_one_retransmission || c.nsent == 1);
+                    if !fits && !forced {
+                        more_left = true;
+                        break;
+                    }
+                    if !self.pace(now, data_chunk_size as usize) {
+                        more_left = true;
                         break;
                     }
 
-                    fast_retrans_size += data_chunk_size;
+                    fast_retrans_size = fast_retrans_size.saturating_add(data_chunk_size);
                 } else {
                     break; // end of pending data
                 }
@@ -2595,6 +2626,12 @@ impl Association {
                 i += 1;
             }
 
+            if more_left {
+                self.recovery.retransmit_waiting = true;
+            }
+            if !to_fast_retrans.is_empty() {
+                self.recovery.force_one_retransmission = false;
+            }
             let last = to_fast_retrans.last().map(|c| c.tsn);
             for chunk in &mut to_fast_retrans {
                 // Patch: a new transmission for loss detection; the last asks for an
@@ -2718,7 +2755,8 @@ impl Association {
         now: Instant,
         raw_packets: &mut Vec<Bytes>,
     ) -> Result<()> {
-        let awnd = std::cmp::min(self.cwnd, self.rwnd);
+        // Patch: beside what is still in the network (pipe), not a whole window per poll.
+        let awnd = std::cmp::min(self.cwnd.saturating_sub(self.pipe()), self.rwnd);
         let mut chunks: Vec<ChunkPayloadData> = vec![];
         let mut bytes_to_send = 0;
         let mut done = false;
@@ -2759,8 +2797,13 @@ impl Association {
                     chunks_remaining = true;
                     break;
                 }
+                let len = c.user_data.len();
+                if !self.pace(now, len) {
+                    chunks_remaining = true;
+                    break;
+                }
 
-                bytes_to_send += c.user_data.len();
+                bytes_to_send += len;
             } else {
                 break; // end of pending data
             }
@@ -3096,6 +3139,10 @@ impl Association {
 
                 if data_len > self.rwnd as usize {
                     break; // no more rwnd
+                }
+
+                if !self.pace(now, data_len) {
+                    break; // patch: paced (pacing.rs); the pacing timer wakes the sender
                 }
 
                 if let Some(chunk) = self.move_pending_data_chunk_to_inflight_queue(

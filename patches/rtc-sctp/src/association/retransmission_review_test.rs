@@ -345,3 +345,30 @@ fn invalid_pending_message_closes_without_sending_or_rearming_timers() -> Result
     }
     Ok(())
 }
+
+/// Patch (issue 28, hostile receiver): a peer announcing `a_rwnd = u32::MAX` makes ssthresh
+/// `u32::MAX`, so slow start never ends and the window grows without bound: the growth must
+/// saturate, not overflow (a panic with overflow checks, a wrap to a tiny window without).
+#[test]
+fn window_growth_saturates_under_a_huge_receive_window() -> Result<()> {
+    let now = Instant::now();
+    let mut a = timed_test_association();
+    let ppi = PayloadProtocolIdentifier::Binary;
+    a.open_stream(1, ppi)?
+        .write_sctp(now, &Bytes::from(vec![1; 1024]), ppi)?;
+    assert!(
+        !a.pending_queue.is_empty(),
+        "slow start grows with data pending"
+    );
+    a.ssthresh = u32::MAX;
+    a.cwnd = u32::MAX - 1000;
+    a.on_cumulative_tsn_ack_point_advanced(2000, now);
+    assert_eq!(a.cwnd, u32::MAX);
+    // Congestion avoidance too.
+    a.ssthresh = 0;
+    a.cwnd = u32::MAX - 20;
+    a.partial_bytes_acked = u32::MAX - 10;
+    a.on_cumulative_tsn_ack_point_advanced(20, now);
+    assert_eq!(a.cwnd, u32::MAX);
+    Ok(())
+}

@@ -4,7 +4,7 @@ pub(crate) const ACK_INTERVAL: u64 = 200;
 const MAX_INIT_RETRANS: usize = 8;
 const PATH_MAX_RETRANS: usize = 5;
 const NO_MAX_RETRANS: usize = usize::MAX;
-const TIMER_COUNT: usize = 7;
+const TIMER_COUNT: usize = 8;
 
 #[derive(Debug, Copy, Clone)]
 /// Retransmission limits for the association's timers.
@@ -51,6 +51,9 @@ pub(crate) enum Timer {
     Ack = 5,
     /// Patch: loss detection's reordering deadline and tail-loss probe (`recovery.rs`).
     Recovery = 6,
+    /// Patch: the pacer's next send time (`pacing.rs`); expiring does nothing but make the
+    /// association send again.
+    Pacing = 7,
 }
 
 impl Timer {
@@ -62,6 +65,7 @@ impl Timer {
         Timer::Reconfig,
         Timer::Ack,
         Timer::Recovery,
+        Timer::Pacing,
     ];
 }
 
@@ -86,6 +90,7 @@ impl TimerTable {
                 time_config.max_reconfig_retrans,    //Reconfig
                 time_config.max_ack_retrans,         //Ack
                 NO_MAX_RETRANS,                      //Recovery
+                NO_MAX_RETRANS,                      //Pacing
             ],
             ..Default::default()
         }

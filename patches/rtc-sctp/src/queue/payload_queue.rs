@@ -257,6 +257,17 @@ impl PayloadQueue {
         }
     }
 
+    /// RFC 6675's pipe (patch): bytes of the outstanding chunks not marked lost nor for
+    /// retransmission. A pass over the whole queue, not counted as lookups: it runs only in
+    /// loss recovery (a retransmission pass), never per SACK in the steady state.
+    pub(crate) fn pipe_bytes(&self) -> usize {
+        self.chunk_map
+            .values()
+            .filter(|c| c.is_outstanding() && !c.lost && !c.retransmit)
+            .map(|c| c.user_data.len())
+            .sum()
+    }
+
     /// Clears every loss mark (patch: T3-rtx retransmits everything outstanding).
     pub(crate) fn clear_lost(&mut self) {
         for c in self.chunk_map.values_mut() {
