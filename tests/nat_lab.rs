@@ -1851,3 +1851,114 @@ fn measure_bottleneck() {
         eprintln!("{line}");
     }
 }
+
+/// Bytes a 12 s iperf3 upload with congestion control `cc` moves from p2 to an iperf3
+/// server at the STUN host (outside both homes, unlimited link), through r2's uplink.
+fn upload_bytes(lab: &Lab, cc: &str) -> Result<f64, String> {
+    let port = "5301";
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("stun"), "iperf3", "-s", "-1", "-p", port])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("iperf3: {e}"))?;
+    lab::wait_for_tcp(&lab.ns("stun"), 5301);
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("p2"), "timeout", "30", "iperf3", "-J"])
+        .args(["-c", lab::STUN_IP, "-p", port, "-t", "12", "-C", cc])
+        .output()
+        .map_err(|e| format!("iperf3: {e}"))?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let json: Value = serde_json::from_slice(&out.stdout).map_err(|e| format!("iperf3: {e}"))?;
+    json["end"]["sum_received"]["bytes"]
+        .as_f64()
+        .ok_or_else(|| format!("iperf3: {}", json["error"]))
+}
+
+/// Issue 28, deliverable 3: does a bulk transfer over the direct connection leave a plain
+/// TCP upload on the same line its share? A 12 s iperf3 upload (CUBIC, then BBR) from the
+/// dialer's machine to a server outside, through a 12 Mbit/s uplink with 50 ms of queue:
+/// alone, beside a 32 MiB echo over the relayed connection, beside the same echo over the
+/// direct one (and with `BEFORE_NODE`, beside another build's direct echo). A measurement,
+/// run by hand (as `measure_bottleneck`):
+/// `cargo test --release --features metrics --test nat_lab measure_competing_flow -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand"]
+fn measure_competing_flow() {
+    let Some(_lock) = lab_lock() else { return };
+    let lab = Lab::up(
+        Nat::Cone,
+        Nat::Cone,
+        Links {
+            delay_ms: 10,
+            loss_pct: 0.0,
+        },
+    );
+    lab.limit_access(lab::Access {
+        up_kbit: 12_000,
+        down_kbit: 12_000,
+        buffer_ms: 50,
+    });
+    let (_relay, _listener, addr) = relay_and_listener_with(&lab, Ice::Stun, RELAY_UNLIMITED, &[]);
+    let before = std::env::var_os("BEFORE_NODE").map(std::path::PathBuf::from);
+    let mut rows = Vec::new();
+    for cc in ["cubic", "bbr"] {
+        let alone = upload_bytes(&lab, cc);
+        let mut beside = Vec::new();
+        // (relayed, another build's dialer)
+        let mut cases = vec![(true, None), (false, None)];
+        if let Some(bin) = &before {
+            cases.push((false, Some(bin.as_path())));
+        }
+        for (i, (relayed, bin)) in cases.into_iter().enumerate() {
+            let bytes = (32u32 << 20).to_string();
+            let mut args = vec![
+                "dial",
+                addr.as_str(),
+                "--seed",
+                ["6", "7", "8"][i],
+                "--ping",
+                "1",
+                "--send-bytes",
+                &bytes,
+                "--timeout",
+                "120",
+            ];
+            let flags = ice_flags(Ice::Stun);
+            args.extend(flags.iter().map(String::as_str));
+            if relayed {
+                args.extend(["--no-upgrade", "--allow-relayed"]);
+            }
+            let mut node = match bin {
+                Some(bin) => Node::start_bin_in(bin, &lab.ns("p2"), &args),
+                None => Node::start_in(&lab.ns("p2"), &args),
+            };
+            node.wait_for("the first ping", |e| e["event"] == "ping");
+            beside.push(upload_bytes(&lab, cc));
+            drop(node);
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let mb = |r: &Result<f64, String>| match r {
+            Ok(b) => format!("{:.1} MB", b / 1e6),
+            Err(e) => e.clone(),
+        };
+        let share = |r: &Result<f64, String>| match (r, &alone) {
+            (Ok(b), Ok(a)) => format!(" ({:.0}%)", 100.0 * b / a),
+            _ => String::new(),
+        };
+        let cells: Vec<String> = beside
+            .iter()
+            .map(|r| format!("{}{}", mb(r), share(r)))
+            .collect();
+        rows.push(format!("| {cc} | {} | {} |", mb(&alone), cells.join(" | ")));
+    }
+    eprintln!(
+        "\n| upload | alone | beside the relayed echo | beside the direct echo |{}\n|---|---|---|---|{}",
+        if before.is_some() { " beside BEFORE_NODE's direct echo |" } else { "" },
+        if before.is_some() { "---|" } else { "" }
+    );
+    for row in rows {
+        eprintln!("{row}");
+    }
+}
