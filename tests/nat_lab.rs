@@ -1689,6 +1689,25 @@ fn loaded_tcp(lab: &Lab, bytes: usize) -> Loaded {
     }
 }
 
+/// A lab (cone/cone, 10 ms per link, no loss) whose access links run at `kbit` each way
+/// with `buffer_ms` of queue.
+fn home_lines(kbit: u32, buffer_ms: u32) -> Lab {
+    let lab = Lab::up(
+        Nat::Cone,
+        Nat::Cone,
+        Links {
+            delay_ms: 10,
+            loss_pct: 0.0,
+        },
+    );
+    lab.limit_access(lab::Access {
+        up_kbit: kbit,
+        down_kbit: kbit,
+        buffer_ms,
+    });
+    lab
+}
+
 /// Issue 28: on a home line (20 Mbit/s each way, 50 ms of queue in each router, 10 ms per
 /// link) the direct connection must not flood the access queues: its 8 MiB echo puts at most
 /// 1.5x the payload through them and they drop at most 10% of its packets (before the fix:
@@ -1699,19 +1718,7 @@ fn loaded_tcp(lab: &Lab, bytes: usize) -> Loaded {
 fn bottleneck_direct_does_not_flood_the_line() {
     let Some(_lock) = lab_lock() else { return };
     let bytes = 8 << 20;
-    let lab = Lab::up(
-        Nat::Cone,
-        Nat::Cone,
-        Links {
-            delay_ms: 10,
-            loss_pct: 0.0,
-        },
-    );
-    lab.limit_access(lab::Access {
-        up_kbit: 20_000,
-        down_kbit: 20_000,
-        buffer_ms: 50,
-    });
+    let lab = home_lines(20_000, 50);
     let (_relay, _listener, addr) = relay_and_listener_with(&lab, Ice::Stun, RELAY_UNLIMITED, &[]);
     let relayed = loaded_echo(&lab, &addr, true, false, None, bytes);
     let direct = loaded_echo(&lab, &addr, false, false, None, bytes);
@@ -1857,14 +1864,31 @@ fn measure_bottleneck() {
 fn upload_bytes(lab: &Lab, cc: &str) -> Result<f64, String> {
     let port = "5301";
     let mut server = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("stun"), "iperf3", "-s", "-1", "-p", port])
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("stun"),
+            "iperf3",
+            "-s",
+            "-1",
+            "-p",
+            port,
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|e| format!("iperf3: {e}"))?;
     lab::wait_for_tcp(&lab.ns("stun"), 5301);
     let out = Command::new("ip")
-        .args(["netns", "exec", &lab.ns("p2"), "timeout", "30", "iperf3", "-J"])
+        .args([
+            "netns",
+            "exec",
+            &lab.ns("p2"),
+            "timeout",
+            "30",
+            "iperf3",
+            "-J",
+        ])
         .args(["-c", lab::STUN_IP, "-p", port, "-t", "12", "-C", cc])
         .output()
         .map_err(|e| format!("iperf3: {e}"))?;
@@ -1887,19 +1911,7 @@ fn upload_bytes(lab: &Lab, cc: &str) -> Result<f64, String> {
 #[ignore = "a measurement, run by hand"]
 fn measure_competing_flow() {
     let Some(_lock) = lab_lock() else { return };
-    let lab = Lab::up(
-        Nat::Cone,
-        Nat::Cone,
-        Links {
-            delay_ms: 10,
-            loss_pct: 0.0,
-        },
-    );
-    lab.limit_access(lab::Access {
-        up_kbit: 12_000,
-        down_kbit: 12_000,
-        buffer_ms: 50,
-    });
+    let lab = home_lines(12_000, 50);
     let (_relay, _listener, addr) = relay_and_listener_with(&lab, Ice::Stun, RELAY_UNLIMITED, &[]);
     let before = std::env::var_os("BEFORE_NODE").map(std::path::PathBuf::from);
     let mut rows = Vec::new();

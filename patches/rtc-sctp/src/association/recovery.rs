@@ -93,10 +93,9 @@ impl NewestAcked {
     /// A retransmitted chunk is left out: which copy was delivered is unknown (Karn). RFC 8985
     /// 6.2 step 2 leaves out only one acknowledged sooner than the minimum RTT after its
     /// retransmission, but behind a bottleneck queue the first copy's acknowledgement comes
-    /// later than that; taken as the newest delivered transmission, it made every chunk
-    /// sent between the two copies lost, and in the lab (20 Mbit/s, 50 ms of queue) three
-    /// quarters of all retransmissions were such duplicates. A lost retransmission is still
-    /// found by the first transmissions delivered after it, or by the probe.
+    /// later than that; taken as the newest delivered transmission, it makes every chunk
+    /// sent between the two copies lost. A lost retransmission is still found by the first
+    /// transmissions delivered after it, or by the probe.
     pub(crate) fn offer(&mut self, c: &ChunkPayloadData) {
         if c.nsent > 1 {
             return;
