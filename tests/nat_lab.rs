@@ -1613,21 +1613,20 @@ impl Loaded {
     }
 }
 
-/// An echo of `bytes` by a dialer behind r2 (`js`: js-libp2p's, else ours), relayed
-/// (`--no-upgrade`) or direct; the ping and the counters run from its first answered
-/// application ping (the connection under test is up) to its exit.
-fn loaded_echo(
+/// A dialer behind r2 that echoes `bytes` over a new stream on the connection under test:
+/// the relayed one (`--no-upgrade`) or the direct one; js-libp2p's (`js`), another build's
+/// `node` (`bin`) or ours. Returned once its first application ping was answered (the
+/// connection under test is up).
+fn echo_dialer(
     lab: &Lab,
     addr: &str,
+    seed: &str,
     relayed: bool,
     js: bool,
     bin: Option<&std::path::Path>,
     bytes: usize,
-) -> Loaded {
-    let bytes_s = bytes.to_string();
-    // Another build's dialer gets another identity: the listener may still hold the last
-    // dialer's connection.
-    let seed = if bin.is_some() { "4" } else { "3" };
+) -> Node {
+    let bytes = bytes.to_string();
     let mut args = vec![
         "dial",
         addr,
@@ -1636,7 +1635,7 @@ fn loaded_echo(
         "--ping",
         "1",
         "--send-bytes",
-        &bytes_s,
+        &bytes,
         "--timeout",
         "120",
     ];
@@ -1651,6 +1650,24 @@ fn loaded_echo(
         (false, None) => Node::start_in(&lab.ns("p2"), &args),
     };
     node.wait_for("the first ping", |e| e["event"] == "ping");
+    node
+}
+
+/// An echo of `bytes` by a dialer behind r2 (`js`: js-libp2p's, else ours), relayed
+/// (`--no-upgrade`) or direct; the ping and the counters run from its first answered
+/// application ping (the connection under test is up) to its exit.
+fn loaded_echo(
+    lab: &Lab,
+    addr: &str,
+    relayed: bool,
+    js: bool,
+    bin: Option<&std::path::Path>,
+    bytes: usize,
+) -> Loaded {
+    // Another build's dialer gets another identity: the listener may still hold the last
+    // dialer's connection.
+    let seed = if bin.is_some() { "4" } else { "3" };
+    let node = echo_dialer(lab, addr, seed, relayed, js, bin, bytes);
     let before = lab.access_stats();
     let pinger = Pinger::start(lab);
     let (_code, all) = node.finish();
@@ -1924,29 +1941,8 @@ fn measure_competing_flow() {
             cases.push((false, Some(bin.as_path())));
         }
         for (i, (relayed, bin)) in cases.into_iter().enumerate() {
-            let bytes = (32u32 << 20).to_string();
-            let mut args = vec![
-                "dial",
-                addr.as_str(),
-                "--seed",
-                ["6", "7", "8"][i],
-                "--ping",
-                "1",
-                "--send-bytes",
-                &bytes,
-                "--timeout",
-                "120",
-            ];
-            let flags = ice_flags(Ice::Stun);
-            args.extend(flags.iter().map(String::as_str));
-            if relayed {
-                args.extend(["--no-upgrade", "--allow-relayed"]);
-            }
-            let mut node = match bin {
-                Some(bin) => Node::start_bin_in(bin, &lab.ns("p2"), &args),
-                None => Node::start_in(&lab.ns("p2"), &args),
-            };
-            node.wait_for("the first ping", |e| e["event"] == "ping");
+            let seed = ["6", "7", "8"][i];
+            let node = echo_dialer(&lab, &addr, seed, relayed, false, bin, 32 << 20);
             beside.push(upload_bytes(&lab, cc));
             drop(node);
             std::thread::sleep(Duration::from_secs(2));
