@@ -1564,9 +1564,10 @@ impl Pinger {
     }
 
     /// The round trips, in ms.
-    fn stop(mut self) -> Vec<f64> {
-        let _ = self.0.kill();
-        let out = std::mem::replace(&mut self.0, Command::new("true").spawn().expect("true"))
+    fn stop(self) -> Vec<f64> {
+        let Pinger(mut child) = self;
+        let _ = child.kill();
+        let out = child
             .wait_with_output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
@@ -1589,24 +1590,34 @@ struct Loaded {
 }
 
 impl Loaded {
+    /// Bytes the access queues sent per payload byte, for an echo of `bytes` each way: each
+    /// byte crosses two access queues each way (the sender's uplink, the receiver's
+    /// downlink).
+    fn wire_per_payload(&self, bytes: usize) -> f64 {
+        self.wire.bytes as f64 / (4.0 * bytes as f64)
+    }
+
+    /// The share of the packets offered to the access queues that they dropped.
+    fn drop_share(&self) -> f64 {
+        let offered = self.wire.packets + self.wire.dropped;
+        if offered == 0 {
+            0.0
+        } else {
+            self.wire.dropped as f64 / offered as f64
+        }
+    }
+
     /// `| s | wire/payload | drops % | ping p50/p90 |` cells for `bytes` each way.
     fn cells(&self, bytes: usize) -> String {
         let secs = match &self.secs {
             Ok(s) => format!("{s:.2}"),
             Err(e) => e.clone(),
         };
-        // Each byte crosses two access queues each way: the sender's uplink, the receiver's
-        // downlink.
-        let payload = 4.0 * bytes as f64;
-        let drops = if self.wire.packets > 0 {
-            100.0 * self.wire.dropped as f64 / (self.wire.packets + self.wire.dropped) as f64
-        } else {
-            0.0
-        };
         let mut icmp = self.icmp_ms.clone();
         format!(
-            "{secs} | {:.2} | {drops:.1}% | {:.0} / {:.0}",
-            self.wire.bytes as f64 / payload,
+            "{secs} | {:.2} | {:.1}% | {:.0} / {:.0}",
+            self.wire_per_payload(bytes),
+            100.0 * self.drop_share(),
             pct(&mut icmp, 50),
             pct(&mut icmp, 90)
         )
@@ -1753,12 +1764,12 @@ fn bottleneck_direct_does_not_flood_the_line() {
         .secs
         .as_ref()
         .unwrap_or_else(|e| panic!("the direct echo: {e}"));
-    let wire = direct.wire.bytes as f64 / (4.0 * bytes as f64);
+    let wire = direct.wire_per_payload(bytes);
     assert!(
         wire <= 1.5,
         "the direct echo put {wire:.2}x its payload on the line"
     );
-    let drops = direct.wire.dropped as f64 / (direct.wire.packets + direct.wire.dropped) as f64;
+    let drops = direct.drop_share();
     assert!(
         drops <= 0.10,
         "the access queues dropped {:.1}% of the direct echo's packets",

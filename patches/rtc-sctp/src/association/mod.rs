@@ -1835,8 +1835,9 @@ impl Association {
         now: Instant,
     ) -> Result<(FxHashMap<u16, i64>, i64, u32, recovery::NewestAcked)> {
         let mut newest = recovery::NewestAcked::default();
-        // Fed to the rate model and slow start once the acknowledgements are recorded.
-        let mut rtt_samples: Vec<std::time::Duration> = Vec::new();
+        // The largest RTT sample of this SACK: slow start looks at it once the
+        // acknowledgements are recorded.
+        let mut largest_rtt: Option<std::time::Duration> = None;
         let mut bytes_acked_per_stream = FxHashMap::default();
         let mut total_bytes_acked = 0;
         let mut newly_acked_data = false;
@@ -1882,7 +1883,8 @@ impl Association {
                         self.min_tsn2measure_rtt = self.my_next_tsn;
                         if let Some(since) = &c.since {
                             let rtt = now.duration_since(*since);
-                            rtt_samples.push(rtt);
+                            self.recovery.rate.on_rtt(now, rtt);
+                            largest_rtt = largest_rtt.max(Some(rtt));
                             let srtt = self.rto_mgr.set_new_rtt(rtt.as_millis() as u64);
                             trace!(
                                 "[{}] SACK: measured-rtt={} srtt={} new-rto={}",
@@ -1939,7 +1941,8 @@ impl Association {
                             self.min_tsn2measure_rtt = self.my_next_tsn;
                             if let Some(since) = &c.since {
                                 let rtt = now.duration_since(*since);
-                                rtt_samples.push(rtt);
+                                self.recovery.rate.on_rtt(now, rtt);
+                                largest_rtt = largest_rtt.max(Some(rtt));
                                 let srtt = self.rto_mgr.set_new_rtt(rtt.as_millis() as u64);
                                 trace!(
                                     "[{}] SACK: measured-rtt={} srtt={} new-rto={}",
@@ -1978,8 +1981,8 @@ impl Association {
             // TSN remains outstanding.
             self.timers.set(Timer::T3RTX, None);
         }
-        for rtt in rtt_samples {
-            self.on_rtt_sample(now, rtt);
+        if let Some(rtt) = largest_rtt {
+            self.end_slow_start_on_rtt_rise(rtt);
         }
         Ok((bytes_acked_per_stream, total_bytes_acked, htna, newest))
     }

@@ -311,13 +311,12 @@ impl Association {
         u32::try_from(self.inflight_queue.pipe_bytes()).unwrap_or(u32::MAX)
     }
 
-    /// A new RTT sample (of a chunk sent once). Slow start ends when the RTT rises by a
-    /// quarter of the minimum (at least 4 ms) over it: a queue is building at the
-    /// bottleneck, and doubling the window again would overflow it (the delay-based exit of
-    /// HyStart, Linux's CUBIC). Without it, slow start ran until a loss, one round after the
-    /// queue was full, and lost up to a whole window.
-    pub(crate) fn on_rtt_sample(&mut self, now: Instant, rtt: Duration) {
-        self.recovery.rate.on_rtt(now, rtt);
+    /// `rtt`, the largest RTT sample of a SACK (already fed to the rate model): slow start
+    /// ends when it exceeds the minimum by a quarter (at least 4 ms): a queue is building at
+    /// the bottleneck, and doubling the window again would overflow it (the delay-based exit
+    /// of HyStart, Linux's CUBIC). Without it, slow start ran until a loss, one round after
+    /// the queue was full, and lost up to a whole window.
+    pub(crate) fn end_slow_start_on_rtt_rise(&mut self, rtt: Duration) {
         if self.recovery.congestion_control == CongestionControl::DeliveryRate
             && self.cwnd < self.ssthresh
             && let Some(min_rtt) = self.recovery.rate.min_rtt()
