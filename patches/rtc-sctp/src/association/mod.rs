@@ -2198,7 +2198,11 @@ impl Association {
                     continue;
                 }
                 if self.streams.contains_key(id) {
-                    if respond {
+                    // Patch: answer with our own reset only if we have not asked for one
+                    // already. When both sides close at once, ours is queued or in flight;
+                    // a second request reaches the peer after it completed the close and
+                    // may have reused the stream id for a new channel, which it would reset.
+                    if respond && !self.outgoing_reset_requested(*id) {
                         sis_to_reset.push(*id);
                     }
                     self.unregister_stream(*id, AssociationError::Reset);
@@ -3396,6 +3400,19 @@ impl Association {
             error!("[{}] failed to pop from pending queue", self.side);
             None
         }
+    }
+
+    /// Whether this side has asked to reset its outgoing stream `id` already: the request is
+    /// queued behind the stream's data or sent and not yet answered.
+    fn outgoing_reset_requested(&self, id: StreamId) -> bool {
+        self.pending_queue.has_reset(id)
+            || self.reconfigs.values().any(|c| {
+                [&c.param_a, &c.param_b].into_iter().flatten().any(|p| {
+                    p.as_any()
+                        .downcast_ref::<ParamOutgoingResetRequest>()
+                        .is_some_and(|r| r.stream_identifiers.contains(&id))
+                })
+            })
     }
 
     /// Queues an outgoing stream-reset marker (RFC 6525). Its retransmission

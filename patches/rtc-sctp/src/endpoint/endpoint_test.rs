@@ -3773,3 +3773,102 @@ fn test_abort_closes_both_sides() -> Result<()> {
     pair.client_conn_mut(client_ch).abort()?;
     Ok(())
 }
+
+/// The RSNs of the outgoing reset requests for stream `si` in these packets.
+fn reset_requests_for(
+    packets: &VecDeque<(Instant, Option<EcnCodepoint>, Bytes)>,
+    si: u16,
+    seen: &mut std::collections::BTreeSet<u32>,
+) -> Result<()> {
+    for (_, _, raw) in packets {
+        for c in Packet::unmarshal(raw)?.chunks {
+            let Some(reconfig) = c.as_any().downcast_ref::<ChunkReconfig>() else {
+                continue;
+            };
+            for param in [&reconfig.param_a, &reconfig.param_b].into_iter().flatten() {
+                if let Some(p) = param.as_any().downcast_ref::<ParamOutgoingResetRequest>()
+                    && p.stream_identifiers.contains(&si)
+                {
+                    seen.insert(p.reconfig_request_sequence_number);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Both sides close a stream at once: each resets its outgoing half before it sees the other's
+/// request. Each must send one outgoing reset request for it, not a second one in answer to
+/// the peer's (RFC 8831 6.7 asks for that answer only when the outgoing half is not reset
+/// yet). The second request would reach the peer after it completed the close and may have
+/// reused the stream id for a new data channel (libdatachannel takes the lowest free id),
+/// and would reset that channel before it opens.
+#[test]
+fn crossing_resets_send_one_request_per_side() -> Result<()> {
+    let si: u16 = 1;
+    let (mut pair, client_ch, server_ch) = create_association_pair(AckMode::NoDelay, 0)?;
+    establish_session_pair(&mut pair, client_ch, server_ch, si)?;
+
+    let now = pair.time;
+    pair.client_stream(client_ch, si)?.close(now)?;
+    pair.server_stream(server_ch, si)?.close(now)?;
+
+    let mut to_server = std::collections::BTreeSet::new();
+    let mut to_client = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        pair.drive_client();
+        reset_requests_for(&pair.server.inbound, si, &mut to_server)?;
+        pair.drive_server();
+        reset_requests_for(&pair.client.inbound, si, &mut to_client)?;
+        if !pair.step() {
+            break;
+        }
+    }
+
+    assert!(
+        pair.client_stream(client_ch, si).is_err() && pair.server_stream(server_ch, si).is_err(),
+        "mechanism not exercised: the stream is still registered on one side"
+    );
+    assert_eq!(1, to_server.len(), "client's reset requests: {to_server:?}");
+    assert_eq!(1, to_client.len(), "server's reset requests: {to_client:?}");
+    Ok(())
+}
+
+/// One side closes: the other answers with exactly one reset request of its own, and a close
+/// by its application after that sends none.
+#[test]
+fn an_answered_reset_is_not_repeated_by_a_later_close() -> Result<()> {
+    let si: u16 = 1;
+    let (mut pair, client_ch, server_ch) = create_association_pair(AckMode::NoDelay, 0)?;
+    establish_session_pair(&mut pair, client_ch, server_ch, si)?;
+
+    let now = pair.time;
+    pair.client_stream(client_ch, si)?.close(now)?;
+
+    let mut to_server = std::collections::BTreeSet::new();
+    let mut to_client = std::collections::BTreeSet::new();
+    for round in 0..100 {
+        pair.drive_client();
+        reset_requests_for(&pair.server.inbound, si, &mut to_server)?;
+        pair.drive_server();
+        reset_requests_for(&pair.client.inbound, si, &mut to_client)?;
+        if round == 3 {
+            // The server's application closes its end after the peer's reset was answered.
+            let now = pair.time;
+            if let Ok(mut s) = pair.server_stream(server_ch, si) {
+                s.close(now)?;
+            }
+        }
+        if !pair.step() && round > 3 {
+            break;
+        }
+    }
+
+    assert!(
+        pair.client_stream(client_ch, si).is_err() && pair.server_stream(server_ch, si).is_err(),
+        "mechanism not exercised: the stream is still registered on one side"
+    );
+    assert_eq!(1, to_server.len(), "client's reset requests: {to_server:?}");
+    assert_eq!(1, to_client.len(), "server's reset requests: {to_client:?}");
+    Ok(())
+}

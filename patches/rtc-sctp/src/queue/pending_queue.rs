@@ -204,6 +204,13 @@ impl PendingQueue {
         self.queue_len += 1;
     }
 
+    /// Whether a reset of stream `id` is queued.
+    pub(crate) fn has_reset(&self, id: u16) -> bool {
+        self.ordered_queue
+            .iter()
+            .any(|e| matches!(e, PendingEntry::Reset(r) if r.stream_identifier == id))
+    }
+
     fn front_queue(&self) -> &VecDeque<PendingEntry> {
         if self.selected {
             if self.unordered_is_selected {
