@@ -1636,3 +1636,40 @@ fn test_reconfig_backoff_must_double_once() -> Result<()> {
 
 #[path = "message_selection_test.rs"]
 mod message_selection_test;
+
+/// After slow start, with the smoothed RTT a quarter over the minimum (a queue stands on the
+/// path), DATA is paced at the bandwidth estimate times the gain cycle, which averages 1 and
+/// dips below it once a cycle to drain the queue; without a queue, at 1.25 x cwnd / srtt.
+#[test]
+fn a_standing_queue_paces_at_the_bandwidth_estimate() {
+    let mut a = create_association(TransportConfig::default());
+    let t0 = Instant::now();
+    let min_rtt = Duration::from_millis(40);
+    a.recovery.rate.on_rtt(t0, min_rtt);
+    let snap = a.recovery.rate.snapshot(t0, false);
+    a.recovery
+        .rate
+        .on_ack(t0 + Duration::from_millis(50), 125_000, Some(snap));
+    let bw = a.recovery.rate.max_bw();
+    assert!((bw - 2_500_000.0).abs() < 1.0, "bw {bw}");
+    a.ssthresh = 100_000;
+    a.cwnd = 400_000;
+
+    a.rto_mgr.srtt = 40;
+    let window_rate = a.pacing_rate(t0).expect("paced");
+    assert!(
+        (window_rate - 1.25 * 400_000.0 / 0.040).abs() < 1.0,
+        "no queue: {window_rate}"
+    );
+
+    a.rto_mgr.srtt = 120;
+    let mut gains = vec![];
+    for phase in 0..super::pacing::CYCLE.len() as u32 {
+        let now = t0 + min_rtt * phase + Duration::from_millis(1);
+        gains.push(a.pacing_rate(now).expect("paced") / bw);
+    }
+    let mean = gains.iter().sum::<f64>() / gains.len() as f64;
+    assert!((mean - 1.0).abs() < 1e-9, "gains {gains:?}");
+    assert!(gains.iter().any(|g| *g < 1.0), "no drain phase: {gains:?}");
+    assert!(gains.iter().all(|g| *g <= 1.25), "gains {gains:?}");
+}

@@ -11,6 +11,13 @@
 //! the burst is never stuck. When the bucket is empty the association arms its pacing timer
 //! for the moment it refills, and sends nothing more until then. SACKs and control chunks
 //! are not paced.
+//!
+//! A window-derived rate never drains a queue: with the window above the path's
+//! bandwidth-delay product (the delivery-rate floor keeps it at twice that) a queue of the
+//! difference stands at the bottleneck. So after slow start, while the smoothed RTT says a
+//! queue stands, the rate is the bandwidth estimate times BBR's gain cycle ([`CYCLE`]).
+//! Where nothing queues (random loss, no rate limit) the window-derived rate stays, so the
+//! pacer follows the window's growth.
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +29,35 @@ pub(crate) const MIN_BURST_PACKETS: u32 = 2;
 pub(crate) const GAIN_SLOW_START: f64 = 2.0;
 /// The pacing rate otherwise.
 pub(crate) const GAIN: f64 = 1.25;
+
+/// The pacing gains after slow start, one per minimum RTT, in multiples of the estimated
+/// bottleneck rate (BBR's ProbeBW cycle): probe for more bandwidth for one round trip, drain
+/// the queue that probe built for one, cruise at the estimate for six. Paced at the
+/// estimate, the sender keeps the bottleneck busy without a standing queue; a standing
+/// queue delays every SACK of the opposite direction, which then waits for window.
+pub(crate) const CYCLE: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+
+/// Where the sender is in [`CYCLE`].
+#[derive(Debug, Default)]
+pub(crate) struct GainCycle {
+    index: usize,
+    started: Option<Instant>,
+}
+
+impl GainCycle {
+    /// The gain of the phase `now` falls in; a phase lasts `min_rtt`.
+    pub(crate) fn gain(&mut self, now: Instant, min_rtt: Duration) -> f64 {
+        match self.started {
+            Some(started) if now.saturating_duration_since(started) < min_rtt => {}
+            Some(_) => {
+                self.index = (self.index + 1) % CYCLE.len();
+                self.started = Some(now);
+            }
+            None => self.started = Some(now),
+        }
+        CYCLE.get(self.index).copied().unwrap_or(1.0)
+    }
+}
 
 /// A token bucket in bytes.
 #[derive(Debug, Default)]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::Association;
 use super::congestion::{CongestionControl, RateModel, TxSnapshot};
-use super::pacing::{self, Pacer};
+use super::pacing::{self, GainCycle, Pacer};
 use super::timer::Timer;
 use crate::chunk::chunk_payload_data::ChunkPayloadData;
 
@@ -33,6 +33,9 @@ pub(crate) const DUP_THRESH: u64 = 3;
 const MIN_WINDOW: Duration = Duration::from_millis(1);
 /// The smallest variance allowance in the probe timeout.
 const MIN_PTO_VAR: Duration = Duration::from_millis(4);
+/// A smoothed RTT above this multiple of the minimum says a queue stands on the path: the
+/// sender then paces at its bandwidth estimate (`pacing::CYCLE`) instead of its window.
+const QUEUED_RTT: f64 = 1.25;
 
 /// Per-association loss-recovery state.
 #[derive(Debug, Default)]
@@ -50,6 +53,8 @@ pub(crate) struct Recovery {
     reorder_deadline: Option<Instant>,
     /// Paces DATA (`pacing.rs`).
     pacer: Pacer,
+    /// The pacing gain after slow start (`pacing.rs`).
+    cycle: GainCycle,
     /// The next retransmission may exceed the window by one packet: the first of a loss
     /// episode and a probe go at once (RFC 9260 7.2.4 step 3, RFC 8985 7.3).
     pub(crate) force_one_retransmission: bool,
@@ -334,12 +339,25 @@ impl Association {
     }
 
     /// The pacing rate, bytes per second (`pacing.rs`); `None` (unpaced) before an RTT sample
-    /// or with [`CongestionControl::Reno`].
-    fn pacing_rate(&self) -> Option<f64> {
+    /// or with [`CongestionControl::Reno`]. After slow start, while the smoothed RTT is more
+    /// than [`QUEUED_RTT`] times the minimum (a queue stands on the path), the bandwidth
+    /// estimate times the gain of [`pacing::CYCLE`]; otherwise a multiple of `cwnd / srtt`.
+    pub(crate) fn pacing_rate(&mut self, now: Instant) -> Option<f64> {
         if self.recovery.congestion_control == CongestionControl::Reno || self.rto_mgr.srtt == 0 {
             return None;
         }
         let srtt = Duration::from_millis(self.rto_mgr.srtt).as_secs_f64();
+        if self.cwnd >= self.ssthresh {
+            let bw = self.recovery.rate.max_bw();
+            if let Some(min_rtt) = self.recovery.rate.min_rtt()
+                && bw > 0.0
+                && srtt > QUEUED_RTT * min_rtt.as_secs_f64()
+            {
+                // At least a packet per round trip, whatever the estimate.
+                let least = f64::from(self.mtu) / srtt;
+                return Some((self.recovery.cycle.gain(now, min_rtt) * bw).max(least));
+            }
+        }
         let gain = if self.cwnd < self.ssthresh / 2 {
             pacing::GAIN_SLOW_START
         } else {
@@ -351,7 +369,7 @@ impl Association {
     /// May a DATA chunk of `bytes` go now? Takes it from the pacer's budget, or arms the
     /// pacing timer for when there is budget again and says no.
     pub(crate) fn pace(&mut self, now: Instant, bytes: usize) -> bool {
-        let Some(rate) = self.pacing_rate() else {
+        let Some(rate) = self.pacing_rate(now) else {
             return true;
         };
         let capacity = (rate * pacing::BURST.as_secs_f64())
