@@ -1672,4 +1672,20 @@ fn a_standing_queue_paces_at_the_bandwidth_estimate() {
     assert!((mean - 1.0).abs() < 1e-9, "gains {gains:?}");
     assert!(gains.iter().any(|g| *g < 1.0), "no drain phase: {gains:?}");
     assert!(gains.iter().all(|g| *g <= 1.25), "gains {gains:?}");
+
+    // A sub-millisecond path (loopback): the window's rate, however the RTT grew.
+    let mut b = create_association(TransportConfig::default());
+    b.recovery.rate.on_rtt(t0, Duration::from_micros(300));
+    let snap = b.recovery.rate.snapshot(t0, false);
+    b.recovery
+        .rate
+        .on_ack(t0 + Duration::from_millis(1), 125_000, Some(snap));
+    b.ssthresh = 100_000;
+    b.cwnd = 400_000;
+    b.rto_mgr.srtt = 3;
+    let rate = b.pacing_rate(t0).expect("paced");
+    assert!(
+        (rate - 1.25 * 400_000.0 / 0.003).abs() < 1.0,
+        "loopback: {rate}"
+    );
 }
