@@ -156,7 +156,33 @@ async fn hostile_signaling_input_fails_the_upgrade_not_the_relay() {
         );
         flood.extend(message(2, c.as_bytes()));
     }
+    // SNAP: an `a=sctp-init` that is not an INIT chunk, and one that is not base64. Taken,
+    // either would leave the association waiting after DTLS for a handshake that never
+    // comes, until the upgrade timeout; refused, the upgrade fails at the offer.
+    let with_sctp_init = |value: &str| {
+        let munged: String = offer
+            .lines()
+            .map(|l| {
+                if l.starts_with("a=sctp-init:") {
+                    format!("a=sctp-init:{value}\r\n")
+                } else {
+                    format!("{l}\r\n")
+                }
+            })
+            .collect();
+        assert!(
+            munged.contains(&format!("a=sctp-init:{value}")),
+            "no a=sctp-init"
+        );
+        message(0, munged.as_bytes())
+    };
+    let not_an_init = with_sctp_init("bm90IGFuIElOSVQgY2h1bmsgYXQgYWxs");
+    let not_base64 = with_sctp_init("*** not base64 ***");
     type Check = fn(&libp2p_webrtc_signal::Error) -> bool;
+    fn sctp_init_refused(e: &libp2p_webrtc_signal::Error) -> bool {
+        matches!(e, libp2p_webrtc_signal::Error::InvalidSdp(cause)
+            if cause.to_string().contains("a=sctp-init"))
+    }
     let cases: Vec<(&str, Vec<u8>, Check)> = vec![
         (
             "oversized message",
@@ -182,6 +208,16 @@ async fn hostile_signaling_input_fails_the_upgrade_not_the_relay() {
         ("candidate flood", flood, |e| {
             matches!(e, libp2p_webrtc_signal::Error::TooManyCandidates(64))
         }),
+        (
+            "a=sctp-init that is not an INIT",
+            not_an_init,
+            sctp_init_refused,
+        ),
+        (
+            "a=sctp-init that is not base64",
+            not_base64,
+            sctp_init_refused,
+        ),
     ];
     for (name, bytes, expected) in cases {
         let rx = a.behaviour_mut().raw.open(b_id, relayed);

@@ -78,7 +78,7 @@ pub use crate::config::{
 
 mod endpoint;
 pub use crate::endpoint::{
-    AssociationHandle, ConnectError, DatagramEvent, Endpoint, snap_init_chunk,
+    AssociationHandle, ConnectError, DatagramEvent, Endpoint, check_snap_init, snap_init_chunk,
 };
 
 mod packet;

@@ -217,22 +217,11 @@ impl Endpoint {
         local_init: &[u8],
         remote_init: &[u8],
     ) -> Result<(AssociationHandle, Association), ConnectError> {
-        use crate::chunk::Chunk as _;
         if self.is_full() {
             return Err(ConnectError::TooManyAssociations);
         }
-        let parse = |raw: &[u8]| {
-            let init = crate::chunk::chunk_init::ChunkInit::unmarshal(&Bytes::copy_from_slice(raw))
-                .map_err(|e| ConnectError::InvalidSnapInit(e.to_string()))?;
-            if init.is_ack {
-                return Err(ConnectError::InvalidSnapInit("an INIT ACK".into()));
-            }
-            init.check()
-                .map_err(|e| ConnectError::InvalidSnapInit(e.to_string()))?;
-            Ok(init)
-        };
-        let local = parse(local_init)?;
-        let remote_chunk = parse(remote_init)?;
+        let local = parse_snap_init(local_init)?;
+        let remote_chunk = parse_snap_init(remote_init)?;
         if self.association_ids.contains_key(&local.initiate_tag) {
             return Err(ConnectError::InvalidSnapInit(
                 "the local verification tag is in use".into(),
@@ -441,8 +430,6 @@ pub enum DatagramEvent {
     NewAssociation(Association),
 }
 
-/// Errors in the parameters being used to create a new association
-///
 /// (libp2p-webrtc-signal patch) A fresh INIT chunk for SNAP (draft-hancke-tsvwg-snap): a
 /// random verification tag and initial TSN, and `transport`'s streams and receive window. It
 /// is signaled to the peer (in SDP, `a=sctp-init`) and later given to
@@ -455,6 +442,29 @@ pub fn snap_init_chunk(transport: &TransportConfig) -> Bytes {
         .unwrap_or_default()
 }
 
+/// (libp2p-webrtc-signal patch) Checks an INIT chunk signaled for SNAP the way
+/// [`Endpoint::connect_snap`] will: it must decode, be an INIT (not an INIT ACK) and pass the
+/// INIT checks (non-zero tag and streams, a receive window of at least 1500 bytes). Lets a
+/// peer connection refuse a bad `a=sctp-init` when the description arrives, instead of after
+/// DTLS, when nothing would tell the peer.
+pub fn check_snap_init(raw: &[u8]) -> Result<(), ConnectError> {
+    parse_snap_init(raw).map(|_| ())
+}
+
+fn parse_snap_init(raw: &[u8]) -> Result<crate::chunk::chunk_init::ChunkInit, ConnectError> {
+    use crate::chunk::Chunk as _;
+    let init = crate::chunk::chunk_init::ChunkInit::unmarshal(&Bytes::copy_from_slice(raw))
+        .map_err(|e| ConnectError::InvalidSnapInit(e.to_string()))?;
+    if init.is_ack {
+        return Err(ConnectError::InvalidSnapInit("an INIT ACK".into()));
+    }
+    init.check()
+        .map_err(|e| ConnectError::InvalidSnapInit(e.to_string()))?;
+    Ok(init)
+}
+
+/// Errors in the parameters being used to create a new association.
+///
 /// These arise before any I/O has been performed.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 #[non_exhaustive]

@@ -134,3 +134,78 @@ fn connect_snap_refuses_what_is_not_an_init() {
     let again = a.connect_snap(now, ClientConfig::new(config), b_addr, &local, &remote);
     assert!(matches!(again, Err(ConnectError::InvalidSnapInit(_))));
 }
+
+/// `check_snap_init` refuses what `connect_snap` refuses, so a peer connection can refuse a
+/// bad `a=sctp-init` when the description arrives.
+#[test]
+fn check_snap_init_refuses_what_connect_snap_refuses() {
+    let config = TransportConfig::default();
+    let good = snap_init_chunk(&config);
+    assert_eq!(Ok(()), check_snap_init(&good));
+    let mut zero_tag = good.to_vec();
+    zero_tag[4..8].copy_from_slice(&[0; 4]);
+    for bad in [
+        &b""[..],
+        &b"\x01\x00\x00\x04"[..],
+        &good[..good.len() / 2],
+        &zero_tag[..],
+    ] {
+        assert!(
+            matches!(check_snap_init(bad), Err(ConnectError::InvalidSnapInit(_))),
+            "{bad:?}"
+        );
+    }
+}
+
+/// Mutated and random INIT chunks: `check_snap_init` never panics, and every chunk it
+/// accepts makes an association through `connect_snap`.
+#[test]
+fn check_snap_init_survives_mutated_chunks() {
+    let config = TransportConfig::default();
+    let good = snap_init_chunk(&config).to_vec();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for case in 0..20_000 {
+        let mut chunk = good.clone();
+        match case % 4 {
+            0 => {
+                for _ in 0..1 + next() % 4 {
+                    let i = (next() as usize) % chunk.len();
+                    chunk[i] ^= 1 << (next() % 8);
+                }
+            }
+            1 => chunk.truncate((next() as usize) % (chunk.len() + 1)),
+            2 => chunk.extend((0..next() % 64).map(|_| next() as u8)),
+            _ => chunk = (0..next() % 96).map(|_| next() as u8).collect(),
+        }
+        match check_snap_init(&chunk) {
+            Ok(()) => {
+                accepted += 1;
+                if accepted <= 200 {
+                    let (mut a, _) = endpoint(6105, false);
+                    let (_, b_addr) = endpoint(6106, false);
+                    let local = snap_init_chunk(&config);
+                    a.connect_snap(
+                        Instant::now(),
+                        ClientConfig::new(config.clone()),
+                        b_addr,
+                        &local,
+                        &chunk,
+                    )
+                    .unwrap_or_else(|e| panic!("accepted, then refused: {e}: {chunk:?}"));
+                }
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        accepted > 0 && refused > 0,
+        "{accepted} accepted, {refused} refused"
+    );
+}

@@ -271,7 +271,7 @@ use crate::peer_connection::handler::sctp::SctpHandlerContext;
 use crate::peer_connection::sdp::MediaDescriptionExt;
 use crate::peer_connection::sdp::session_description::RTCSessionDescription;
 use crate::peer_connection::sdp::{
-    extract_fingerprint, extract_ice_details, get_application_media,
+    check_sctp_init, extract_fingerprint, extract_ice_details, get_application_media,
     get_application_media_section_max_message_size, get_application_media_section_sctp_init,
     get_application_media_section_sctp_port, get_mid_value, get_peer_direction,
     has_ice_trickle_option, is_lite_set, sdp_type::RTCSdpType, update_sdp_origin,
@@ -1345,7 +1345,11 @@ impl RTCPeerConnection {
 
         // Parse SDP (skip for rollback as content is ignored per spec)
         if remote_description.sdp_type != RTCSdpType::Rollback {
-            remote_description.parsed = Some(remote_description.unmarshal()?);
+            let parsed = remote_description.unmarshal()?;
+            // (libp2p-webrtc-signal patch) SNAP: refuse a bad `a=sctp-init` now, not after
+            // DTLS, when the association would wait for a handshake that never comes.
+            check_sctp_init(&parsed)?;
+            remote_description.parsed = Some(parsed);
         }
         self.set_description(&remote_description, StateChangeOp::SetRemote)?;
 

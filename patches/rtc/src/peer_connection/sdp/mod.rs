@@ -1379,6 +1379,30 @@ pub(crate) fn get_application_media_section_sctp_init(
         .ok()
 }
 
+/// (libp2p-webrtc-signal patch) SNAP: checks the `a=sctp-init` of every data channel media
+/// section that has one: base64 of an INIT chunk that `rtc_sctp::check_snap_init` accepts.
+/// A bad one is refused when the description is set. Ignored, it would leave this side
+/// waiting after DTLS for a handshake the peer never starts (the peer believes SNAP is on).
+pub(crate) fn check_sctp_init(desc: &SessionDescription) -> Result<()> {
+    use base64::Engine as _;
+    for media in &desc.media_descriptions {
+        if !media.is_webrtc_datachannel() {
+            continue;
+        }
+        let Some(value) = media.attribute(ATTR_KEY_SCTP_INIT) else {
+            continue;
+        };
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(value.unwrap_or_default().trim())
+            .map_err(|e| {
+                Error::Other(format!("invalid a={ATTR_KEY_SCTP_INIT}: not base64: {e}"))
+            })?;
+        ::sctp::check_snap_init(&raw)
+            .map_err(|e| Error::Other(format!("invalid a={ATTR_KEY_SCTP_INIT}: {e}")))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn get_application_media_section_max_message_size(
     media_desc: &MediaDescription,
 ) -> Option<u32> {
