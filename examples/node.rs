@@ -69,6 +69,10 @@ relay limits:
   --stun-responder <ip:port>  answer STUN here (default 0.0.0.0:3478, skipped if taken):
                               peers' upgrades ask the relay for their public address
   --no-stun-responder         do not answer STUN
+  --stun-rate <n>             STUN answers per second per source (default 20)
+  --stun-burst <n>            after a burst of this many (default 40)
+  --stun-sources <n>          sources tracked at once (default 4096); a source is an IPv4
+                              address or an IPv6 /64; the rest share one more bucket
 
 checks (dial: on the connection under test; listen: on every direct connection):
   --send-bytes <n>         echo n bytes over a new stream, checked byte for byte (default 0)
@@ -124,6 +128,9 @@ struct Args {
     max_circuit_bytes: Option<u64>,
     stun_responder: Option<std::net::SocketAddr>,
     no_stun_responder: bool,
+    stun_rate: Option<u32>,
+    stun_burst: Option<u32>,
+    stun_sources: Option<usize>,
     metrics: Option<std::net::SocketAddr>,
 }
 
@@ -171,6 +178,9 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--max-circuit-bytes" => args.max_circuit_bytes = Some(value(&arg, it)?),
             "--stun-responder" => args.stun_responder = Some(value(&arg, it)?),
             "--no-stun-responder" => args.no_stun_responder = true,
+            "--stun-rate" => args.stun_rate = Some(value(&arg, it)?),
+            "--stun-burst" => args.stun_burst = Some(value(&arg, it)?),
+            "--stun-sources" => args.stun_sources = Some(value(&arg, it)?),
             "--metrics" => args.metrics = Some(value(&arg, it)?),
             flag if flag.starts_with("--") => bail!("unknown flag {flag}"),
             target if args.role == "dial" && args.target.is_none() => {
@@ -199,6 +209,9 @@ async fn start_stun_responder(args: &Args) -> anyhow::Result<()> {
     let addr = args.stun_responder.unwrap_or(default);
     match StunResponder::bind(addr).await {
         Ok(responder) => {
+            let responder = responder
+                .with_rate_limit(args.stun_rate.unwrap_or(20), args.stun_burst.unwrap_or(40))
+                .with_max_sources(args.stun_sources.unwrap_or(4096));
             let addr = responder.local_addr()?;
             emit(json!({"event": "stun_responder", "addr": addr.to_string()}));
             tokio::spawn(async move {

@@ -3,10 +3,19 @@
 //! server to configure.
 //!
 //! It answers Binding requests (RFC 8489) with an XOR-MAPPED-ADDRESS, and FINGERPRINT when the
-//! request carried one; nothing else. It keeps no state per request; per source IP it keeps a
-//! token bucket ([`StunResponder::with_rate_limit`]), for at most
-//! [`StunResponder::with_max_sources`] sources at once. Anything that is not a well-formed
+//! request carried one; nothing else: 32 to 52 bytes. It keeps no state per request; per
+//! source it keeps a token bucket ([`StunResponder::with_rate_limit`]), for at most
+//! [`StunResponder::with_max_sources`] sources at once. A source is an IPv4 address or an
+//! IPv6 /64 ([`StunResponder::with_source_prefixes`]): one host owns a whole /64. When the
+//! table is full, a source that is not in it draws from one bucket that all such sources
+//! share: a flood from spoofed addresses neither evicts the sources being answered nor
+//! starves new ones completely. An IPv4 peer that reaches a responder bound to `[::]` gets
+//! its IPv4 address back, not the IPv4-mapped IPv6 one. Anything that is not a well-formed
 //! Binding request is dropped without an answer.
+//!
+//! A spoofed request makes the responder send at most 2.6 times its size (a 20-byte request,
+//! a 52-byte answer to an IPv6 address with FINGERPRINT) to the spoofed address, and at most
+//! the rate limit's worth per source: 40 answers, then 20 per second (about 1 KB/s).
 //!
 //! ```no_run
 //! # async fn run() -> std::io::Result<()> {
@@ -45,6 +54,16 @@ impl StunResponder {
         })
     }
 
+    /// Which source addresses share a bucket: IPv4 addresses with the same first `v4_bits`
+    /// bits, IPv6 addresses with the same first `v6_bits` (defaults: 32, each IPv4 address
+    /// on its own, as many users may share one behind a carrier-grade NAT; and 64, as one
+    /// host may use every address of its /64). Clamped to 8..=32 and 16..=128.
+    pub fn with_source_prefixes(mut self, v4_bits: u8, v6_bits: u8) -> Self {
+        self.core.v4_bits = v4_bits.clamp(8, 32);
+        self.core.v6_bits = v6_bits.clamp(16, 128);
+        self
+    }
+
     /// Answers at most `per_second` requests per second from one source IP, after a burst of
     /// `burst` (defaults: 20 per second, bursts of 40: an ICE agent sends a handful per
     /// upgrade). Requests over the limit are dropped.
@@ -54,8 +73,10 @@ impl StunResponder {
         self
     }
 
-    /// Tracks at most this many source IPs at once (default 4096). When all are busy, new
-    /// sources are not answered until one has been quiet long enough to be forgotten.
+    /// Tracks at most this many sources at once (default 4096). When all are busy, sources
+    /// that are not tracked share one more bucket (the same rate and burst) until one of the
+    /// tracked has been quiet long enough to be forgotten; a tracked source is never
+    /// evicted for a new one.
     pub fn with_max_sources(mut self, max: usize) -> Self {
         self.core.max_sources = max.max(1);
         self
@@ -87,8 +108,45 @@ pub(crate) struct Responder {
     per_second: f64,
     burst: f64,
     max_sources: usize,
-    /// Tokens left per source IP, as of the instant.
+    /// Prefix lengths that make a source (see [`StunResponder::with_source_prefixes`]).
+    v4_bits: u8,
+    v6_bits: u8,
+    /// Tokens left per source, as of the instant.
     buckets: HashMap<IpAddr, (f64, Instant)>,
+    /// The bucket that sources share while the table is full.
+    overflow: Option<(f64, Instant)>,
+}
+
+/// `ip` with only its first `bits` bits (of its family's width) kept.
+fn prefix(ip: IpAddr, v4_bits: u8, v6_bits: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(v4_bits.min(32)))
+                .unwrap_or(0);
+            IpAddr::V4((u32::from(v4) & mask).into())
+        }
+        IpAddr::V6(v6) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(v6_bits.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((u128::from(v6) & mask).into())
+        }
+    }
+}
+
+/// Refills `bucket` for the time since its instant and takes a token if there is one.
+fn take(bucket: &mut (f64, Instant), now: Instant, per_second: f64, burst: f64) -> bool {
+    let (tokens, at) = bucket;
+    let elapsed = now.saturating_duration_since(*at).as_secs_f64();
+    *tokens = (*tokens + elapsed * per_second).min(burst);
+    *at = now;
+    if *tokens >= 1.0 {
+        *tokens -= 1.0;
+        true
+    } else {
+        false
+    }
 }
 
 impl Responder {
@@ -97,7 +155,10 @@ impl Responder {
             per_second: f64::from(per_second),
             burst: f64::from(burst.max(1)),
             max_sources: max_sources.max(1),
+            v4_bits: 32,
+            v6_bits: 64,
             buckets: HashMap::new(),
+            overflow: None,
         }
     }
 
@@ -110,7 +171,9 @@ impl Responder {
     ) -> Option<Vec<u8>> {
         let mut request = Message::new();
         request.unmarshal_binary(packet).ok()?;
-        if request.typ != BINDING_REQUEST || !self.take_token(now, from.ip()) {
+        // An IPv4 peer of a socket bound to `[::]` arrives as `::ffff:a.b.c.d`.
+        let ip = from.ip().to_canonical();
+        if request.typ != BINDING_REQUEST || !self.take_token(now, ip) {
             return None;
         }
         let mut response = Message::new();
@@ -118,7 +181,7 @@ impl Responder {
         response.transaction_id = request.transaction_id;
         response.write_header();
         XorMappedAddress {
-            ip: from.ip(),
+            ip,
             port: from.port(),
         }
         .add_to(&mut response)
@@ -130,26 +193,23 @@ impl Responder {
     }
 
     fn take_token(&mut self, now: Instant, ip: IpAddr) -> bool {
-        let full = self.burst / self.per_second.max(f64::MIN_POSITIVE);
-        if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max_sources {
+        let (per_second, burst) = (self.per_second, self.burst);
+        let source = prefix(ip, self.v4_bits, self.v6_bits);
+        if !self.buckets.contains_key(&source) && self.buckets.len() >= self.max_sources {
             // Forget the sources whose bucket has refilled: they are like new ones.
+            let full = burst / per_second.max(f64::MIN_POSITIVE);
             let refill = Duration::from_secs_f64(full.min(3600.0));
             self.buckets
                 .retain(|_, (_, at)| now.saturating_duration_since(*at) < refill);
             if self.buckets.len() >= self.max_sources {
-                return false;
+                // Every tracked source is busy: none is evicted for this one, which shares
+                // the overflow bucket with every other source that does not fit.
+                let overflow = self.overflow.get_or_insert((burst, now));
+                return take(overflow, now, per_second, burst);
             }
         }
-        let (tokens, at) = self.buckets.entry(ip).or_insert((self.burst, now));
-        let elapsed = now.saturating_duration_since(*at).as_secs_f64();
-        *tokens = (*tokens + elapsed * self.per_second).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let bucket = self.buckets.entry(source).or_insert((burst, now));
+        take(bucket, now, per_second, burst)
     }
 }
 
@@ -228,15 +288,86 @@ mod tests {
             .filter(|_| r.answer(later, from(), &req).is_some())
             .count();
         assert_eq!(answered, 2);
-        // Another source has its own bucket; a third one does not fit while both are busy.
+        // Another source has its own bucket. While both are busy, the sources that do not
+        // fit share one more bucket: a flood of new (spoofed) sources gets its burst and
+        // rate in all, evicts neither tracked source, and leaves them their own buckets.
         let second: SocketAddr = "198.51.100.8:1".parse().unwrap();
-        let third: SocketAddr = "198.51.100.9:1".parse().unwrap();
         assert!(r.answer(later, second, &req).is_some());
-        assert!(r.answer(later, third, &req).is_none());
-        // Once the others have refilled (0.5 s), they are forgotten and the third one fits.
+        let flood = (0..1000u32)
+            .filter(|i| {
+                let spoofed = SocketAddr::new(std::net::Ipv4Addr::from(0x0a00_0000 + i).into(), 1);
+                r.answer(later, spoofed, &req).is_some()
+            })
+            .count();
+        assert_eq!(flood, 5, "the shared burst, then nothing");
+        assert_eq!(r.buckets.len(), 2);
+        let third: SocketAddr = "198.51.100.9:1".parse().unwrap();
+        assert!(
+            r.answer(later, third, &req).is_none(),
+            "the shared bucket is empty"
+        );
+        assert!(
+            r.answer(later, second, &req).is_some(),
+            "the tracked source still has its own"
+        );
+        // Once the tracked ones have refilled (0.5 s), they are forgotten and the third one
+        // gets a bucket of its own.
         let refilled = later + Duration::from_secs(1);
         assert!(r.answer(refilled, third, &req).is_some());
         assert!(r.buckets.len() <= 2);
+    }
+
+    /// One IPv6 host owns a whole /64: its addresses share one bucket and one table entry.
+    /// IPv4 addresses each have their own by default.
+    #[test]
+    fn an_ipv6_64_is_one_source() {
+        let mut r = Responder::new(10, 5, 16);
+        let now = Instant::now();
+        let req = request(false);
+        let answered = (0..100u16)
+            .filter(|i| {
+                let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 2, *i, 0, 0, 1);
+                r.answer(now, SocketAddr::new(ip.into(), 1), &req).is_some()
+            })
+            .count();
+        assert_eq!(answered, 5);
+        assert_eq!(r.buckets.len(), 1);
+        let other = SocketAddr::new(
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1).into(),
+            1,
+        );
+        assert!(r.answer(now, other, &req).is_some(), "another /64");
+        for i in 0..3u8 {
+            let v4 = SocketAddr::new(std::net::Ipv4Addr::new(192, 0, 2, i).into(), 1);
+            assert!(r.answer(now, v4, &req).is_some());
+        }
+        assert_eq!(r.buckets.len(), 5);
+        assert_eq!(
+            prefix("192.0.2.77".parse().unwrap(), 24, 64),
+            "192.0.2.0".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            prefix("2001:db8::1".parse().unwrap(), 32, 128),
+            "2001:db8::1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    /// A responder bound to `[::]` sees an IPv4 peer as `::ffff:a.b.c.d`; the peer must get
+    /// its IPv4 address back (a v4-mapped one is no candidate it can use), in the shorter
+    /// IPv4 form.
+    #[test]
+    fn an_ipv4_mapped_source_gets_its_ipv4_address() {
+        let mut r = Responder::new(20, 40, 16);
+        let mapped: SocketAddr = "[::ffff:198.51.100.7]:40123".parse().unwrap();
+        let raw = r
+            .answer(Instant::now(), mapped, &request(false))
+            .expect("an answer");
+        let mut resp = Message::new();
+        resp.unmarshal_binary(&raw).unwrap();
+        let mut got = XorMappedAddress::default();
+        got.get_from(&resp).unwrap();
+        assert_eq!(SocketAddr::new(got.ip, got.port), from());
+        assert_eq!(raw.len(), 20 + 12);
     }
 
     #[tokio::test]
