@@ -1689,3 +1689,35 @@ fn a_standing_queue_paces_at_the_bandwidth_estimate() {
         "loopback: {rate}"
     );
 }
+
+/// A rising RTT ends slow start only once the delivery rate stops growing: with data flowing
+/// both ways the SACKs wait behind the other direction's data, and the RTT rises while this
+/// sender's window is still small.
+#[test]
+fn slow_start_does_not_end_while_the_delivery_rate_grows() {
+    let mut a = create_association(TransportConfig::default());
+    let min_rtt = Duration::from_millis(40);
+    let mut now = Instant::now();
+    a.recovery.rate.on_rtt(now, min_rtt);
+    a.cwnd = 50_000;
+    a.ssthresh = 1_000_000;
+    // Rounds whose deliveries double: the rate grows.
+    for bytes in [10_000, 20_000, 40_000, 80_000] {
+        let snap = a.recovery.rate.snapshot(now, false);
+        now += min_rtt;
+        a.recovery.rate.on_ack(now, bytes, Some(snap));
+        a.end_slow_start_on_rtt_rise(3 * min_rtt);
+        assert_eq!(
+            a.ssthresh, 1_000_000,
+            "ended while growing ({bytes} B a round)"
+        );
+    }
+    // Rounds that deliver the same: a plateau, and the RTT rise ends slow start.
+    for _ in 0..3 {
+        let snap = a.recovery.rate.snapshot(now, false);
+        now += min_rtt;
+        a.recovery.rate.on_ack(now, 80_000, Some(snap));
+    }
+    a.end_slow_start_on_rtt_rise(3 * min_rtt);
+    assert_eq!(a.ssthresh, a.cwnd);
+}

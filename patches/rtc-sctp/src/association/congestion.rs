@@ -33,6 +33,9 @@ pub(crate) const BW_WINDOW_ROUNDS: u64 = 10;
 pub(crate) const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// The window, in multiples of the estimated bandwidth-delay product.
 pub(crate) const CWND_GAIN: f64 = 2.0;
+/// A round's delivery rate this many times the rounds' before it: the rate still grows
+/// ([`RateModel::bw_growing`]; BBR's full-pipe threshold).
+pub(crate) const STILL_GROWING: f64 = 1.25;
 
 /// What the rate model knew when a chunk was transmitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +122,23 @@ impl RateModel {
         self.bw_rounds.iter().map(|(_, r)| *r).fold(0.0, f64::max)
     }
 
+    /// Whether the delivery rate still grows: the largest rate of the last completed round is
+    /// at least [`STILL_GROWING`] times the largest of the rounds before it (BBR's full-pipe
+    /// test, over one round), or fewer than two rounds have completed. While it grows, a
+    /// rising RTT is not this sender's queue: on a path that carries the opposite
+    /// direction's data too, the SACKs queue behind that data and the RTT rises while this
+    /// direction's window is still small.
+    pub(crate) fn bw_growing(&self) -> bool {
+        let mut completed = self.bw_rounds.iter().filter(|(r, _)| *r < self.round).rev();
+        let Some((_, last)) = completed.next() else {
+            return true;
+        };
+        let Some(before) = completed.map(|(_, rate)| *rate).reduce(f64::max) else {
+            return true;
+        };
+        *last >= STILL_GROWING * before
+    }
+
     /// The smallest RTT of the window.
     pub(crate) fn min_rtt(&self) -> Option<Duration> {
         self.min_rtt.map(|(m, _)| m)
@@ -188,6 +208,31 @@ mod tests {
             "floor {} is {ratio:.2}x the BDP",
             model.floor()
         );
+    }
+
+    /// A window that doubles every round: the rate grows. A fixed window on a saturated
+    /// path: after a few rounds it does not.
+    #[test]
+    fn bw_growing_tells_a_growing_rate_from_a_plateau() {
+        let rtt = Duration::from_millis(40);
+        let rate = 4.0 * 1024.0 * 1024.0;
+        let mut model = RateModel::default();
+        assert!(model.bw_growing(), "no rounds yet");
+        // Slow start: the window doubles every round, far below the path's 140-packet BDP.
+        for cwnd in [4, 8, 16, 32, 64] {
+            drive(&mut model, cwnd * MTU, rate, rtt, rtt);
+            assert!(model.bw_growing(), "window {cwnd} MTUs");
+        }
+        // A window of three BDPs for a second: the rate is the path's, round after round.
+        let bdp = rate * rtt.as_secs_f64();
+        drive(
+            &mut model,
+            (3.0 * bdp) as u32,
+            rate,
+            rtt,
+            Duration::from_secs(1),
+        );
+        assert!(!model.bw_growing());
     }
 
     #[test]

@@ -325,12 +325,17 @@ impl Association {
     /// ends when it exceeds the minimum by a quarter (at least 4 ms): a queue is building at
     /// the bottleneck, and doubling the window again would overflow it (the delay-based exit
     /// of HyStart, Linux's CUBIC). Without it, slow start ran until a loss, one round after
-    /// the queue was full, and lost up to a whole window.
+    /// the queue was full, and lost up to a whole window. Not while the delivery rate still
+    /// grows by a quarter a round ([`RateModel::bw_growing`]): then the queue is not this
+    /// sender's. With data flowing both ways, the SACKs wait behind the other direction's
+    /// data; the echo's second direction left slow start at a 24 KB window and took a
+    /// second to reach the line's rate.
     pub(crate) fn end_slow_start_on_rtt_rise(&mut self, rtt: Duration) {
         if self.recovery.congestion_control == CongestionControl::DeliveryRate
             && self.cwnd < self.ssthresh
             && let Some(min_rtt) = self.recovery.rate.min_rtt()
             && rtt > min_rtt + (min_rtt / 4).max(Duration::from_millis(4))
+            && !self.recovery.rate.bw_growing()
         {
             log::debug!(
                 "[{}] slow start ends: rtt {:?} over min {:?}, cwnd={}",
