@@ -434,7 +434,7 @@ fn peer_swarm(args: &Args) -> anyhow::Result<(Swarm<Peer>, support::Inbound)> {
 #[derive(Default)]
 struct Addrs {
     remote: HashMap<ConnectionId, Multiaddr>,
-    last_pong: HashMap<ConnectionId, Instant>,
+    last_pong: support::pongs::PongTimes,
     #[cfg(feature = "metrics")]
     metrics: Option<libp2p_webrtc_signal::metrics::Metrics>,
 }
@@ -479,13 +479,14 @@ fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
     match event {
         SwarmEvent::ConnectionClosed { connection_id, .. } => {
             addrs.remote.remove(connection_id);
+            addrs.last_pong.closed(*connection_id);
         }
         SwarmEvent::Behaviour(PeerEvent::Ping(ping::Event {
             connection,
             result: Ok(_),
             ..
         })) => {
-            addrs.last_pong.insert(*connection, Instant::now());
+            addrs.last_pong.pong(*connection, Instant::now());
         }
         SwarmEvent::NewListenAddr { address, .. } => {
             emit(json!({"event": "listening", "addr": address.to_string()}))
@@ -569,7 +570,7 @@ fn report(addrs: &mut Addrs, event: &SwarmEvent<PeerEvent>) {
             } => {
                 let after = addrs
                     .last_pong
-                    .remove(direct_connection)
+                    .take(*direct_connection)
                     .map(|at| at.elapsed().as_secs_f64() * 1000.0);
                 emit(json!({
                     "event": "direct_lost",

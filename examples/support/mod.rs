@@ -5,6 +5,7 @@
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod payload;
+pub mod pongs;
 pub mod streams;
 
 use std::time::{Duration, Instant};

@@ -3797,6 +3797,32 @@ fn reset_requests_for(
     Ok(())
 }
 
+/// Runs the pair until both sides are idle (at most 100 rounds) and returns the RSNs of the
+/// outgoing reset requests for `si` that the client and the server sent; `each_round` runs
+/// after every round.
+fn reset_requests_sent(
+    pair: &mut Pair,
+    si: u16,
+    mut each_round: impl FnMut(&mut Pair, usize) -> Result<()>,
+) -> Result<(
+    std::collections::BTreeSet<u32>,
+    std::collections::BTreeSet<u32>,
+)> {
+    let mut by_client = std::collections::BTreeSet::new();
+    let mut by_server = std::collections::BTreeSet::new();
+    for round in 0..100 {
+        pair.drive_client();
+        reset_requests_for(&pair.server.inbound, si, &mut by_client)?;
+        pair.drive_server();
+        reset_requests_for(&pair.client.inbound, si, &mut by_server)?;
+        each_round(pair, round)?;
+        if !pair.step() && round > 3 {
+            break;
+        }
+    }
+    Ok((by_client, by_server))
+}
+
 /// Both sides close a stream at once: each resets its outgoing half before it sees the other's
 /// request. Each must send one outgoing reset request for it, not a second one in answer to
 /// the peer's (RFC 8831 6.7 asks for that answer only when the outgoing half is not reset
@@ -3812,25 +3838,14 @@ fn crossing_resets_send_one_request_per_side() -> Result<()> {
     let now = pair.time;
     pair.client_stream(client_ch, si)?.close(now)?;
     pair.server_stream(server_ch, si)?.close(now)?;
-
-    let mut to_server = std::collections::BTreeSet::new();
-    let mut to_client = std::collections::BTreeSet::new();
-    for _ in 0..100 {
-        pair.drive_client();
-        reset_requests_for(&pair.server.inbound, si, &mut to_server)?;
-        pair.drive_server();
-        reset_requests_for(&pair.client.inbound, si, &mut to_client)?;
-        if !pair.step() {
-            break;
-        }
-    }
+    let (by_client, by_server) = reset_requests_sent(&mut pair, si, |_, _| Ok(()))?;
 
     assert!(
         pair.client_stream(client_ch, si).is_err() && pair.server_stream(server_ch, si).is_err(),
         "mechanism not exercised: the stream is still registered on one side"
     );
-    assert_eq!(1, to_server.len(), "client's reset requests: {to_server:?}");
-    assert_eq!(1, to_client.len(), "server's reset requests: {to_client:?}");
+    assert_eq!(1, by_client.len(), "client's reset requests: {by_client:?}");
+    assert_eq!(1, by_server.len(), "server's reset requests: {by_server:?}");
     Ok(())
 }
 
@@ -3844,14 +3859,7 @@ fn an_answered_reset_is_not_repeated_by_a_later_close() -> Result<()> {
 
     let now = pair.time;
     pair.client_stream(client_ch, si)?.close(now)?;
-
-    let mut to_server = std::collections::BTreeSet::new();
-    let mut to_client = std::collections::BTreeSet::new();
-    for round in 0..100 {
-        pair.drive_client();
-        reset_requests_for(&pair.server.inbound, si, &mut to_server)?;
-        pair.drive_server();
-        reset_requests_for(&pair.client.inbound, si, &mut to_client)?;
+    let (by_client, by_server) = reset_requests_sent(&mut pair, si, |pair, round| {
         if round == 3 {
             // The server's application closes its end after the peer's reset was answered.
             let now = pair.time;
@@ -3859,16 +3867,14 @@ fn an_answered_reset_is_not_repeated_by_a_later_close() -> Result<()> {
                 s.close(now)?;
             }
         }
-        if !pair.step() && round > 3 {
-            break;
-        }
-    }
+        Ok(())
+    })?;
 
     assert!(
         pair.client_stream(client_ch, si).is_err() && pair.server_stream(server_ch, si).is_err(),
         "mechanism not exercised: the stream is still registered on one side"
     );
-    assert_eq!(1, to_server.len(), "client's reset requests: {to_server:?}");
-    assert_eq!(1, to_client.len(), "server's reset requests: {to_client:?}");
+    assert_eq!(1, by_client.len(), "client's reset requests: {by_client:?}");
+    assert_eq!(1, by_server.len(), "server's reset requests: {by_server:?}");
     Ok(())
 }
