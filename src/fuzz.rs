@@ -228,7 +228,9 @@ proptest! {
     }
 
     /// Arbitrary bytes as a signaling message, then through the exchange: never a panic; the
-    /// exchange only moves forward and accepts one description at most.
+    /// exchange only moves forward and accepts one description at most. A restart stream
+    /// (`/webrtc-signal/restart/1.0.0`) carries the same messages through the same decoder
+    /// and exchange (`exchange::restart`), so this covers it too.
     #[test]
     fn signaling_input_never_panics(
         messages in vec(
