@@ -17,6 +17,7 @@ use libp2p_swarm::ConnectionId;
 
 use super::exchange::Timings;
 use super::handler::Command;
+use crate::error::ProtocolViolation;
 use crate::{Config, DirectPath, Error, Event, SdpRole};
 
 /// Whether `offerer`'s offer wins a glare against an offer from `other`: the smaller peer id
@@ -393,9 +394,27 @@ impl PeerPolicy {
             Input::PathDown => self.on_path_down(now, &mut out),
             Input::PathUp => self.path_up(),
             // Keep the relayed connection while the restart runs (the answerer learns of it
-            // here).
+            // here). Only the side that dialed the relayed connection offers a restart on it
+            // (`on_path_down`): one the remote offers on a connection this side dialed is
+            // refused, and the connection keeps its drain schedule.
             Input::RestartStarted { connection } => {
-                self.restart_on(connection, Command::Resume, &mut out)
+                let asked = self.restart == Some(connection);
+                if !asked && self.relayed.get(&connection).is_some_and(|r| r.dialer) {
+                    tracing::debug!(peer = %self.peer, %connection, "ICE restart from the side that did not dial the relayed connection: refused");
+                    out.push(Action::Command {
+                        connection,
+                        command: Command::Abort,
+                    });
+                    out.push(Action::Emit(Event::RestartFailed {
+                        peer: self.peer,
+                        relayed_connection: connection,
+                        error: Error::Protocol(ProtocolViolation::Unexpected(
+                            "an ICE restart from the side that did not dial the relayed connection",
+                        )),
+                    }));
+                } else {
+                    self.restart_on(connection, Command::Resume, &mut out)
+                }
             }
             Input::Restarted { connection, took } => {
                 self.end_restart(now, connection, &mut out);
@@ -1639,6 +1658,34 @@ mod tests {
         });
         assert_eq!(restarted(&out), Some((conn(10), conn(2))));
         assert_eq!(closes(&f.advance()), [conn(2)]);
+    }
+
+    /// Only the side that dialed a relayed connection offers a restart on it. One the remote
+    /// offers on a connection this side dialed is aborted with a typed reason, and the
+    /// connection is still drained and closed on schedule (before: the restart ran, and
+    /// each one cancelled the drain timer, so a remote could keep the relay open for ever).
+    #[test]
+    fn a_restart_offered_by_the_wrong_side_is_refused() {
+        let mut f = upgraded_and_drained(Config::default(), true);
+        // This side dials the relay again (e.g. another protocol wanted the peer); the
+        // connection is drained as after an upgrade.
+        f.relay(conn(2), true);
+        let out = f.input(Input::RestartStarted {
+            connection: conn(2),
+        });
+        assert_eq!(commands(&out), [(conn(2), "Abort".into())]);
+        assert!(
+            out.iter().any(|a| matches!(
+                a,
+                Action::Emit(Event::RestartFailed {
+                    relayed_connection,
+                    error: Error::Protocol(ProtocolViolation::Unexpected(_)),
+                    ..
+                }) if *relayed_connection == conn(2)
+            )),
+            "{out:?}"
+        );
+        assert_eq!(closes(&f.advance()), [conn(2)], "drained on schedule");
     }
 
     #[test]
