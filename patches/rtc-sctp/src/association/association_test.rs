@@ -1701,11 +1701,15 @@ fn slow_start_does_not_end_while_the_delivery_rate_grows() {
     a.recovery.rate.on_rtt(now, min_rtt);
     a.cwnd = 50_000;
     a.ssthresh = 1_000_000;
-    // Rounds whose deliveries double: the rate grows.
-    for bytes in [10_000, 20_000, 40_000, 80_000] {
+    // One round: `bytes` sent now are acknowledged one minimum RTT later.
+    let mut round = |a: &mut Association, bytes: u64| {
         let snap = a.recovery.rate.snapshot(now, false);
         now += min_rtt;
         a.recovery.rate.on_ack(now, bytes, Some(snap));
+    };
+    // Rounds whose deliveries double: the rate grows.
+    for bytes in [10_000, 20_000, 40_000, 80_000] {
+        round(&mut a, bytes);
         a.end_slow_start_on_rtt_rise(3 * min_rtt);
         assert_eq!(
             a.ssthresh, 1_000_000,
@@ -1714,9 +1718,7 @@ fn slow_start_does_not_end_while_the_delivery_rate_grows() {
     }
     // Rounds that deliver the same: a plateau, and the RTT rise ends slow start.
     for _ in 0..3 {
-        let snap = a.recovery.rate.snapshot(now, false);
-        now += min_rtt;
-        a.recovery.rate.on_ack(now, 80_000, Some(snap));
+        round(&mut a, 80_000);
     }
     a.end_slow_start_on_rtt_rise(3 * min_rtt);
     assert_eq!(a.ssthresh, a.cwnd);

@@ -1365,18 +1365,25 @@ pub(crate) fn get_application_media_section_sctp_port(
 pub(crate) const ATTR_KEY_SCTP_INIT: &str = "sctp-init";
 
 /// (libp2p-webrtc-signal patch) SNAP: the SCTP INIT chunk a data channel media section
-/// carries (`a=sctp-init:<base64>`), decoded; `None` without one or if it is not base64.
+/// carries (`a=sctp-init:<base64>`), decoded; `None` without one or if it is not base64
+/// (a remote description with such a value is refused by [`check_sctp_init`]).
 pub(crate) fn get_application_media_section_sctp_init(
     media_desc: &MediaDescription,
 ) -> Option<Vec<u8>> {
+    decode_sctp_init(media_desc)?.ok()
+}
+
+/// A data channel media section's `a=sctp-init` value, base64-decoded (an attribute without
+/// a value decodes to nothing); `None` without the attribute.
+fn decode_sctp_init(
+    media_desc: &MediaDescription,
+) -> Option<std::result::Result<Vec<u8>, base64::DecodeError>> {
     use base64::Engine as _;
     if !media_desc.is_webrtc_datachannel() {
         return None;
     }
-    let value = media_desc.attribute(ATTR_KEY_SCTP_INIT)??;
-    base64::engine::general_purpose::STANDARD
-        .decode(value.trim())
-        .ok()
+    let value = media_desc.attribute(ATTR_KEY_SCTP_INIT)?;
+    Some(base64::engine::general_purpose::STANDARD.decode(value.unwrap_or_default().trim()))
 }
 
 /// (libp2p-webrtc-signal patch) SNAP: checks the `a=sctp-init` of every data channel media
@@ -1384,19 +1391,10 @@ pub(crate) fn get_application_media_section_sctp_init(
 /// A bad one is refused when the description is set. Ignored, it would leave this side
 /// waiting after DTLS for a handshake the peer never starts (the peer believes SNAP is on).
 pub(crate) fn check_sctp_init(desc: &SessionDescription) -> Result<()> {
-    use base64::Engine as _;
-    for media in &desc.media_descriptions {
-        if !media.is_webrtc_datachannel() {
-            continue;
-        }
-        let Some(value) = media.attribute(ATTR_KEY_SCTP_INIT) else {
-            continue;
-        };
-        let raw = base64::engine::general_purpose::STANDARD
-            .decode(value.unwrap_or_default().trim())
-            .map_err(|e| {
-                Error::Other(format!("invalid a={ATTR_KEY_SCTP_INIT}: not base64: {e}"))
-            })?;
+    for decoded in desc.media_descriptions.iter().filter_map(decode_sctp_init) {
+        let raw = decoded.map_err(|e| {
+            Error::Other(format!("invalid a={ATTR_KEY_SCTP_INIT}: not base64: {e}"))
+        })?;
         ::sctp::check_snap_init(&raw)
             .map_err(|e| Error::Other(format!("invalid a={ATTR_KEY_SCTP_INIT}: {e}")))?;
     }
