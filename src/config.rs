@@ -164,6 +164,13 @@ pub struct Config {
     /// A bandwidth-delay-product ceiling: 1 MiB carries 80 MiB/s at 12.5 ms RTT. Range
     /// 64 KiB ..= 64 MiB. Default: 1 MiB.
     pub sctp_receive_window: u32,
+    /// How many times one SCTP DATA chunk may be retransmitted before the direct connection
+    /// is aborted (the remote gets an SCTP ABORT; the connection closes as if the path had
+    /// failed). It bounds what a remote that acknowledges every chunk but one can make this
+    /// side resend: without it, a 256-chunk window was resent about 60 times over. A path
+    /// that loses the same chunk this often is not usable either. Range 1 ..= 100.
+    /// Default: 10, RFC 9260's Association.Max.Retrans.
+    pub sctp_max_retransmissions: u32,
     /// How long an outbound stream's data channel may take to open before the stream moves
     /// to a fresh channel (nothing is lost: no data was sent on it). Default: 2 s.
     pub stream_open_timeout: Duration,
@@ -259,6 +266,7 @@ impl Default for Config {
             fin_ack_timeout: Duration::from_secs(5),
             sctp_mtu: DEFAULT_SCTP_MTU,
             sctp_receive_window: 1024 * 1024,
+            sctp_max_retransmissions: 10,
             stream_open_timeout: Duration::from_secs(2),
             inbound_stream_timeout: Duration::from_secs(10),
             auto_upgrade: true,
@@ -479,6 +487,12 @@ impl Config {
         self
     }
 
+    /// Sets [`Config::sctp_max_retransmissions`].
+    pub fn with_sctp_max_retransmissions(mut self, times: u32) -> Self {
+        self.sctp_max_retransmissions = times;
+        self
+    }
+
     /// Sets [`Config::max_upgrade_attempts`] and [`Config::retry_backoff`].
     pub fn with_retries(mut self, max_attempts: u32, backoff: Duration) -> Self {
         self.max_upgrade_attempts = max_attempts;
@@ -505,6 +519,12 @@ impl Config {
             return bad(format!(
                 "sctp_receive_window {} outside {MIN_SCTP_WINDOW}..={MAX_SCTP_WINDOW}",
                 self.sctp_receive_window
+            ));
+        }
+        if !(1..=100).contains(&self.sctp_max_retransmissions) {
+            return bad(format!(
+                "sctp_max_retransmissions {} outside 1..=100",
+                self.sctp_max_retransmissions
             ));
         }
         if self.udp_bind_addrs.is_empty() {
@@ -590,6 +610,8 @@ mod tests {
             Config::default().with_sctp_mtu(MAX_SCTP_MTU + 1),
             Config::default().with_sctp_receive_window(MIN_SCTP_WINDOW - 1),
             Config::default().with_sctp_receive_window(MAX_SCTP_WINDOW + 1),
+            Config::default().with_sctp_max_retransmissions(0),
+            Config::default().with_sctp_max_retransmissions(101),
             Config::default().with_ice_servers(vec![IceServer::stun("http://x")]),
             Config::default().with_ice_relay_acceptance_wait(Duration::from_secs(30)),
             Config::default().with_ice_servers(vec![IceServer {

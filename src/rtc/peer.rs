@@ -245,6 +245,7 @@ impl Peer {
             .with_include_loopback_candidate(config.allow_loopback_candidates)
             .with_sctp_mtu(config.sctp_mtu)
             .with_sctp_max_receive_buffer_size(config.sctp_receive_window)
+            .with_sctp_max_chunk_retransmissions(config.sctp_max_retransmissions as usize)
             .with_ice_connection_attempts(
                 Some(config.ice_check_interval),
                 Some(config.ice_max_binding_requests),

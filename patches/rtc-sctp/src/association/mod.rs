@@ -4,7 +4,7 @@ use crate::association::{
 };
 use crate::chunk::chunk_header::CHUNK_HEADER_SIZE;
 use crate::chunk::{
-    Chunk, ErrorCause, ErrorCauseUnrecognizedChunkType, USER_INITIATED_ABORT,
+    Chunk, ErrorCause, ErrorCauseUnrecognizedChunkType, PROTOCOL_VIOLATION, USER_INITIATED_ABORT,
     chunk_abort::ChunkAbort,
     chunk_cookie_ack::ChunkCookieAck,
     chunk_cookie_echo::ChunkCookieEcho,
@@ -97,6 +97,11 @@ pub enum AssociationError {
     /// The local application closed the association
     #[error("closed")]
     LocallyClosed,
+    /// Patch: a DATA chunk reached its retransmission limit
+    /// ([`TimerConfig::max_chunk_retrans`](crate::TimerConfig::max_chunk_retrans)): the peer
+    /// is unreachable for it, or acknowledges around it on purpose. An ABORT was sent.
+    #[error("a DATA chunk reached its retransmission limit")]
+    RetransmissionLimit,
 }
 
 /// Events of interest to the application
@@ -155,6 +160,8 @@ struct MessageToAbandon {
 // association is Closed its TCB SHOULD be removed.
 pub struct Association {
     side: Side,
+    /// Patch: `TimerConfig::max_chunk_retrans`.
+    max_chunk_retrans: usize,
     state: AssociationState,
     handshake_completed: bool,
     max_message_size: u32,
@@ -267,6 +274,7 @@ impl Default for Association {
     fn default() -> Self {
         Association {
             side: Side::default(),
+            max_chunk_retrans: timer::MAX_CHUNK_RETRANS,
             state: AssociationState::default(),
             handshake_completed: false,
             max_message_size: 0,
@@ -408,6 +416,7 @@ impl Association {
 
             rto_mgr: RtoManager::new(),
             timers: TimerTable::new(config.timer_config()),
+            max_chunk_retrans: config.timer_config().max_chunk_retrans,
 
             mtu,
             cwnd,
@@ -2387,15 +2396,15 @@ impl Association {
             AssociationState::Established => {
                 raw_packets = self.gather_data_packets_to_retransmit(raw_packets, now);
                 if self.state() == AssociationState::Closed {
-                    return (vec![], false);
+                    return (self.drain_control_queue(), false);
                 }
                 raw_packets = self.gather_outbound_data_and_reconfig_packets(raw_packets, now);
                 if self.state() == AssociationState::Closed {
-                    return (vec![], false);
+                    return (self.drain_control_queue(), false);
                 }
                 raw_packets = self.gather_outbound_fast_retransmission_packets(raw_packets, now);
                 if self.state() == AssociationState::Closed {
-                    return (vec![], false);
+                    return (self.drain_control_queue(), false);
                 }
                 raw_packets = self.gather_outbound_sack_packets(raw_packets);
                 raw_packets = self.gather_outbound_forward_tsn_packets(raw_packets);
@@ -2407,11 +2416,11 @@ impl Association {
             | AssociationState::ShutdownReceived => {
                 raw_packets = self.gather_data_packets_to_retransmit(raw_packets, now);
                 if self.state() == AssociationState::Closed {
-                    return (vec![], false);
+                    return (self.drain_control_queue(), false);
                 }
                 raw_packets = self.gather_outbound_fast_retransmission_packets(raw_packets, now);
                 if self.state() == AssociationState::Closed {
-                    return (vec![], false);
+                    return (self.drain_control_queue(), false);
                 }
                 raw_packets = self.gather_outbound_sack_packets(raw_packets);
                 raw_packets = self.gather_outbound_forward_tsn_packets(raw_packets);
@@ -2423,6 +2432,15 @@ impl Association {
             }
             _ => (raw_packets, true),
         }
+    }
+
+    /// The control packets queued when the association closed during a flush: the ABORT
+    /// of `fail_on_retransmission_limit` (`fail_message_queue` clears the queue).
+    fn drain_control_queue(&mut self) -> Vec<Bytes> {
+        self.control_queue
+            .drain(..)
+            .filter_map(|p| p.marshal().ok())
+            .collect()
     }
 
     fn gather_data_packets_to_retransmit(
@@ -2639,6 +2657,9 @@ impl Association {
             if !to_fast_retrans.is_empty() {
                 self.recovery.force_one_retransmission = false;
             }
+            if self.fail_on_retransmission_limit(&to_fast_retrans) {
+                return raw_packets;
+            }
             let last = to_fast_retrans.last().map(|c| c.tsn);
             for chunk in &mut to_fast_retrans {
                 // Patch: a new transmission for loss detection; the last asks for an
@@ -2825,6 +2846,9 @@ impl Association {
         // left flagged; kept set while awnd/zero-window left chunks behind.
         self.t3_retransmit_pending = chunks_remaining;
 
+        if self.fail_on_retransmission_limit(&chunks) {
+            return Ok(());
+        }
         // A later candidate can abandon an earlier fragment already selected
         // into this batch. Commit attempts only after whole-message retirement.
         for chunk in &mut chunks {
@@ -3025,6 +3049,35 @@ impl Association {
         }
         self.release_stream_buffers(&released_per_stream);
         Ok(changed)
+    }
+
+    /// Patch: fails the association, with an ABORT to the peer, if one of `chunks` (about to
+    /// be retransmitted) has been retransmitted `max_chunk_retrans` times already. Returns
+    /// whether it did.
+    fn fail_on_retransmission_limit(&mut self, chunks: &[ChunkPayloadData]) -> bool {
+        let Some(c) = chunks.iter().find(|c| {
+            self.inflight_queue
+                .get(c.tsn)
+                .is_some_and(|c| c.nsent as usize > self.max_chunk_retrans)
+        }) else {
+            return false;
+        };
+        warn!(
+            "[{}] tsn={} retransmitted {} times: aborting the association",
+            self.side, c.tsn, self.max_chunk_retrans
+        );
+        let abort = ChunkAbort {
+            error_causes: vec![ErrorCause {
+                code: PROTOCOL_VIOLATION,
+                raw: Bytes::from_static(b"retransmission limit"),
+            }],
+        };
+        let packet = self.create_packet(vec![Box::new(abort)]);
+        self.control_queue.push_back(packet);
+        if let Err(err) = self.close(AssociationError::RetransmissionLimit) {
+            error!("[{}] failed to close association: {err}", self.side);
+        }
+        true
     }
 
     fn fail_message_queue(&mut self, err: Error) {

@@ -1,6 +1,17 @@
 use super::*;
 
 fn recovery_window(count: u32, now: Instant) -> Result<Association> {
+    window(count, now, ReliabilityType::Rexmit, 1)
+}
+
+/// An association with `count` 1 KiB chunks of one stream in flight under the given
+/// reliability, and room for all of them in cwnd and rwnd.
+fn window(
+    count: u32,
+    now: Instant,
+    reliability: ReliabilityType,
+    value: u32,
+) -> Result<Association> {
     let mut a = timed_test_association();
     a.my_next_tsn = 100;
     a.cumulative_tsn_ack_point = 99;
@@ -9,7 +20,7 @@ fn recovery_window(count: u32, now: Instant) -> Result<Association> {
     a.rwnd = a.cwnd;
     let ppi = PayloadProtocolIdentifier::Binary;
     let mut stream = a.open_stream(1, ppi)?;
-    stream.set_reliability_params(false, ReliabilityType::Rexmit, 1)?;
+    stream.set_reliability_params(false, reliability, value)?;
     for _ in 0..count {
         stream.write_sctp(now, &Bytes::from(vec![1; 1024]), ppi)?;
     }
@@ -370,5 +381,125 @@ fn window_growth_saturates_under_a_huge_receive_window() -> Result<()> {
     a.partial_bytes_acked = u32::MAX - 10;
     a.on_cumulative_tsn_ack_point_advanced(20, now);
     assert_eq!(a.cwnd, u32::MAX);
+    Ok(())
+}
+
+/// How a hostile receiver answers the DATA it gets, in `hostile_receiver_transmissions`.
+#[derive(Clone, Copy, Debug)]
+enum Hostile {
+    /// Gap-acknowledges one more chunk per SACK, from the top of the window down; never
+    /// the first.
+    TopDown,
+    /// Gap-acknowledges one more chunk per SACK, from the second up; never the first.
+    BottomUp,
+    /// Acknowledges nothing, ever, but answers every packet.
+    Nothing,
+    /// Gap-acknowledges one more chunk each time the first arrives again (after a T3
+    /// expiry), from the top down: every expiry acknowledges something new.
+    OnePerRetransmission,
+}
+
+/// Drives an `n`-chunk window against a receiver that never acknowledges the first chunk,
+/// for `secs` simulated seconds in 5 ms steps. Returns the DATA chunks sent, whether the
+/// association closed, and whether it sent an ABORT.
+fn hostile_receiver_transmissions(
+    n: u32,
+    strategy: Hostile,
+    secs: u64,
+) -> Result<(usize, bool, bool)> {
+    let start = Instant::now();
+    let mut a = window(n, start, ReliabilityType::Reliable, 0)?;
+    let base = a.cumulative_tsn_ack_point.wrapping_add(1);
+    let mut sent = n as usize;
+    let mut aborted = false;
+    // Offsets from the cumulative ack (1 = the first chunk) acknowledged so far.
+    let mut acked: std::collections::BTreeSet<u16> = Default::default();
+    let mut next_down = n as u16;
+    let mut next_up = 2u16;
+    let mut pending_first = false;
+    let mut arrived = true;
+    let mut t = start;
+    while t < start + Duration::from_secs(secs) && a.state() != AssociationState::Closed {
+        if arrived {
+            let new = match strategy {
+                Hostile::TopDown => Some(next_down),
+                Hostile::BottomUp => Some(next_up),
+                Hostile::Nothing => None,
+                Hostile::OnePerRetransmission if pending_first => Some(next_down),
+                Hostile::OnePerRetransmission => None,
+            };
+            if let Some(offset) = new.filter(|o| *o >= 2 && *o <= n as u16) {
+                acked.insert(offset);
+                next_down = next_down.saturating_sub(1);
+                next_up += 1;
+            }
+            pending_first = false;
+            let mut blocks = vec![];
+            for &o in &acked {
+                match blocks.last_mut() {
+                    Some(crate::chunk::chunk_selective_ack::GapAckBlock { end, .. })
+                        if *end + 1 == o =>
+                    {
+                        *end = o
+                    }
+                    _ => blocks
+                        .push(crate::chunk::chunk_selective_ack::GapAckBlock { start: o, end: o }),
+                }
+            }
+            let sack = ChunkSelectiveAck {
+                cumulative_tsn_ack: base.wrapping_sub(1),
+                advertised_receiver_window_credit: 1 << 20,
+                gap_ack_blocks: blocks,
+                ..Default::default()
+            };
+            a.handle_sack(&sack, t)?;
+        }
+        t += Duration::from_millis(5);
+        a.handle_timeout(t);
+        let packets = a.gather_outbound(t).0;
+        aborted |= packets.iter().any(|raw| {
+            Packet::unmarshal(raw)
+                .unwrap()
+                .chunks
+                .iter()
+                .any(|c| c.as_any().is::<ChunkAbort>())
+        });
+        let data = transmitted_data(&packets);
+        arrived = !data.is_empty();
+        pending_first |= data.iter().any(|c| c.tsn == base);
+        sent += data.len();
+    }
+    Ok((sent, a.state() == AssociationState::Closed, aborted))
+}
+
+/// Patch (issue 28, hostile receiver): a receiver that acknowledges around the first chunk
+/// of the window, one more chunk per SACK or per retransmission round, made the sender
+/// resend the rest of its window again and again: for a 256-chunk window, 15,156 DATA
+/// chunks (bottom up) and 21,333 (one per round) in ten simulated minutes, growing with the
+/// square of the window. Each chunk now has a retransmission limit (`max_chunk_retrans`, 10):
+/// past it the association is aborted.
+#[test]
+fn a_receiver_acknowledging_around_a_chunk_cannot_make_the_sender_resend_without_bound()
+-> Result<()> {
+    let limit = crate::association::timer::MAX_CHUNK_RETRANS;
+    for strategy in [
+        Hostile::TopDown,
+        Hostile::BottomUp,
+        Hostile::Nothing,
+        Hostile::OnePerRetransmission,
+    ] {
+        for n in [16u32, 64, 256] {
+            let (sent, closed, aborted) = hostile_receiver_transmissions(n, strategy, 600)?;
+            assert!(
+                sent <= (limit + 1) * n as usize,
+                "{strategy:?}, {n} chunks: {sent} DATA chunks sent"
+            );
+            // A receiver that acknowledges nothing exhausts the T3-rtx error counter first
+            // (which stops retransmitting, as before); the others reach the chunk limit.
+            if !matches!(strategy, Hostile::Nothing) {
+                assert!(closed && aborted, "{strategy:?}, {n} chunks: not aborted");
+            }
+        }
+    }
     Ok(())
 }

@@ -3,6 +3,8 @@ use std::time::{Duration, Instant};
 pub(crate) const ACK_INTERVAL: u64 = 200;
 const MAX_INIT_RETRANS: usize = 8;
 const PATH_MAX_RETRANS: usize = 5;
+/// Patch: RFC 9260's Association.Max.Retrans, applied to each DATA chunk.
+pub(crate) const MAX_CHUNK_RETRANS: usize = 10;
 const NO_MAX_RETRANS: usize = usize::MAX;
 const TIMER_COUNT: usize = 8;
 
@@ -26,6 +28,15 @@ pub struct TimerConfig {
     pub max_reconfig_retrans: usize,
     /// How many times a delayed SACK may be retransmitted.
     pub max_ack_retrans: usize,
+    /// How many times one DATA chunk may be retransmitted, by any means (T3-rtx, fast
+    /// retransmission, RACK, a tail-loss probe), before the association fails with
+    /// [`AssociationError::RetransmissionLimit`](crate::AssociationError::RetransmissionLimit)
+    /// and sends an ABORT. Patch; default 10 (RFC 9260's Association.Max.Retrans).
+    ///
+    /// The T3-rtx error counter alone does not bound a receiver that acknowledges one new
+    /// chunk per round and never the first: the counter is reset each round and the sender
+    /// resends the rest of its window every time (quadratic in the window).
+    pub max_chunk_retrans: usize,
 }
 
 impl Default for TimerConfig {
@@ -37,6 +48,7 @@ impl Default for TimerConfig {
             max_t3_rtx_retrans: PATH_MAX_RETRANS,
             max_reconfig_retrans: PATH_MAX_RETRANS,
             max_ack_retrans: PATH_MAX_RETRANS,
+            max_chunk_retrans: MAX_CHUNK_RETRANS,
         }
     }
 }

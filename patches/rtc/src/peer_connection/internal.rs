@@ -153,6 +153,7 @@ impl RTCPeerConnection {
             dtls_transport_id,
         );
         sctp_transport.snap = !setting_engine.sctp_snap_disabled;
+        sctp_transport.max_chunk_retransmissions = setting_engine.sctp_max_chunk_retransmissions;
 
         // Create Pipeline Context
         let ice_handler_context = IceHandlerContext::new(ice_transport);

@@ -2524,6 +2524,21 @@ mod tests {
         }
     }
 
+    // (libp2p-webrtc-signal patch)
+    #[test]
+    fn with_sctp_max_chunk_retransmissions_sets_and_clamps() {
+        for (input, expected) in [(7, 7), (0, 1)] {
+            let setting_engine = SettingEngineBuilder::new()
+                .with_sctp_max_chunk_retransmissions(input)
+                .build();
+            let builder = RTCPeerConnectionBuilder::new().with_setting_engine(setting_engine);
+            assert_eq!(
+                builder.setting_engine.sctp_max_chunk_retransmissions,
+                Some(expected)
+            );
+        }
+    }
+
     // The graph the spec exposes: `pc.sctp` is the only way in, and the rest is walked.
     #[test]
     fn sctp_is_none_until_sctp_is_negotiated() {

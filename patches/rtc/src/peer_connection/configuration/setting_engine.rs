@@ -376,6 +376,8 @@ pub struct SettingEngine {
     pub(crate) sctp_mtu: Option<u32>,
     /// (libp2p-webrtc-signal patch) SNAP off: no SCTP INIT chunks in the SDP.
     pub(crate) sctp_snap_disabled: bool,
+    /// (libp2p-webrtc-signal patch) `None` keeps rtc-sctp's default (10).
+    pub(crate) sctp_max_chunk_retransmissions: Option<usize>,
     pub(crate) ignore_rid_pause_for_recv: bool,
     pub(crate) write_ssrc_attributes_for_simulcast: bool,
 }
@@ -1414,6 +1416,16 @@ impl SettingEngineBuilder {
     /// and the handshake runs as before. On by default.
     pub fn with_sctp_snap(mut self, enabled: bool) -> Self {
         self.0.sctp_snap_disabled = !enabled;
+        self
+    }
+
+    /// (libp2p-webrtc-signal patch) How many times one SCTP DATA chunk may be retransmitted
+    /// before the association fails and an ABORT goes to the peer (rtc-sctp's
+    /// `TimerConfig::max_chunk_retrans`, default 10, RFC 9260's Association.Max.Retrans).
+    /// It bounds what a receiver that acknowledges around one chunk can make this side
+    /// resend. Values below 1 are raised to 1.
+    pub fn with_sctp_max_chunk_retransmissions(mut self, limit: usize) -> Self {
+        self.0.sctp_max_chunk_retransmissions = Some(limit.max(1));
         self
     }
 

@@ -64,6 +64,8 @@ pub(crate) struct SctpTransport {
     // the peer's DTLS can finish first and send DATA before this side's completes.
     pub(crate) snap_connected: bool,
     pub(crate) snap_early: Vec<crate::peer_connection::message::internal::TaggedRTCMessageInternal>,
+    // (libp2p-webrtc-signal patch) `SettingEngineBuilder::with_sctp_max_chunk_retransmissions`.
+    pub(crate) max_chunk_retransmissions: Option<usize>,
 }
 
 impl SctpTransport {
@@ -93,6 +95,7 @@ impl SctpTransport {
             snap_ready: false,
             snap_connected: false,
             snap_early: Vec::new(),
+            max_chunk_retransmissions: None,
         }
     }
 
@@ -227,6 +230,12 @@ impl SctpTransport {
             .with_sctp_port(local_port);
         if let Some(recv_buf) = self.max_receive_buffer_size {
             sctp_transport_config = sctp_transport_config.with_max_receive_buffer_size(recv_buf);
+        }
+        if let Some(limit) = self.max_chunk_retransmissions {
+            sctp_transport_config = sctp_transport_config.with_timer_config(::sctp::TimerConfig {
+                max_chunk_retrans: limit,
+                ..::sctp::TimerConfig::default()
+            });
         }
         //TODO: add remote_port support
 
@@ -407,6 +416,40 @@ mod tests {
                 .max_receive_buffer_size(),
             200_000
         );
+    }
+
+    // (libp2p-webrtc-signal patch) The per-chunk retransmission limit reaches the
+    // association's TransportConfig; without a setting, rtc-sctp's default (10) stays.
+    #[test]
+    fn start_applies_the_chunk_retransmission_limit() {
+        for (setting, expected) in [(Some(3), 3), (None, 10)] {
+            let mut transport = SctpTransport::new(
+                SctpMaxMessageSize::default(),
+                None,
+                None,
+                test_transport_id(TransportKind::Sctp),
+                test_transport_id(TransportKind::Dtls),
+            );
+            transport.max_chunk_retransmissions = setting;
+            transport
+                .start(
+                    RTCDtlsRole::Client,
+                    SCTPTransportCapabilities {
+                        max_message_size: 0,
+                    },
+                    5000,
+                    5000,
+                )
+                .expect("start");
+            assert_eq!(
+                transport
+                    .sctp_transport_config
+                    .expect("client transport config")
+                    .timer_config()
+                    .max_chunk_retrans,
+                expected
+            );
+        }
     }
 
     #[test]
