@@ -1690,6 +1690,41 @@ fn a_standing_queue_paces_at_the_bandwidth_estimate() {
     );
 }
 
+/// Every 10 s the minimum RTT is measured again (BBR's ProbeRTT): for 200 ms and a round the
+/// window is capped at half the estimated BDP, the smallest sample of that time becomes the
+/// minimum, and the window comes back. Before, the first sample after expiry replaced the
+/// minimum; behind a queue it was the queue's, and the window floor grew with it.
+#[test]
+fn the_minimum_rtt_is_measured_again_with_the_window_capped() {
+    let mut a = create_association(TransportConfig::default());
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    a.recovery.rate.on_rtt(t0, ms(40));
+    let snap = a.recovery.rate.snapshot(t0, false);
+    a.recovery.rate.on_ack(t0 + ms(50), 125_000, Some(snap));
+    a.ssthresh = 100_000;
+    a.cwnd = 400_000;
+    // 2.5 MB/s x 40 ms x 2.
+    assert_eq!(a.recovery.rate.floor(), 200_000);
+    let later = t0 + Duration::from_secs(11);
+    let newest = super::recovery::NewestAcked::default;
+    a.on_sack_recovery(later, 1000, newest());
+    assert_eq!(a.cwnd, 50_000, "capped at half the BDP");
+    // Queued samples, and one nearer the path's own RTT.
+    for rtt in [90, 45, 60] {
+        a.recovery.rate.on_rtt(later + ms(10), ms(rtt));
+    }
+    assert_eq!(a.recovery.rate.min_rtt(), Some(ms(40)), "not replaced yet");
+    a.on_sack_recovery(later + ms(100), 1000, newest());
+    assert_eq!(a.cwnd, 50_000, "still capped before 200 ms");
+    // A round ends after 200 ms: the probe is over.
+    let snap = a.recovery.rate.snapshot(later, false);
+    a.recovery.rate.on_ack(later + ms(250), 50_000, Some(snap));
+    a.on_sack_recovery(later + ms(250), 1000, newest());
+    assert_eq!(a.recovery.rate.min_rtt(), Some(ms(45)));
+    assert_eq!(a.cwnd, 400_000, "the window comes back");
+}
+
 /// A rising RTT ends slow start only once the delivery rate stops growing: with data flowing
 /// both ways the SACKs wait behind the other direction's data, and the RTT rises while this
 /// sender's window is still small.

@@ -59,6 +59,9 @@ pub(crate) struct RateModel {
     /// The largest rate (bytes per second) of each of the last rounds: (round, rate).
     bw_rounds: VecDeque<(u64, f64)>,
     min_rtt: Option<(Duration, Instant)>,
+    /// While the minimum RTT is re-measured ([`Self::begin_min_rtt_probe`]): the smallest
+    /// sample so far.
+    probe_min: Option<Option<Duration>>,
 }
 
 impl RateModel {
@@ -84,6 +87,10 @@ impl RateModel {
             self.next_round_delivered = self.delivered;
             self.round += 1;
         }
+        self.sample_rate(now, snap);
+    }
+
+    fn sample_rate(&mut self, now: Instant, snap: TxSnapshot) {
         let interval = now.saturating_duration_since(snap.delivered_time);
         // A sample over less than the minimum RTT is ACK compression, not a rate (as in
         // Linux's tcp_rate.c).
@@ -109,12 +116,40 @@ impl RateModel {
 
     /// A new RTT sample (from a chunk transmitted once).
     pub(crate) fn on_rtt(&mut self, now: Instant, rtt: Duration) {
-        let expired = self.min_rtt.is_none_or(|(min, at)| {
-            rtt <= min || now.saturating_duration_since(at) > MIN_RTT_WINDOW
-        });
-        if expired {
+        if let Some(probe) = &mut self.probe_min {
+            *probe = Some(probe.map_or(rtt, |p| p.min(rtt)));
+        }
+        if self.min_rtt.is_none_or(|(min, _)| rtt <= min) {
             self.min_rtt = Some((rtt, now));
         }
+    }
+
+    /// The minimum RTT is older than [`MIN_RTT_WINDOW`]: it is time to measure it again
+    /// ([`Self::begin_min_rtt_probe`]).
+    pub(crate) fn min_rtt_expired(&self, now: Instant) -> bool {
+        self.min_rtt
+            .is_some_and(|(_, at)| now.saturating_duration_since(at) > MIN_RTT_WINDOW)
+    }
+
+    /// Starts measuring the minimum RTT again: the smallest sample until
+    /// [`Self::end_min_rtt_probe`] replaces it, larger or not (the path may have changed).
+    /// Before, the first sample after expiry replaced it: behind a queue (another flow's,
+    /// or this sender's) that sample is the queue's, the window floor doubled with it and a
+    /// transfer that ran past ten seconds flooded the line.
+    pub(crate) fn begin_min_rtt_probe(&mut self) {
+        self.probe_min = Some(None);
+    }
+
+    /// Ends the measurement begun by [`Self::begin_min_rtt_probe`].
+    pub(crate) fn end_min_rtt_probe(&mut self, now: Instant) {
+        if let Some(Some(min)) = self.probe_min.take() {
+            self.min_rtt = Some((min, now));
+        }
+    }
+
+    /// Round trips counted so far.
+    pub(crate) fn round(&self) -> u64 {
+        self.round
     }
 
     /// The largest delivery rate of the window, bytes per second.
@@ -276,17 +311,28 @@ mod tests {
         assert_eq!(model.max_bw(), 0.0);
     }
 
+    /// The minimum RTT expires after its window, and the smallest sample of the probe that
+    /// follows replaces it (before: the first sample after expiry, a queued one).
     #[test]
     fn min_rtt_expires_after_its_window() {
         let mut model = RateModel::default();
         let t0 = Instant::now();
-        model.on_rtt(t0, Duration::from_millis(10));
-        model.on_rtt(t0 + Duration::from_secs(1), Duration::from_millis(30));
-        assert_eq!(model.min_rtt(), Some(Duration::from_millis(10)));
-        model.on_rtt(
-            t0 + MIN_RTT_WINDOW + Duration::from_secs(1),
-            Duration::from_millis(30),
-        );
-        assert_eq!(model.min_rtt(), Some(Duration::from_millis(30)));
+        let ms = Duration::from_millis;
+        model.on_rtt(t0, ms(10));
+        model.on_rtt(t0 + Duration::from_secs(1), ms(30));
+        assert_eq!(model.min_rtt(), Some(ms(10)));
+        let later = t0 + MIN_RTT_WINDOW + Duration::from_secs(1);
+        assert!(!model.min_rtt_expired(t0 + Duration::from_secs(1)));
+        assert!(model.min_rtt_expired(later));
+        // A queued sample alone does not replace it.
+        model.on_rtt(later, ms(90));
+        assert_eq!(model.min_rtt(), Some(ms(10)));
+        model.begin_min_rtt_probe();
+        for rtt in [90, 30, 45] {
+            model.on_rtt(later, ms(rtt));
+        }
+        model.end_min_rtt_probe(later);
+        assert_eq!(model.min_rtt(), Some(ms(30)));
+        assert!(!model.min_rtt_expired(later + Duration::from_secs(1)));
     }
 }

@@ -42,6 +42,23 @@ const QUEUED_RTT: f64 = 1.25;
 /// concurrent 1 MiB echoes past the close timeout once in five runs.
 const BW_PACING_MIN_RTT: Duration = Duration::from_millis(4);
 
+/// How long the window stays capped while the minimum RTT is measured again (at least a
+/// round trip too; BBR's ProbeRTT).
+const PROBE_RTT_DURATION: Duration = Duration::from_millis(200);
+/// The smallest window cap during that time, in MTUs (BBR's 4 packets).
+const PROBE_RTT_MIN_PACKETS: u32 = 4;
+
+/// Re-measuring the minimum RTT (BBR's ProbeRTT): the window is capped so that this
+/// sender's own queue drains, until `until` and the end of round `round`.
+#[derive(Debug, Clone, Copy)]
+struct ProbeRtt {
+    until: Instant,
+    round: u64,
+    prior_cwnd: u32,
+    /// None below [`BW_PACING_MIN_RTT`]: there the samples of a round are enough.
+    cap: Option<u32>,
+}
+
 /// Per-association loss-recovery state.
 #[derive(Debug, Default)]
 pub(crate) struct Recovery {
@@ -66,6 +83,8 @@ pub(crate) struct Recovery {
     /// Lost chunks wait for room in the window (the next SACK) or for the pacer (its
     /// timer): a retransmission pass runs again then, not in the same flush.
     pub(crate) retransmit_waiting: bool,
+    /// Set while the minimum RTT is measured again.
+    probe_rtt: Option<ProbeRtt>,
     /// Probes sent (statistics, tests).
     pub(crate) probes: u64,
     /// Chunks found lost by this module (statistics, tests).
@@ -146,6 +165,7 @@ impl Association {
             // The window never stays below what the path has shown it delivers; it moves
             // only on acknowledged data (abandoned chunks do not grow it).
             self.cwnd = self.cwnd.max(self.recovery.rate.floor());
+            self.update_probe_rtt(now);
         }
         if let Some(sent) = newest.sent
             && self
@@ -157,6 +177,44 @@ impl Association {
         }
         self.detect_losses(now);
         self.arm_recovery_timer(now);
+    }
+
+    /// Every [`MIN_RTT_WINDOW`](super::congestion::MIN_RTT_WINDOW) the minimum RTT is
+    /// measured again: for at least [`PROBE_RTT_DURATION`] and a round trip the window is
+    /// capped at half the estimated bandwidth-delay product (at least
+    /// [`PROBE_RTT_MIN_PACKETS`]), so that what this sender queued at the bottleneck drains,
+    /// and the smallest sample becomes the minimum (BBR's ProbeRTT, with BBRv2's half-BDP
+    /// cap). Then the window is restored.
+    fn update_probe_rtt(&mut self, now: Instant) {
+        match self.recovery.probe_rtt {
+            None if self.recovery.rate.min_rtt_expired(now) => {
+                let cap = self
+                    .recovery
+                    .rate
+                    .min_rtt()
+                    .filter(|m| *m >= BW_PACING_MIN_RTT)
+                    .map(|_| {
+                        (self.recovery.rate.floor() / 4).max(PROBE_RTT_MIN_PACKETS * self.mtu)
+                    });
+                self.recovery.rate.begin_min_rtt_probe();
+                self.recovery.probe_rtt = Some(ProbeRtt {
+                    until: now + PROBE_RTT_DURATION,
+                    round: self.recovery.rate.round(),
+                    prior_cwnd: self.cwnd,
+                    cap,
+                });
+            }
+            Some(p) if now >= p.until && self.recovery.rate.round() > p.round => {
+                self.recovery.probe_rtt = None;
+                self.recovery.rate.end_min_rtt_probe(now);
+                self.cwnd = self.cwnd.max(p.prior_cwnd);
+                return;
+            }
+            _ => {}
+        }
+        if let Some(ProbeRtt { cap: Some(cap), .. }) = self.recovery.probe_rtt {
+            self.cwnd = self.cwnd.min(cap);
+        }
     }
 
     /// The reordering window: a quarter of the minimum RTT.
@@ -362,8 +420,7 @@ impl Association {
             let bw = self.recovery.rate.max_bw();
             if let Some(min_rtt) = self.recovery.rate.min_rtt()
                 && bw > 0.0
-                && min_rtt >= BW_PACING_MIN_RTT
-                && srtt > QUEUED_RTT * min_rtt.as_secs_f64()
+                && self.queue_standing()
             {
                 // At least a packet per round trip, whatever the estimate.
                 let least = f64::from(self.mtu) / srtt;
@@ -376,6 +433,15 @@ impl Association {
             pacing::GAIN
         };
         Some(gain * f64::from(self.cwnd.max(self.mtu)) / srtt)
+    }
+
+    /// The smoothed RTT is more than [`QUEUED_RTT`] times the minimum, which is at least
+    /// [`BW_PACING_MIN_RTT`]: a queue stands on the path.
+    pub(crate) fn queue_standing(&self) -> bool {
+        let srtt = Duration::from_millis(self.rto_mgr.srtt);
+        self.recovery.rate.min_rtt().is_some_and(|min_rtt| {
+            min_rtt >= BW_PACING_MIN_RTT && srtt.as_secs_f64() > QUEUED_RTT * min_rtt.as_secs_f64()
+        })
     }
 
     /// May a DATA chunk of `bytes` go now? Takes it from the pacer's budget, or arms the
