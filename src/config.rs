@@ -223,6 +223,24 @@ pub struct Config {
     /// relayed connection lives (the path may come back). Zero: no later rounds.
     /// Default: 60 s.
     pub upgrade_round_backoff: Duration,
+    /// Upgrade attempts the remote may start (offer) on one relayed connection within
+    /// [`Config::remote_offer_window`]; past it, its offers are refused
+    /// ([`Event::UpgradeFailed`](crate::Event::UpgradeFailed) with
+    /// [`ProtocolViolation::OverLimit`](crate::ProtocolViolation::OverLimit)). Each answered
+    /// offer costs a peer connection, UDP sockets and STUN gathering. An honest remote starts
+    /// [`Config::max_upgrade_attempts`] per round, a round per
+    /// [`Config::upgrade_round_backoff`]. Default: 6.
+    pub max_remote_offers: u32,
+    /// The window of [`Config::max_remote_offers`]. Default: 60 s.
+    pub remote_offer_window: Duration,
+    /// ICE restarts the remote may start on one relayed connection, in its lifetime; past
+    /// it they are refused ([`Event::RestartFailed`](crate::Event::RestartFailed) with
+    /// [`ProtocolViolation::OverLimit`](crate::ProtocolViolation::OverLimit)) and the
+    /// connection keeps its drain schedule. Each restart keeps the relayed connection open
+    /// while it runs (up to [`Config::upgrade_timeout`]), so this bounds how long a remote
+    /// can hold the relay after an upgrade. An honest remote restarts on a fresh relayed
+    /// connection each time the direct path dies. Default: 3.
+    pub max_remote_restarts: u32,
     /// Redials of the relayed address after the direct connection died, by the side that
     /// dialed the relayed connection. Default: 5.
     pub max_redials: u32,
@@ -279,6 +297,9 @@ impl Default for Config {
             max_upgrade_attempts: 3,
             retry_backoff: Duration::from_secs(1),
             upgrade_round_backoff: Duration::from_secs(60),
+            max_remote_offers: 6,
+            remote_offer_window: Duration::from_secs(60),
+            max_remote_restarts: 3,
             max_redials: 5,
             redial_backoff: Duration::from_secs(1),
             ice_restart: true,
@@ -493,6 +514,19 @@ impl Config {
         self
     }
 
+    /// Sets [`Config::max_remote_offers`] and [`Config::remote_offer_window`].
+    pub fn with_remote_offer_limit(mut self, max_offers: u32, window: Duration) -> Self {
+        self.max_remote_offers = max_offers;
+        self.remote_offer_window = window;
+        self
+    }
+
+    /// Sets [`Config::max_remote_restarts`].
+    pub fn with_max_remote_restarts(mut self, max_restarts: u32) -> Self {
+        self.max_remote_restarts = max_restarts;
+        self
+    }
+
     /// Sets [`Config::max_upgrade_attempts`] and [`Config::retry_backoff`].
     pub fn with_retries(mut self, max_attempts: u32, backoff: Duration) -> Self {
         self.max_upgrade_attempts = max_attempts;
@@ -520,6 +554,9 @@ impl Config {
                 "sctp_receive_window {} outside {MIN_SCTP_WINDOW}..={MAX_SCTP_WINDOW}",
                 self.sctp_receive_window
             ));
+        }
+        if self.max_remote_offers == 0 || self.remote_offer_window.is_zero() {
+            return bad("max_remote_offers and remote_offer_window must be non-zero".into());
         }
         if !(1..=100).contains(&self.sctp_max_retransmissions) {
             return bad(format!(
@@ -611,6 +648,8 @@ mod tests {
             Config::default().with_sctp_receive_window(MIN_SCTP_WINDOW - 1),
             Config::default().with_sctp_receive_window(MAX_SCTP_WINDOW + 1),
             Config::default().with_sctp_max_retransmissions(0),
+            Config::default().with_remote_offer_limit(0, Duration::from_secs(60)),
+            Config::default().with_remote_offer_limit(6, Duration::ZERO),
             Config::default().with_sctp_max_retransmissions(101),
             Config::default().with_ice_servers(vec![IceServer::stun("http://x")]),
             Config::default().with_ice_relay_acceptance_wait(Duration::from_secs(30)),

@@ -114,6 +114,16 @@ pub enum ProtocolViolation {
     /// [`Config::max_signaling_message_size`](crate::Config::max_signaling_message_size).
     #[error("undecodable or oversized message")]
     Undecodable(#[source] std::io::Error),
+    /// More exchanges of one kind than a limit allows (e.g. offers per
+    /// [`Config::remote_offer_window`](crate::Config::remote_offer_window), restarts per
+    /// relayed connection): refused.
+    #[error("too many {what} (limit {limit})")]
+    OverLimit {
+        /// What was counted.
+        what: &'static str,
+        /// The limit.
+        limit: u32,
+    },
 }
 
 /// `e` and its sources, joined with `: ` (for logs and reports that show one line).

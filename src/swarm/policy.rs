@@ -182,6 +182,11 @@ struct Relayed {
     dialer: bool,
     /// The peer is upgraded: the connection is being drained, then closed.
     draining: bool,
+    /// When the remote's offers on this connection started, within
+    /// [`Config::remote_offer_window`].
+    remote_offers: VecDeque<Instant>,
+    /// ICE restarts the remote started on this connection.
+    remote_restarts: u32,
 }
 
 /// The running attempt (one at a time per peer).
@@ -356,7 +361,7 @@ impl PeerPolicy {
                 connection,
                 role,
                 attempt,
-            } => self.on_started(connection, role, attempt, &mut out),
+            } => self.on_started(now, connection, role, attempt, &mut out),
             Input::Upgraded {
                 connection,
                 role,
@@ -399,7 +404,27 @@ impl PeerPolicy {
             // refused, and the connection keeps its drain schedule.
             Input::RestartStarted { connection } => {
                 let asked = self.restart == Some(connection);
-                if !asked && self.relayed.get(&connection).is_some_and(|r| r.dialer) {
+                let limit = self.config.max_remote_restarts;
+                let over = !asked
+                    && self.relayed.get_mut(&connection).is_some_and(|r| {
+                        r.remote_restarts += 1;
+                        !r.dialer && r.remote_restarts > limit
+                    });
+                if over {
+                    tracing::debug!(peer = %self.peer, %connection, "ICE restart past max_remote_restarts: refused");
+                    out.push(Action::Command {
+                        connection,
+                        command: Command::Abort,
+                    });
+                    out.push(Action::Emit(Event::RestartFailed {
+                        peer: self.peer,
+                        relayed_connection: connection,
+                        error: Error::Protocol(ProtocolViolation::OverLimit {
+                            what: "ICE restarts by the remote on one relayed connection",
+                            limit,
+                        }),
+                    }));
+                } else if !asked && self.relayed.get(&connection).is_some_and(|r| r.dialer) {
                     tracing::debug!(peer = %self.peer, %connection, "ICE restart from the side that did not dial the relayed connection: refused");
                     out.push(Action::Command {
                         connection,
@@ -470,6 +495,8 @@ impl PeerPolicy {
                 addr,
                 dialer,
                 draining: upgraded,
+                remote_offers: VecDeque::new(),
+                remote_restarts: 0,
             },
         );
         if upgraded && for_restart && self.path_down && self.restart.is_none() {
@@ -592,11 +619,31 @@ impl PeerPolicy {
 
     fn on_started(
         &mut self,
+        now: Instant,
         connection: ConnectionId,
         role: SdpRole,
         attempt: u32,
         out: &mut Vec<Action>,
     ) {
+        if role == SdpRole::Answerer && self.remote_offer_over_limit(now, connection) {
+            let limit = self.config.max_remote_offers;
+            tracing::debug!(peer = %self.peer, %connection, "offer past max_remote_offers: refused");
+            out.push(Action::Command {
+                connection,
+                command: Command::Abort,
+            });
+            out.push(Action::Emit(Event::UpgradeFailed {
+                peer: self.peer,
+                relayed_connection: connection,
+                error: Error::Protocol(ProtocolViolation::OverLimit {
+                    what: "offers by the remote on one relayed connection",
+                    limit,
+                }),
+                attempt,
+                will_retry: false,
+            }));
+            return;
+        }
         if role == SdpRole::Answerer {
             if let Some(ours) = self
                 .attempt
@@ -627,6 +674,29 @@ impl PeerPolicy {
             role,
             attempt,
         }));
+    }
+
+    /// Counts an offer the remote started on `connection`: whether it is past
+    /// [`Config::max_remote_offers`] within [`Config::remote_offer_window`]. Refused offers
+    /// count too, so a remote that keeps offering stays refused.
+    fn remote_offer_over_limit(&mut self, now: Instant, connection: ConnectionId) -> bool {
+        let window = self.config.remote_offer_window;
+        let limit = self.config.max_remote_offers as usize;
+        let Some(r) = self.relayed.get_mut(&connection) else {
+            return false;
+        };
+        while r
+            .remote_offers
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+        {
+            r.remote_offers.pop_front();
+        }
+        // Bounded: at most one past the limit is kept.
+        if r.remote_offers.len() <= limit {
+            r.remote_offers.push_back(now);
+        }
+        r.remote_offers.len() > limit
     }
 
     fn on_failed(
@@ -1658,6 +1728,91 @@ mod tests {
         });
         assert_eq!(restarted(&out), Some((conn(10), conn(2))));
         assert_eq!(closes(&f.advance()), [conn(2)]);
+    }
+
+    /// The remote may start `max_remote_offers` offers on one relayed connection per window;
+    /// past it each is aborted with a typed reason (before: each was answered, at the cost of
+    /// a peer connection, sockets and STUN gathering apiece), until the window has passed.
+    #[test]
+    fn remote_offers_past_the_limit_are_refused_until_the_window_passes() {
+        let window = Duration::from_secs(60);
+        let mut f = Fixture::new(
+            PeerId::random(),
+            PeerId::random(),
+            Config::default().with_remote_offer_limit(3, window),
+        );
+        f.relay(conn(1), false);
+        let refused = |out: &[Action]| {
+            out.iter().any(|a| {
+                matches!(
+                    a,
+                    Action::Emit(Event::UpgradeFailed {
+                        error: Error::Protocol(ProtocolViolation::OverLimit { limit: 3, .. }),
+                        will_retry: false,
+                        ..
+                    })
+                )
+            })
+        };
+        let offer = |f: &mut Fixture| {
+            let out = f.answering(conn(1));
+            if !refused(&out) {
+                assert!(commands(&out).is_empty(), "{out:?}");
+                f.input(Input::Failed {
+                    connection: conn(1),
+                    role: SdpRole::Answerer,
+                    attempt: 1,
+                    error: Error::ConnectionFailed,
+                });
+            }
+            out
+        };
+        for _ in 0..3 {
+            assert!(!refused(&offer(&mut f)));
+            f.now += Duration::from_secs(1);
+        }
+        for _ in 0..5 {
+            let out = offer(&mut f);
+            assert!(refused(&out), "{out:?}");
+            assert_eq!(commands(&out), [(conn(1), "Abort".into())]);
+        }
+        f.now += window;
+        assert!(!refused(&offer(&mut f)), "a new window");
+    }
+
+    /// The remote may start `max_remote_restarts` ICE restarts on one relayed connection;
+    /// past it they are refused with a typed reason and the connection is drained on
+    /// schedule (before: every restart ran and held the relay while it did, so a remote
+    /// restarting again and again kept the relay open for ever).
+    #[test]
+    fn remote_restarts_past_the_limit_are_refused_and_the_relay_drains() {
+        let mut f = upgraded_and_drained(Config::default().with_max_remote_restarts(2), false);
+        f.relay(conn(2), false);
+        for _ in 0..2 {
+            let out = f.input(Input::RestartStarted {
+                connection: conn(2),
+            });
+            assert_eq!(commands(&out), [(conn(2), "Resume".into())]);
+            f.input(Input::Restarted {
+                connection: conn(2),
+                took: Duration::from_millis(100),
+            });
+        }
+        let out = f.input(Input::RestartStarted {
+            connection: conn(2),
+        });
+        assert_eq!(commands(&out), [(conn(2), "Abort".into())]);
+        assert!(
+            out.iter().any(|a| matches!(
+                a,
+                Action::Emit(Event::RestartFailed {
+                    error: Error::Protocol(ProtocolViolation::OverLimit { limit: 2, .. }),
+                    ..
+                })
+            )),
+            "{out:?}"
+        );
+        assert_eq!(closes(&f.advance()), [conn(2)], "drained on schedule");
     }
 
     /// Only the side that dialed a relayed connection offers a restart on it. One the remote

@@ -619,6 +619,89 @@ async fn a_new_offer_replaces_the_one_being_answered() {
     );
 }
 
+/// A remote that offers again and again on one relayed connection gets its first
+/// `max_remote_offers` answered; past them each offer is refused at once with a typed reason
+/// (before, each was answered, at the cost of a peer connection, sockets and STUN gathering
+/// apiece), and the relayed connection keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_past_the_remote_offer_limit_are_refused() {
+    use futures::{AsyncReadExt, AsyncWriteExt};
+    use libp2p_webrtc_signal::{Error, ProtocolViolation};
+    init_tracing();
+    let mut setup = setup_raw(
+        None,
+        Some(loopback_config().with_remote_offer_limit(2, Duration::from_secs(60))),
+        libp2p_webrtc_signal::PROTOCOL_NAME,
+    )
+    .await;
+    let b_id = *setup.b.local_peer_id();
+    let relayed = dial_relayed(&mut setup.a, &mut setup.b, &setup.relay_addr).await;
+    let Setup {
+        mut a,
+        mut b,
+        _relay,
+        ..
+    } = setup;
+    use futures::StreamExt;
+    let over_limit = |error: &Error| {
+        matches!(
+            error,
+            Error::Protocol(ProtocolViolation::OverLimit { limit: 2, .. })
+        )
+    };
+    for round in 0..4 {
+        // A refused offer fails as soon as its stream arrives: watch B while opening.
+        let rx = a.behaviour_mut().raw.open(b_id, relayed);
+        tokio::pin!(rx);
+        let mut refused = None;
+        let mut stream = tokio::time::timeout(T, async {
+            loop {
+                tokio::select! {
+                    r = &mut rx => break r,
+                    _ = a.select_next_some() => {}
+                    e = b.select_next_some() => {
+                        if let Some(Event::UpgradeFailed { error, .. }) = webrtc_event(&e) {
+                            refused = Some(over_limit(error));
+                        }
+                    }
+                }
+            }
+        })
+        .await
+        .expect("timed out (hang)")
+        .expect("open")
+        .expect("negotiated");
+        // Not an offer: an answered attempt fails on it at once.
+        let io = tokio::spawn(async move {
+            let _ = stream
+                .write_all(&[0x06, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff])
+                .await;
+            let _ = stream.flush().await;
+            let mut buf = Vec::new();
+            let _ = stream.read_to_end(&mut buf).await;
+        });
+        let refused = match refused {
+            Some(r) => r,
+            None => {
+                both(&mut a, &mut b, |side, e| match webrtc_event(&e) {
+                    Some(Event::UpgradeFailed { error, .. }) => {
+                        assert_eq!(side, Side::B);
+                        Some(over_limit(error))
+                    }
+                    _ => None,
+                })
+                .await
+            }
+        };
+        assert_eq!(refused, round >= 2, "round {round}");
+        tokio::time::timeout(T, io)
+            .await
+            .expect("stream not ended")
+            .unwrap();
+    }
+    pings_over(&mut a, &mut b, relayed).await;
+}
+
 /// A connection that is not relayed has no signaling handler: the protocols are not offered
 /// there (a dummy handler), so a signaling stream on it is refused in the negotiation and
 /// nothing starts.
