@@ -223,6 +223,12 @@ pub struct Config {
     /// relayed connection lives (the path may come back). Zero: no later rounds.
     /// Default: 60 s.
     pub upgrade_round_backoff: Duration,
+    /// When direct connections to a peer died twice or more within this window, the next
+    /// upgrade waits [`Config::upgrade_round_backoff`] (doubled per further loss, up to 8×)
+    /// and the peer stays on the relay meanwhile, so a path that keeps dying (or a remote
+    /// that lets it die on purpose) does not cost a redial and an upgrade every few seconds.
+    /// Upgrades do not reset the count. Default: 10 minutes.
+    pub flap_window: Duration,
     /// Upgrade attempts the remote may start (offer) on one relayed connection within
     /// [`Config::remote_offer_window`]; past it, its offers are refused
     /// ([`Event::UpgradeFailed`](crate::Event::UpgradeFailed) with
@@ -297,6 +303,7 @@ impl Default for Config {
             max_upgrade_attempts: 3,
             retry_backoff: Duration::from_secs(1),
             upgrade_round_backoff: Duration::from_secs(60),
+            flap_window: Duration::from_secs(600),
             max_remote_offers: 6,
             remote_offer_window: Duration::from_secs(60),
             max_remote_restarts: 3,
@@ -518,6 +525,12 @@ impl Config {
     pub fn with_remote_offer_limit(mut self, max_offers: u32, window: Duration) -> Self {
         self.max_remote_offers = max_offers;
         self.remote_offer_window = window;
+        self
+    }
+
+    /// Sets [`Config::flap_window`].
+    pub fn with_flap_window(mut self, window: Duration) -> Self {
+        self.flap_window = window;
         self
     }
 

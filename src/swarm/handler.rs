@@ -237,10 +237,27 @@ impl Handler {
     /// an exchange runs or a stream is being opened already.
     fn ask_for_stream(&mut self, attempt: u32, restart: bool) {
         self.keep_alive = true;
-        if self.running.is_none() && self.opening.is_none() {
-            self.to_open = Some((attempt, restart));
-            self.open_started = Some(Instant::now());
+        if self.running.is_some() || self.opening.is_some() {
+            // One exchange per connection at a time. Say so: before, the command was dropped
+            // without a word, and the policy waited for an outcome that never came (a
+            // restart asked while the remote's attempt ran here left it never restarting
+            // again; an attempt, never offering again on this peer).
+            tracing::debug!(peer = %self.remote, restart, "an exchange runs here: not started");
+            let role = SdpRole::Offerer;
+            let error = Error::TooManyUpgrades;
+            self.reports.push_back(if restart {
+                Report::RestartFailed { role, error }
+            } else {
+                Report::Failed {
+                    role,
+                    attempt,
+                    error,
+                }
+            });
+            return;
         }
+        self.to_open = Some((attempt, restart));
+        self.open_started = Some(Instant::now());
     }
 
     /// Takes a permit of the peer's and of the node's upgrade limits, if both have one free.
@@ -623,6 +640,34 @@ mod tests {
             }) => {}
             other => panic!("expected attempt 2 to fail as unsupported, got {other:?}"),
         }
+    }
+
+    /// A start or a restart asked while another exchange opens or runs on the connection is
+    /// refused with a report, not dropped: the policy waits for every outcome.
+    #[test]
+    fn a_command_that_finds_an_exchange_running_is_refused_with_a_report() {
+        let mut handler = relayed_handler();
+        handler.on_behaviour_event(Command::Start { attempt: 1 });
+        requested(&mut handler).expect("a signaling stream request");
+        handler.on_behaviour_event(Command::Restart);
+        match reported(&mut handler) {
+            Some(Report::RestartFailed {
+                role: SdpRole::Offerer,
+                error: Error::TooManyUpgrades,
+            }) => {}
+            other => panic!("expected the restart to be refused, got {other:?}"),
+        }
+        handler.on_behaviour_event(Command::Start { attempt: 2 });
+        match reported(&mut handler) {
+            Some(Report::Failed {
+                role: SdpRole::Offerer,
+                attempt: 2,
+                error: Error::TooManyUpgrades,
+            }) => {}
+            other => panic!("expected attempt 2 to be refused, got {other:?}"),
+        }
+        // The first attempt's stream is still the one asked for.
+        assert!(requested(&mut handler).is_none());
     }
 
     #[test]

@@ -189,6 +189,9 @@ struct Relayed {
     remote_restarts: u32,
 }
 
+/// Direct-connection losses a peer's policy remembers for [`Config::flap_window`].
+const MAX_TRACKED_LOSSES: usize = 8;
+
 /// The running attempt (one at a time per peer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Attempt {
@@ -261,6 +264,10 @@ pub(crate) struct PeerPolicy {
     redials: Option<u32>,
     /// Rounds of attempts that failed since the last upgrade.
     failed_rounds: u32,
+    /// When direct connections to the peer died, within [`Config::flap_window`] (at most
+    /// [`MAX_TRACKED_LOSSES`]). Not reset by an upgrade: a path that dies again and again
+    /// is upgraded less and less often.
+    losses: VecDeque<Instant>,
     /// The direct connection's path went quiet and has not come back yet.
     path_down: bool,
     /// The relayed connection an ICE restart of the direct connection runs on.
@@ -283,6 +290,7 @@ impl PeerPolicy {
             redial_addr: None,
             redials: None,
             failed_rounds: 0,
+            losses: VecDeque::new(),
             path_down: false,
             restart: None,
             restart_dial: false,
@@ -343,7 +351,7 @@ impl PeerPolicy {
                 connection,
                 failed,
                 reason,
-            } => self.on_closed(connection, failed, reason, &mut out),
+            } => self.on_closed(now, connection, failed, reason, &mut out),
             Input::RedialFailed { reason } => self.on_redial_failed(now, reason, &mut out),
             Input::UpgradeRequested => {
                 // Prefer a connection we dialed: that is the one the remote expects an offer on.
@@ -466,7 +474,7 @@ impl PeerPolicy {
             Input::Tick => {
                 while let Some(i) = self.timers.iter().position(|(at, _)| *at <= now) {
                     let (_, timer) = self.timers.swap_remove(i);
-                    self.fire(timer, &mut out);
+                    self.fire(now, timer, &mut out);
                 }
             }
         }
@@ -504,7 +512,7 @@ impl PeerPolicy {
         } else if upgraded {
             self.drain(now, connection, out);
         } else if dialer && (self.config.auto_upgrade || explicit) {
-            self.start(connection, 1, out);
+            self.start_or_hold_off(now, connection, out);
         } else {
             out.push(Action::Command {
                 connection,
@@ -578,6 +586,7 @@ impl PeerPolicy {
 
     fn on_closed(
         &mut self,
+        now: Instant,
         connection: ConnectionId,
         failed: bool,
         reason: String,
@@ -586,7 +595,7 @@ impl PeerPolicy {
         if let Some(i) = self.direct.iter().position(|d| d.connection == connection) {
             self.direct.swap_remove(i);
             if failed && self.direct.is_empty() {
-                self.fall_back(connection, reason, out);
+                self.fall_back(now, connection, reason, out);
             }
             return;
         }
@@ -756,8 +765,21 @@ impl PeerPolicy {
     /// The last direct connection died: go back to the relay. Relayed connections still
     /// being drained are kept and upgraded again; without one, the side that dialed the
     /// relayed connection dials it again.
-    fn fall_back(&mut self, connection: ConnectionId, reason: String, out: &mut Vec<Action>) {
+    fn fall_back(
+        &mut self,
+        now: Instant,
+        connection: ConnectionId,
+        reason: String,
+        out: &mut Vec<Action>,
+    ) {
         self.path_up();
+        let window = self.config.flap_window;
+        self.losses
+            .retain(|at| now.saturating_duration_since(*at) < window);
+        if self.losses.len() == MAX_TRACKED_LOSSES {
+            self.losses.pop_front();
+        }
+        self.losses.push_back(now);
         if let Some(restart) = self.restart.take() {
             // Too late: the connection to restart is gone. The relayed connection is upgraded
             // instead.
@@ -792,7 +814,7 @@ impl PeerPolicy {
                 command: Command::Resume,
             });
             if self.relayed.get(&relayed).is_some_and(|r| r.dialer) {
-                self.start(relayed, 1, out);
+                self.start_or_hold_off(now, relayed, out);
             }
         }
         if will_redial && dialing {
@@ -889,7 +911,7 @@ impl PeerPolicy {
         }
     }
 
-    fn fire(&mut self, timer: Timer, out: &mut Vec<Action>) {
+    fn fire(&mut self, now: Instant, timer: Timer, out: &mut Vec<Action>) {
         match timer {
             Timer::Retry {
                 connection,
@@ -921,13 +943,42 @@ impl PeerPolicy {
                     let timeout =
                         self.config.ice_disconnected_timeout + self.config.ice_failed_timeout;
                     let reason = format!("nothing received on the direct path for {timeout:?}");
-                    self.fall_back(dead, reason, out);
+                    self.fall_back(now, dead, reason, out);
                 }
             }
         }
     }
 
     /// Starts attempt `attempt` as the offerer on `connection`, if nothing forbids it.
+    /// Starts upgrading `connection` now, unless direct connections to the peer died twice or
+    /// more within [`Config::flap_window`]: then the attempt waits
+    /// [`Config::upgrade_round_backoff`], doubled per further loss up to 8×, and the peer
+    /// stays on the relay meanwhile. Before, each loss was followed at once by a redial and a
+    /// new upgrade, however often the path (or a remote, on purpose) let it die.
+    fn start_or_hold_off(&mut self, now: Instant, connection: ConnectionId, out: &mut Vec<Action>) {
+        let window = self.config.flap_window;
+        let recent = self
+            .losses
+            .iter()
+            .filter(|at| now.saturating_duration_since(**at) < window)
+            .count() as u32;
+        let backoff = self.config.upgrade_round_backoff;
+        if recent < 2 || backoff.is_zero() {
+            self.start(connection, 1, out);
+            return;
+        }
+        let factor = 2u32.pow((recent - 2).min(3));
+        let delay = backoff.saturating_mul(factor);
+        tracing::debug!(peer = %self.peer, %connection, recent, ?delay, "the direct path keeps dying: upgrading later");
+        out.push(Action::Command {
+            connection,
+            command: Command::Idle,
+        });
+        self.timers
+            .retain(|(_, t)| *t != Timer::Round { connection });
+        self.timers.push((now + delay, Timer::Round { connection }));
+    }
+
     fn start(&mut self, connection: ConnectionId, attempt: u32, out: &mut Vec<Action>) {
         let Some(r) = self.relayed.get(&connection) else {
             return;
@@ -1503,6 +1554,47 @@ mod tests {
         let out = f.input(closed(conn(10)));
         assert!(out.is_empty(), "{out:?}");
         assert!(f.policy.is_idle());
+    }
+
+    /// A direct path that dies again and again (or a remote that lets it die on purpose):
+    /// the first loss is upgraded again at once; from the second within `flap_window` on, the
+    /// upgrade over the redialed relay waits `upgrade_round_backoff`, doubled per further
+    /// loss, and upgrades in between do not reset the count. Before, every loss cost a
+    /// redial and an upgrade at once, however often it happened.
+    #[test]
+    fn a_path_that_keeps_dying_is_upgraded_later_and_later() {
+        let config = Config::default();
+        let backoff = config.upgrade_round_backoff;
+        let mut f = upgraded_and_drained(config, true);
+        let started = |out: &[Action], connection| {
+            commands(out).contains(&(connection, "Start { attempt: 1 }".into()))
+        };
+        // Loss 1: redial and upgrade at once.
+        assert_eq!(dials(&f.input(died(conn(10)))), 1);
+        assert!(started(&f.relay(conn(2), true), conn(2)));
+        f.upgrade(conn(2), SdpRole::Offerer, conn(11));
+        assert_eq!(closes(&f.advance()), [conn(2)]);
+        f.input(closed(conn(2)));
+        // Losses 2 and 3: the redial still goes at once (the peer keeps a connection), the
+        // upgrade waits.
+        for (lost, relayed, direct, factor) in [(11, 3, 12, 1), (12, 4, 13, 2)] {
+            f.now += Duration::from_secs(5);
+            assert_eq!(dials(&f.input(died(conn(lost)))), 1);
+            let out = f.relay(conn(relayed), true);
+            assert!(!started(&out, conn(relayed)), "upgraded at once: {out:?}");
+            assert_eq!(commands(&out), [(conn(relayed), "Idle".into())]);
+            let held = f.now;
+            let out = f.advance();
+            assert_eq!(f.now, held + backoff * factor);
+            assert!(started(&out, conn(relayed)), "{out:?}");
+            f.upgrade(conn(relayed), SdpRole::Offerer, conn(direct));
+            assert_eq!(closes(&f.advance()), [conn(relayed)]);
+            f.input(closed(conn(relayed)));
+        }
+        // Past the window the count starts over.
+        f.now += Duration::from_secs(601);
+        assert_eq!(dials(&f.input(died(conn(13)))), 1);
+        assert!(started(&f.relay(conn(5), true), conn(5)));
     }
 
     #[test]
