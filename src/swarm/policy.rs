@@ -833,7 +833,13 @@ impl PeerPolicy {
         self.path_down = true;
         self.timers
             .push((now + self.config.ice_failed_timeout, Timer::PathDead));
-        if !self.config.ice_restart || self.restart.is_some() || self.restart_dial {
+        // The side that offered the direct connection offers its restarts: after glare both
+        // sides dialed a relayed connection, and both restarting at once (each answering the
+        // other's restart on the same peer connection) left the surviving connection unable
+        // to restart. Without glare it is the side that dialed the relayed connection.
+        let offered_here = self.direct.last().is_some_and(|d| d.offerer == self.local);
+        if !self.config.ice_restart || !offered_here || self.restart.is_some() || self.restart_dial
+        {
             return;
         }
         let ours = self
@@ -1905,6 +1911,35 @@ mod tests {
             "{out:?}"
         );
         assert_eq!(closes(&f.advance()), [conn(2)], "drained on schedule");
+    }
+
+    /// After glare (both sides dialed a relayed connection) only the side whose offer made
+    /// the direct connection restarts it; the other waits for that restart. Before, both
+    /// dialed the relay and offered a restart on the same peer connection at once.
+    #[test]
+    fn after_glare_only_the_winning_offerer_restarts() {
+        for we_offered in [true, false] {
+            let mut f = Fixture::with_defaults();
+            f.relay(conn(1), true);
+            f.relay(conn(2), false);
+            if we_offered {
+                f.upgrade(conn(1), SdpRole::Offerer, conn(10));
+            } else {
+                f.answering(conn(2));
+                f.upgrade(conn(2), SdpRole::Answerer, conn(10));
+            }
+            for _ in 0..2 {
+                for c in closes(&f.advance()) {
+                    f.input(closed(c));
+                }
+            }
+            assert!(
+                f.policy.relayed.is_empty(),
+                "both relayed connections drained"
+            );
+            let out = f.input(Input::PathDown);
+            assert_eq!(dials(&out), usize::from(we_offered), "{out:?}");
+        }
     }
 
     /// Only the side that dialed a relayed connection offers a restart on it. One the remote
