@@ -57,7 +57,8 @@ common:
                            not keep a connection open (default 60)
   --timeout <s>            dial: give up after this long (default 120); relay and listen:
                            exit 0 after this long (default: run until killed)
-  --metrics <ip:port>      listen and dial: serve Prometheus metrics at http://<ip:port>/metrics
+  --metrics <ip:port>      serve Prometheus metrics at http://<ip:port>/metrics (relay: its
+                           reservations, circuits, connections and STUN answers)
                            (port 0: any; the `metrics` event has the address). Needs the
                            crate's `metrics` feature (cargo run --features metrics ...)
 
@@ -193,7 +194,6 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
         "relay" if args.listen.is_empty() => bail!("relay needs --listen"),
         "listen" if args.relay.is_none() => bail!("listen needs --relay"),
         "dial" if args.target.is_none() => bail!("dial needs a multiaddr"),
-        "relay" if args.metrics.is_some() => bail!("--metrics is for listen and dial"),
         _ => {}
     }
     if !args.turn.is_empty() && (args.turn_user.is_none() || args.turn_pass.is_none()) {
@@ -204,7 +204,10 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
 
 /// Answers STUN beside the relay: on `--stun-responder`, or on `0.0.0.0:3478` if that port is
 /// free (a relay host that already runs a STUN server keeps it, and says so).
-async fn start_stun_responder(args: &Args) -> anyhow::Result<()> {
+/// Starts the relay's STUN responder unless `--no-stun-responder`; its counters, if it runs.
+async fn start_stun_responder(
+    args: &Args,
+) -> anyhow::Result<Option<libp2p_webrtc_signal::StunStats>> {
     let default = std::net::SocketAddr::from(([0, 0, 0, 0], DEFAULT_STUN_PORT));
     let addr = args.stun_responder.unwrap_or(default);
     match StunResponder::bind(addr).await {
@@ -214,12 +217,13 @@ async fn start_stun_responder(args: &Args) -> anyhow::Result<()> {
                 .with_max_sources(args.stun_sources.unwrap_or(4096));
             let addr = responder.local_addr()?;
             emit(json!({"event": "stun_responder", "addr": addr.to_string()}));
+            let stats = responder.stats();
             tokio::spawn(async move {
                 if let Err(e) = responder.run().await {
                     emit(json!({"event": "error", "reason": format!("STUN responder: {e}")}));
                 }
             });
-            Ok(())
+            Ok(Some(stats))
         }
         Err(e) if args.stun_responder.is_none() => {
             emit(json!({
@@ -227,7 +231,7 @@ async fn start_stun_responder(args: &Args) -> anyhow::Result<()> {
                 "addr": null,
                 "reason": format!("{addr}: {e}; running without (see --stun-responder)"),
             }));
-            Ok(())
+            Ok(None)
         }
         Err(e) => Err(anyhow!("--stun-responder {addr}: {e}")),
     }
@@ -349,9 +353,12 @@ async fn run_relay(args: &Args) -> anyhow::Result<bool> {
     };
     let mut swarm = support::relay_server(identity(args.seed)?, config)?;
     let id = *swarm.local_peer_id();
-    if !args.no_stun_responder {
-        start_stun_responder(args).await?;
-    }
+    let stun = if args.no_stun_responder {
+        None
+    } else {
+        start_stun_responder(args).await?
+    };
+    let mut metrics = relay_metrics(args, stun).await?;
     for addr in &args.listen {
         swarm.listen_on(addr.clone())?;
     }
@@ -365,6 +372,9 @@ async fn run_relay(args: &Args) -> anyhow::Result<bool> {
             e = swarm.select_next_some() => e,
             _ = &mut deadline => return Ok(true),
         };
+        if let Some(metrics) = &mut metrics {
+            metrics.record(&event);
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 // Without --external, the listen addresses are the ones given out.
@@ -407,6 +417,43 @@ async fn run_relay(args: &Args) -> anyhow::Result<bool> {
             _ => {}
         }
     }
+}
+
+/// The relay's metrics with `--metrics` (served from then on), else nothing.
+#[cfg(feature = "metrics")]
+async fn relay_metrics(
+    args: &Args,
+    stun: Option<libp2p_webrtc_signal::StunStats>,
+) -> anyhow::Result<Option<support::relay_metrics::RelayMetrics>> {
+    let Some(addr) = args.metrics else {
+        return Ok(None);
+    };
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = support::relay_metrics::RelayMetrics::new(&mut registry, stun);
+    let bound = support::metrics::serve(addr, registry).await?;
+    emit(json!({"event": "metrics", "addr": bound.to_string()}));
+    Ok(Some(metrics))
+}
+
+/// Without the `metrics` feature, `--metrics` is refused.
+#[cfg(not(feature = "metrics"))]
+async fn relay_metrics(
+    args: &Args,
+    _stun: Option<libp2p_webrtc_signal::StunStats>,
+) -> anyhow::Result<Option<NoMetrics>> {
+    if let Some(addr) = args.metrics {
+        bail!("--metrics {addr}: built without the `metrics` feature (cargo run --features metrics ...)")
+    }
+    Ok(None)
+}
+
+/// What records the relay's events without the `metrics` feature: nothing.
+#[cfg(not(feature = "metrics"))]
+struct NoMetrics;
+
+#[cfg(not(feature = "metrics"))]
+impl NoMetrics {
+    fn record(&mut self, _: &SwarmEvent<relay::Event>) {}
 }
 
 fn peer_swarm(args: &Args) -> anyhow::Result<(Swarm<Peer>, support::Inbound)> {

@@ -44,7 +44,7 @@ mod swarm;
 #[path = "../tests/common/mod.rs"]
 mod test_common;
 
-pub use crate::rtc::stun::{StunResponder, DEFAULT_STUN_PORT};
+pub use crate::rtc::stun::{StunResponder, StunStats, DEFAULT_STUN_PORT};
 pub use config::{Config, IceServer};
 pub use direct::connection::Connection;
 pub use direct::framing::{MAX_FRAME_SIZE, MIN_FRAME_SIZE};

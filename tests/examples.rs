@@ -341,3 +341,89 @@ fn node_serves_metrics_after_an_upgrade() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// `node relay --metrics` serves the relay's own figures: a reservation held, the circuit a
+/// dialer opened, and the STUN responder's answers, rate limits and ignored datagrams.
+#[cfg(feature = "metrics")]
+#[test]
+fn relay_serves_metrics() {
+    let mut relay = Node::start(&[
+        "relay",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--stun-responder",
+        "127.0.0.1:0",
+        "--stun-burst",
+        "2",
+        "--stun-rate",
+        "1",
+    ]);
+    let stun = relay.wait("stun_responder")["addr"]
+        .as_str()
+        .expect("STUN address")
+        .to_string();
+    let metrics = relay.wait("metrics")["addr"]
+        .as_str()
+        .expect("metrics address")
+        .to_string();
+    let relay_addr = relay.wait("listening")["addr"]
+        .as_str()
+        .expect("addr")
+        .to_string();
+    let body = scrape(&metrics);
+    assert_eq!(sample(&body, "relay_reservations "), Some(0.0), "{body}");
+    assert_eq!(sample(&body, "relay_circuits "), Some(0.0), "{body}");
+
+    // STUN: three Binding requests from one source (a burst of two), and a datagram that is
+    // not STUN.
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut request = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    request.extend_from_slice(&[7u8; 12]);
+    for _ in 0..3 {
+        socket.send_to(&request, &stun).unwrap();
+    }
+    socket.send_to(b"not STUN", &stun).unwrap();
+    let mut buf = [0u8; 128];
+    let (n, _) = socket.recv_from(&mut buf).expect("a STUN answer");
+    assert!(n >= 20 && buf[..2] == [0x01, 0x01], "a Binding success");
+
+    let mut listener = Node::start(&["listen", "--relay", &relay_addr, "--loopback"]);
+    let addr = listener.wait("reserved")["addr"]
+        .as_str()
+        .expect("addr")
+        .to_string();
+    // Over the relay only: the circuit is the one to count.
+    let dialer = Node::start(&[
+        "dial",
+        &addr,
+        "--loopback",
+        "--ping",
+        "1",
+        "--no-upgrade",
+        "--allow-relayed",
+    ]);
+    let (code, all) = dialer.finish();
+    assert_eq!(code, 0, "{all:#?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let body = scrape(&metrics);
+        let value = |prefix: &str| sample(&body, prefix);
+        let done = value("relay_reservations ") == Some(1.0)
+            && value("relay_reservation_requests_total{outcome=\"accepted\"}") >= Some(1.0)
+            && value("relay_circuit_requests_total{outcome=\"accepted\"}") == Some(1.0)
+            && value("relay_connections ") >= Some(1.0)
+            && value("stun_binding_requests_answered_total ") == Some(2.0)
+            && value("stun_binding_requests_rate_limited_total ") == Some(1.0)
+            && value("stun_datagrams_ignored_total ") == Some(1.0);
+        if done {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

@@ -6,6 +6,8 @@
 pub mod metrics;
 pub mod payload;
 pub mod pongs;
+#[cfg(feature = "metrics")]
+pub mod relay_metrics;
 pub mod streams;
 
 use std::time::{Duration, Instant};

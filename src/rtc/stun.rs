@@ -28,6 +28,8 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::stun::fingerprint::FINGERPRINT;
@@ -37,6 +39,39 @@ use rtc::stun::xoraddr::XorMappedAddress;
 /// The UDP port relays answer STUN on by convention (RFC 8489's default port), and the one
 /// [`crate::Config::relay_stun_port`] points peers to.
 pub const DEFAULT_STUN_PORT: u16 = 3478;
+
+/// What a [`StunResponder`] did, counted as it runs ([`StunResponder::stats`]): for a
+/// relay operator's metrics. Cheap to clone; all clones read the same counters.
+#[derive(Debug, Clone, Default)]
+pub struct StunStats(Arc<StunCounters>);
+
+#[derive(Debug, Default)]
+struct StunCounters {
+    answered: AtomicU64,
+    rate_limited: AtomicU64,
+    ignored: AtomicU64,
+}
+
+impl StunStats {
+    /// Binding requests answered.
+    pub fn answered(&self) -> u64 {
+        self.0.answered.load(Ordering::Relaxed)
+    }
+
+    /// Binding requests dropped by the rate limits ([`StunResponder::with_rate_limit`]).
+    pub fn rate_limited(&self) -> u64 {
+        self.0.rate_limited.load(Ordering::Relaxed)
+    }
+
+    /// Datagrams that were not a well-formed Binding request (dropped, not answered).
+    pub fn ignored(&self) -> u64 {
+        self.0.ignored.load(Ordering::Relaxed)
+    }
+
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// Answers STUN Binding requests on one UDP socket. Made by [`StunResponder::bind`].
 #[derive(Debug)]
@@ -87,6 +122,22 @@ impl StunResponder {
         self.socket.local_addr()
     }
 
+    /// Its counters, which go on counting after [`StunResponder::run`] took the responder.
+    ///
+    /// ```no_run
+    /// # async fn run() -> std::io::Result<()> {
+    /// use libp2p_webrtc_signal::StunResponder;
+    ///
+    /// let responder = StunResponder::bind("0.0.0.0:3478".parse().unwrap()).await?;
+    /// let stats = responder.stats();
+    /// tokio::spawn(responder.run());
+    /// println!("{} answered, {} rate-limited", stats.answered(), stats.rate_limited());
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> StunStats {
+        self.core.stats.clone()
+    }
+
     /// Answers requests until the socket fails.
     pub async fn run(mut self) -> std::io::Result<()> {
         let mut buf = [0u8; 1500];
@@ -115,6 +166,7 @@ pub(crate) struct Responder {
     buckets: HashMap<IpAddr, (f64, Instant)>,
     /// The bucket that sources share while the table is full.
     overflow: Option<(f64, Instant)>,
+    stats: StunStats,
 }
 
 /// `ip` with only its first `bits` bits (of its family's width) kept.
@@ -159,6 +211,7 @@ impl Responder {
             v6_bits: 64,
             buckets: HashMap::new(),
             overflow: None,
+            stats: StunStats::default(),
         }
     }
 
@@ -169,11 +222,16 @@ impl Responder {
         from: SocketAddr,
         packet: &[u8],
     ) -> Option<Vec<u8>> {
+        let counters = &self.stats.0;
         let mut request = Message::new();
-        request.unmarshal_binary(packet).ok()?;
+        if request.unmarshal_binary(packet).is_err() || request.typ != BINDING_REQUEST {
+            StunStats::count(&counters.ignored);
+            return None;
+        }
         // An IPv4 peer of a socket bound to `[::]` arrives as `::ffff:a.b.c.d`.
         let ip = from.ip().to_canonical();
-        if request.typ != BINDING_REQUEST || !self.take_token(now, ip) {
+        if !self.take_token(now, ip) {
+            StunStats::count(&self.stats.0.rate_limited);
             return None;
         }
         let mut response = Message::new();
@@ -189,6 +247,7 @@ impl Responder {
         if request.contains(rtc::stun::attributes::ATTR_FINGERPRINT) {
             FINGERPRINT.add_to(&mut response).ok()?;
         }
+        StunStats::count(&self.stats.0.answered);
         Some(response.raw)
     }
 
@@ -271,6 +330,23 @@ mod tests {
         m.new_transaction_id().unwrap();
         m.write_header();
         assert!(r.answer(now, from(), &m.raw).is_none());
+        assert_eq!((r.stats.answered(), r.stats.ignored()), (0, 4));
+    }
+
+    /// The counters say what happened to each datagram: answered, rate-limited, ignored.
+    #[test]
+    fn stats_count_answers_limits_and_other_datagrams() {
+        let mut r = Responder::new(10, 3, 16);
+        let stats = r.stats.clone();
+        let now = Instant::now();
+        for _ in 0..5 {
+            r.answer(now, from(), &request(true));
+        }
+        r.answer(now, from(), b"not STUN");
+        assert_eq!(
+            (stats.answered(), stats.rate_limited(), stats.ignored()),
+            (3, 2, 1)
+        );
     }
 
     #[test]
