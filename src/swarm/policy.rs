@@ -409,31 +409,27 @@ impl PeerPolicy {
             // Keep the relayed connection while the restart runs (the answerer learns of it
             // here). Only the side that dialed the relayed connection offers a restart on it
             // (`on_path_down`): one the remote offers on a connection this side dialed is
-            // refused, and the connection keeps its drain schedule.
+            // refused, as is one past `max_remote_restarts`, and the connection keeps its
+            // drain schedule.
             Input::RestartStarted { connection } => {
                 let asked = self.restart == Some(connection);
                 let limit = self.config.max_remote_restarts;
-                let over = !asked
-                    && self.relayed.get_mut(&connection).is_some_and(|r| {
+                let refusal = match self.relayed.get_mut(&connection) {
+                    _ if asked => None,
+                    Some(r) if r.dialer => Some(ProtocolViolation::Unexpected(
+                        "an ICE restart from the side that did not dial the relayed connection",
+                    )),
+                    Some(r) => {
                         r.remote_restarts += 1;
-                        !r.dialer && r.remote_restarts > limit
-                    });
-                if over {
-                    tracing::debug!(peer = %self.peer, %connection, "ICE restart past max_remote_restarts: refused");
-                    out.push(Action::Command {
-                        connection,
-                        command: Command::Abort,
-                    });
-                    out.push(Action::Emit(Event::RestartFailed {
-                        peer: self.peer,
-                        relayed_connection: connection,
-                        error: Error::Protocol(ProtocolViolation::OverLimit {
+                        (r.remote_restarts > limit).then_some(ProtocolViolation::OverLimit {
                             what: "ICE restarts by the remote on one relayed connection",
                             limit,
-                        }),
-                    }));
-                } else if !asked && self.relayed.get(&connection).is_some_and(|r| r.dialer) {
-                    tracing::debug!(peer = %self.peer, %connection, "ICE restart from the side that did not dial the relayed connection: refused");
+                        })
+                    }
+                    None => None,
+                };
+                if let Some(violation) = refusal {
+                    tracing::debug!(peer = %self.peer, %connection, "ICE restart refused: {violation}");
                     out.push(Action::Command {
                         connection,
                         command: Command::Abort,
@@ -441,9 +437,7 @@ impl PeerPolicy {
                     out.push(Action::Emit(Event::RestartFailed {
                         peer: self.peer,
                         relayed_connection: connection,
-                        error: Error::Protocol(ProtocolViolation::Unexpected(
-                            "an ICE restart from the side that did not dial the relayed connection",
-                        )),
+                        error: Error::Protocol(violation),
                     }));
                 } else {
                     self.restart_on(connection, Command::Resume, &mut out)
