@@ -140,10 +140,14 @@ impl RateModel {
         self.probe_min = Some(None);
     }
 
-    /// Ends the measurement begun by [`Self::begin_min_rtt_probe`].
+    /// Ends the measurement begun by [`Self::begin_min_rtt_probe`]. Without a sample in it
+    /// (every acknowledgement was of a retransmission) the old minimum is kept for another
+    /// window: probing again at once would keep the window capped.
     pub(crate) fn end_min_rtt_probe(&mut self, now: Instant) {
-        if let Some(Some(min)) = self.probe_min.take() {
-            self.min_rtt = Some((min, now));
+        match self.probe_min.take() {
+            Some(Some(min)) => self.min_rtt = Some((min, now)),
+            Some(None) => self.min_rtt = self.min_rtt.map(|(min, _)| (min, now)),
+            None => {}
         }
     }
 
@@ -334,5 +338,12 @@ mod tests {
         model.end_min_rtt_probe(later);
         assert_eq!(model.min_rtt(), Some(ms(30)));
         assert!(!model.min_rtt_expired(later + Duration::from_secs(1)));
+        // A probe without a sample keeps the minimum for another window.
+        let much_later = later + MIN_RTT_WINDOW + Duration::from_secs(1);
+        assert!(model.min_rtt_expired(much_later));
+        model.begin_min_rtt_probe();
+        model.end_min_rtt_probe(much_later);
+        assert_eq!(model.min_rtt(), Some(ms(30)));
+        assert!(!model.min_rtt_expired(much_later + Duration::from_secs(1)));
     }
 }
