@@ -1758,3 +1758,204 @@ fn slow_start_does_not_end_while_the_delivery_rate_grows() {
     a.end_slow_start_on_rtt_rise(3 * min_rtt);
     assert_eq!(a.ssthresh, a.cwnd);
 }
+
+/// A sender with `count` 1 KiB chunks in flight from TSN 100, window room for all of them.
+fn sender_with_window(count: u32, now: Instant) -> Result<Association> {
+    let mut a = timed_test_association();
+    a.my_next_tsn = 100;
+    a.cumulative_tsn_ack_point = 99;
+    a.advanced_peer_tsn_ack_point = 99;
+    a.cwnd = 4 * count * a.mtu;
+    a.ssthresh = a.cwnd;
+    let ppi = PayloadProtocolIdentifier::Binary;
+    let mut stream = a.open_stream(1, ppi)?;
+    for _ in 0..count {
+        stream.write_sctp(now, &Bytes::from(vec![1; 1024]), ppi)?;
+    }
+    assert_eq!(count as usize, data_chunks(&a.gather_outbound(now).0));
+    Ok(a)
+}
+
+fn gap(start: u16, end: u16) -> crate::chunk::chunk_selective_ack::GapAckBlock {
+    crate::chunk::chunk_selective_ack::GapAckBlock { start, end }
+}
+
+/// A DATA chunk received again is reported in the next SACK's duplicate TSNs, and that SACK
+/// goes at once (RFC 9260 6.2); at most `MAX_REPORTED_DUPLICATES` per SACK. Before, the
+/// receiver reported none, so the sender could not tell a spurious retransmission.
+#[test]
+fn a_chunk_received_twice_is_reported_at_once_and_the_list_is_bounded() -> Result<()> {
+    let now = Instant::now();
+    let sender = sender_with_window(2, now)?;
+    let sent = sender
+        .inflight_queue
+        .sorted
+        .iter()
+        .map(|tsn| sender.inflight_queue.get(*tsn).unwrap().clone())
+        .collect::<Vec<_>>();
+    let mut receiver = timed_test_association();
+    receiver.peer_last_tsn = 99;
+    receiver.handle_data(&sent[0])?;
+    assert!(
+        receiver
+            .create_selective_ack_chunk()
+            .duplicate_tsn
+            .is_empty()
+    );
+    receiver.handle_chunk_start();
+    receiver.handle_data(&sent[0])?;
+    assert!(
+        receiver.immediate_ack_triggered,
+        "a duplicate must be acknowledged without delay"
+    );
+    assert_eq!(
+        vec![100],
+        receiver.create_selective_ack_chunk().duplicate_tsn
+    );
+    assert!(
+        receiver
+            .create_selective_ack_chunk()
+            .duplicate_tsn
+            .is_empty(),
+        "each duplicate is reported once"
+    );
+    for _ in 0..40 {
+        receiver.handle_data(&sent[0])?;
+    }
+    let sack = receiver.create_selective_ack_chunk();
+    assert_eq!(
+        crate::queue::payload_queue::MAX_REPORTED_DUPLICATES,
+        sack.duplicate_tsn.len()
+    );
+    Ok(())
+}
+
+/// A chunk reordered past three later ones is found lost and sent again, and the window is
+/// cut. When the peer then reports it received twice, the retransmission was spurious: it
+/// is counted, the cut is undone, and from then on reordering alone (later chunks delivered)
+/// no longer proves a loss before RACK's reordering window, now wider, has passed.
+#[test]
+fn a_spurious_retransmission_is_undone_and_widens_the_reordering_window() -> Result<()> {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut a = sender_with_window(8, t0)?;
+    a.recovery.rate.on_rtt(t0, ms(40));
+    a.rto_mgr.srtt = 40;
+    let cwnd = a.cwnd;
+    let ssthresh = a.ssthresh;
+
+    // 100 is late; 101..=107 arrive.
+    let t1 = t0 + ms(41);
+    a.handle_sack(
+        &ChunkSelectiveAck {
+            cumulative_tsn_ack: 99,
+            advertised_receiver_window_credit: 1 << 20,
+            gap_ack_blocks: vec![gap(2, 8)],
+            ..Default::default()
+        },
+        t1,
+    )?;
+    assert!(
+        a.inflight_queue.get(100).unwrap().lost,
+        "found lost by count"
+    );
+    assert!(a.cwnd < cwnd, "the window is cut");
+    let resent = transmitted_data(&a.gather_outbound(t1).0);
+    assert_eq!(vec![100], resent.iter().map(|c| c.tsn).collect::<Vec<_>>());
+
+    // The first copy arrives, then the second: the peer reports a duplicate.
+    let t2 = t1 + ms(41);
+    a.handle_sack(
+        &ChunkSelectiveAck {
+            cumulative_tsn_ack: 107,
+            advertised_receiver_window_credit: 1 << 20,
+            duplicate_tsn: vec![100],
+            ..Default::default()
+        },
+        t2,
+    )?;
+    assert_eq!(1, a.recovery.spurious.loss);
+    assert_eq!(1, a.recovery.undone);
+    assert!(a.cwnd >= cwnd, "cwnd {} back to at least {cwnd}", a.cwnd);
+    assert!(a.ssthresh >= ssthresh);
+    assert!(!a.in_fast_recovery);
+    // A report of a chunk never sent again, or the same report twice, changes nothing.
+    a.on_duplicates_reported(&[100, 5]);
+    assert_eq!(1, a.recovery.spurious.loss);
+
+    // The next window: 108 is late again. Three later deliveries no longer prove it lost;
+    // the reordering window (now half the minimum RTT) does.
+    let ppi = PayloadProtocolIdentifier::Binary;
+    for _ in 0..8 {
+        a.stream(1)?
+            .write_sctp(t2, &Bytes::from(vec![1; 1024]), ppi)?;
+    }
+    // Paced: a few packets per millisecond.
+    let mut sent = 0;
+    for i in 0..10 {
+        sent += data_chunks(&a.gather_outbound(t2 + ms(i)).0);
+    }
+    assert_eq!(8, sent);
+    let t3 = t2 + ms(41);
+    a.handle_sack(
+        &ChunkSelectiveAck {
+            cumulative_tsn_ack: 107,
+            advertised_receiver_window_credit: 1 << 20,
+            gap_ack_blocks: vec![gap(2, 8)],
+            ..Default::default()
+        },
+        t3,
+    )?;
+    assert!(!a.inflight_queue.get(108).unwrap().lost, "reordering seen");
+    let due = a.timers.get(Timer::Recovery).expect("recovery timer armed");
+    assert!(due > t3, "due {:?} after the SACK", due - t3);
+    a.handle_timeout(t2 + ms(41 + 20));
+    assert!(
+        a.inflight_queue.get(108).unwrap().lost,
+        "lost once the reordering window passed"
+    );
+    Ok(())
+}
+
+/// In fast recovery, a SACK that advances the cumulative ack counts a miss for the TSNs it
+/// reports missing (RFC 9260 7.2.4), those below the highest TSN it reports received; not
+/// for the chunks sent after that, which are still on their way. Upstream counted them
+/// too, and three such SACKs retransmitted the window's tail though none of it was lost.
+#[test]
+fn fast_recovery_counts_misses_only_for_tsns_reported_missing() -> Result<()> {
+    let t0 = Instant::now();
+    let mut a = sender_with_window(16, t0)?;
+    // 100 lost: 101..=103 arrive, and RACK finds it lost (fast recovery until 115).
+    a.handle_sack(
+        &ChunkSelectiveAck {
+            cumulative_tsn_ack: 99,
+            advertised_receiver_window_credit: 1 << 20,
+            gap_ack_blocks: vec![gap(2, 4)],
+            ..Default::default()
+        },
+        t0 + Duration::from_millis(41),
+    )?;
+    assert!(a.in_fast_recovery);
+    // 100's retransmission arrives, and 104; 105 was lost too. Three such SACKs.
+    for (i, cum) in [104u32, 106, 108].into_iter().enumerate() {
+        a.handle_sack(
+            &ChunkSelectiveAck {
+                cumulative_tsn_ack: cum,
+                advertised_receiver_window_credit: 1 << 20,
+                gap_ack_blocks: vec![gap(2, 2)],
+                ..Default::default()
+            },
+            t0 + Duration::from_millis(90 + i as u64),
+        )?;
+    }
+    assert!(a.in_fast_recovery);
+    for tsn in 111..116 {
+        let c = a.inflight_queue.get(tsn).unwrap();
+        assert_eq!(
+            0, c.miss_indicator,
+            "tsn {tsn}, above every SACK's highest reported TSN, counted misses"
+        );
+        assert!(!c.is_fast_retransmit_candidate(), "tsn {tsn}");
+    }
+    Ok(())
+}

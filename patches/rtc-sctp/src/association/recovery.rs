@@ -48,6 +48,50 @@ const PROBE_RTT_DURATION: Duration = Duration::from_millis(200);
 /// The smallest window cap during that time, in MTUs (BBR's 4 packets).
 const PROBE_RTT_MIN_PACKETS: u32 = 4;
 
+/// How many recent retransmissions are remembered, to match the duplicate TSNs a SACK
+/// reports against.
+const REMEMBERED_RETRANSMISSIONS: usize = 256;
+/// Loss episodes a widened reordering window outlives without a new spurious retransmission
+/// (RFC 8985's `reo_wnd_persist`).
+const REORDER_PERSIST: u32 = 16;
+/// The widest reordering window, in quarters of the minimum RTT (it is also never wider than
+/// the smoothed RTT).
+const MAX_REORDER_MULT: u32 = 8;
+
+/// Why a chunk was sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Resend {
+    /// Found lost: by later deliveries (RACK) or by three miss indications.
+    Loss,
+    /// A tail-loss probe: sent again without a loss found.
+    Probe,
+    /// The T3-rtx timer expired.
+    Timeout,
+}
+
+/// Retransmissions the peer reported receiving twice (duplicate TSNs in its SACKs), by
+/// what sent them again.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SpuriousRetransmissions {
+    /// Sent again because found lost.
+    pub(crate) loss: u64,
+    /// Tail-loss probes whose first copy had arrived.
+    pub(crate) probe: u64,
+    /// Sent again after a T3-rtx expiry.
+    pub(crate) timeout: u64,
+}
+
+/// A congestion response that duplicate-TSN reports may prove needless (Linux's DSACK
+/// undo, RFC 3708's idea for SCTP): the window before it, and how many of its
+/// retransmissions are not yet proven spurious.
+#[derive(Debug, Clone, Copy)]
+struct Undo {
+    episode: u64,
+    prior_cwnd: u32,
+    prior_ssthresh: u32,
+    unproven: u32,
+}
+
 /// Re-measuring the minimum RTT (BBR's ProbeRTT): the window is capped so that this
 /// sender's own queue drains, until `until` and the end of round `round`.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +129,26 @@ pub(crate) struct Recovery {
     pub(crate) retransmit_waiting: bool,
     /// Set while the minimum RTT is measured again.
     probe_rtt: Option<ProbeRtt>,
+    /// Recent retransmissions: (TSN, why, the loss episode it belongs to), oldest first.
+    resent: std::collections::VecDeque<(u32, Resend, u64)>,
+    /// Loss episodes (congestion responses) so far.
+    episode: u64,
+    /// The newest congestion response, while it may still be undone.
+    undo: Option<Undo>,
+    /// The reordering window, in quarters of the minimum RTT (RFC 8985's `reo_wnd_mult`):
+    /// widened by each spurious retransmission of a found loss, at most once a round.
+    reorder_mult: u32,
+    /// Loss episodes left before the widened window returns to a quarter (and later
+    /// deliveries alone may again prove a loss).
+    reorder_persist: u32,
+    /// The round of the last widening.
+    reorder_round: Option<u64>,
+    /// Spurious retransmissions found (statistics, tests).
+    pub(crate) spurious: SpuriousRetransmissions,
+    /// Congestion responses undone (statistics, tests).
+    pub(crate) undone: u64,
+    /// The chunk the last probe marked for sending again.
+    pub(crate) probe_tsn: Option<u32>,
     /// Probes sent (statistics, tests).
     pub(crate) probes: u64,
     /// Chunks found lost by this module (statistics, tests).
@@ -105,6 +169,55 @@ impl Recovery {
         self.next_tx_seq += 1;
         self.last_progress = Some(now);
         seq
+    }
+
+    /// `tsn` goes again, for `why`: remembered until a SACK reports it received twice.
+    pub(crate) fn remember_retransmission(&mut self, tsn: u32, why: Resend) {
+        if self.resent.len() == REMEMBERED_RETRANSMISSIONS {
+            self.resent.pop_front();
+        }
+        self.resent.push_back((tsn, why, self.episode));
+        if why != Resend::Probe
+            && let Some(undo) = self.undo.as_mut()
+            && undo.episode == self.episode
+        {
+            undo.unproven += 1;
+        }
+    }
+
+    /// A congestion response is about to cut the window from `cwnd` and `ssthresh`: a new
+    /// loss episode, which duplicate-TSN reports may undo.
+    pub(crate) fn begin_episode(&mut self, cwnd: u32, ssthresh: u32) {
+        self.episode += 1;
+        self.undo = Some(Undo {
+            episode: self.episode,
+            prior_cwnd: cwnd,
+            prior_ssthresh: ssthresh,
+            unproven: 0,
+        });
+        if self.reorder_persist > 0 {
+            self.reorder_persist -= 1;
+            if self.reorder_persist == 0 {
+                self.reorder_mult = 0;
+            }
+        }
+    }
+
+    /// Reordering or a delay spike has made a found loss spurious: later deliveries alone no
+    /// longer prove a loss, and the reordering window widens by a quarter of the minimum RTT,
+    /// at most once a round (RFC 8985 6.2 step 4).
+    fn widen_reorder_window(&mut self) {
+        let round = self.rate.round();
+        if self.reorder_round != Some(round) {
+            self.reorder_round = Some(round);
+            self.reorder_mult = (self.reorder_mult + 1).min(MAX_REORDER_MULT);
+        }
+        self.reorder_persist = REORDER_PERSIST;
+    }
+
+    /// Reordering was seen lately (a spurious retransmission of a found loss).
+    pub(crate) fn reordering_seen(&self) -> bool {
+        self.reorder_mult > 0
     }
 }
 
@@ -217,14 +330,71 @@ impl Association {
         }
     }
 
-    /// The reordering window: a quarter of the minimum RTT.
+    /// The reordering window: a quarter of the minimum RTT, times the widening spurious
+    /// retransmissions caused (never wider than the smoothed RTT then).
     fn reorder_window(&self) -> Duration {
-        let min_rtt = self
-            .recovery
-            .rate
-            .min_rtt()
-            .unwrap_or(Duration::from_millis(self.rto_mgr.srtt));
-        (min_rtt / 4).max(MIN_WINDOW)
+        let srtt = Duration::from_millis(self.rto_mgr.srtt);
+        let min_rtt = self.recovery.rate.min_rtt().unwrap_or(srtt);
+        let quarter = (min_rtt / 4).max(MIN_WINDOW);
+        match self.recovery.reorder_mult {
+            0 => quarter,
+            mult => (quarter * mult).min(srtt.max(quarter)),
+        }
+    }
+
+    /// A SACK reported `tsns` received more than once. Each that this side sent again is a
+    /// spurious retransmission: counted by cause; a found loss widens the reordering window
+    /// ([`Recovery::widen_reorder_window`]); and once every retransmission of the newest
+    /// loss episode proves spurious, its congestion response is undone: the window and
+    /// ssthresh go back to what they were (at least), and fast recovery ends. Before, the
+    /// receiver reported no duplicates, so a retransmission caused by reordering or a delay
+    /// spike cut the window as a real loss does, and kept doing so.
+    pub(crate) fn on_duplicates_reported(&mut self, tsns: &[u32]) {
+        for &tsn in tsns
+            .iter()
+            .take(crate::queue::payload_queue::MAX_REPORTED_DUPLICATES)
+        {
+            let Some(at) = self.recovery.resent.iter().rposition(|(t, ..)| *t == tsn) else {
+                continue;
+            };
+            let Some((_, why, episode)) = self.recovery.resent.remove(at) else {
+                continue;
+            };
+            let spurious = &mut self.recovery.spurious;
+            match why {
+                Resend::Loss => spurious.loss += 1,
+                Resend::Probe => spurious.probe += 1,
+                Resend::Timeout => spurious.timeout += 1,
+            }
+            if why == Resend::Probe {
+                // A probe is no congestion response: nothing to undo.
+                continue;
+            }
+            if why == Resend::Loss {
+                self.recovery.widen_reorder_window();
+            }
+            let Some(undo) = self.recovery.undo.as_mut() else {
+                continue;
+            };
+            if undo.episode != episode {
+                continue;
+            }
+            undo.unproven = undo.unproven.saturating_sub(1);
+            if undo.unproven == 0 {
+                let undo = *undo;
+                self.recovery.undo = None;
+                self.recovery.undone += 1;
+                self.cwnd = self.cwnd.max(undo.prior_cwnd);
+                self.ssthresh = self.ssthresh.max(undo.prior_ssthresh);
+                self.in_fast_recovery = false;
+                log::debug!(
+                    "[{}] loss episode undone (its retransmissions were spurious): cwnd={} ssthresh={}",
+                    self.side,
+                    self.cwnd,
+                    self.ssthresh
+                );
+            }
+        }
     }
 
     /// Marks lost every outstanding chunk that transmissions delivered after it prove lost;
@@ -246,7 +416,8 @@ impl Association {
             }
             let Some(sent) = c.last_sent else { continue };
             let due = sent + rack_rtt + window;
-            if rack_seq - c.tx_seq >= DUP_THRESH || now >= due {
+            let by_count = !self.recovery.reordering_seen() && rack_seq - c.tx_seq >= DUP_THRESH;
+            if by_count || now >= due {
                 lost.push(tsn);
             } else {
                 deadline = Some(deadline.map_or(due, |d| d.min(due)));
@@ -289,6 +460,7 @@ impl Association {
     /// RFC 9260 7.2.4 step 2: enters Fast Recovery until `exit_point` is acknowledged, with
     /// the window cut to [`Self::loss_ssthresh`].
     pub(crate) fn enter_fast_recovery(&mut self, exit_point: u32) {
+        self.recovery.begin_episode(self.cwnd, self.ssthresh);
         self.in_fast_recovery = true;
         self.fast_recover_exit_point = exit_point;
         self.ssthresh = self.loss_ssthresh();
@@ -361,6 +533,7 @@ impl Association {
             {
                 // A probe, not a loss: no congestion response.
                 c.lost = true;
+                self.recovery.probe_tsn = Some(tsn);
                 self.recovery.probe_sent = true;
                 self.recovery.force_one_retransmission = true;
                 self.recovery.probes += 1;

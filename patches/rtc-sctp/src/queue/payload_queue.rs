@@ -5,6 +5,9 @@ use crate::util::*;
 use rustc_hash::FxHashMap;
 use std::collections::{VecDeque, hash_map::Entry};
 
+/// The most duplicate TSNs one SACK reports (patch; `record_duplicate`).
+pub(crate) const MAX_REPORTED_DUPLICATES: usize = 16;
+
 /// A fragmented message may have only one retained DATA chunk. Store that TSN
 /// inline until another fragment is queued.
 #[derive(Debug)]
@@ -129,7 +132,7 @@ impl PayloadQueue {
         let ok = self.chunk_map.contains_key(&p.tsn);
         if ok || sna32lte(p.tsn, cumulative_tsn) {
             // Found the packet, log in dups
-            self.dup_tsn.push(p.tsn);
+            self.record_duplicate(p.tsn);
             return false;
         }
 
@@ -179,6 +182,16 @@ impl PayloadQueue {
             self.lookups.set(self.lookups.get() + 1);
         }
         self.chunk_map.get_mut(&tsn)
+    }
+
+    /// Records a DATA chunk received again, for the next SACK's duplicate-TSN list (patch:
+    /// the receiver reported none before). At most [`MAX_REPORTED_DUPLICATES`] per SACK: the
+    /// sender uses them to find spurious retransmissions, and a peer sending the same chunk
+    /// over and over must not grow the list.
+    pub(crate) fn record_duplicate(&mut self, tsn: u32) {
+        if self.dup_tsn.len() < MAX_REPORTED_DUPLICATES {
+            self.dup_tsn.push(tsn);
+        }
     }
 
     /// popDuplicates returns an array of TSN values that were found duplicate.
