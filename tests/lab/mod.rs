@@ -145,6 +145,7 @@ pub fn unavailable() -> Option<String> {
         "turnserver",
         "tc",
         "ping",
+        "iperf3",
     ] {
         let found = Command::new("sh")
             .args(["-c", &format!("command -v {tool}")])
@@ -153,7 +154,7 @@ pub fn unavailable() -> Option<String> {
             .unwrap_or(false);
         if !found {
             return Some(format!(
-                "needs {tool} (apt-get install -y iproute2 iptables conntrack coturn iputils-ping)"
+                "needs {tool} (apt-get install -y iproute2 iptables conntrack coturn iputils-ping iperf3)"
             ));
         }
     }

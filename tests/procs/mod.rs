@@ -129,6 +129,14 @@ impl Node {
         }
     }
 
+    /// The events printed so far, without waiting for more.
+    pub fn seen_now(&mut self) -> &[Value] {
+        while let Ok(event) = self.events.try_recv() {
+            self.seen.push(event);
+        }
+        &self.seen
+    }
+
     /// The events seen so far.
     pub fn seen(&self) -> &[Value] {
         &self.seen

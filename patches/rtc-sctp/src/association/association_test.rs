@@ -1959,3 +1959,62 @@ fn fast_recovery_counts_misses_only_for_tsns_reported_missing() -> Result<()> {
     }
     Ok(())
 }
+
+/// Fast-retransmitting the earliest outstanding chunk restarts T3-rtx (RFC 9260 7.2.4 step
+/// 4): the timer then runs from the retransmission, not from the first transmission, whose
+/// RTO could expire while the retransmission's SACK is on the way.
+#[test]
+fn retransmitting_the_earliest_chunk_restarts_t3() -> Result<()> {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    let mut a = sender_with_window(8, t0)?;
+    let first_deadline = a.timers.get(Timer::T3RTX).expect("T3 armed");
+    let t1 = t0 + ms(150);
+    a.handle_sack(
+        &ChunkSelectiveAck {
+            cumulative_tsn_ack: 99,
+            advertised_receiver_window_credit: 1 << 20,
+            gap_ack_blocks: vec![gap(2, 4)],
+            ..Default::default()
+        },
+        t1,
+    )?;
+    let resent = transmitted_data(&a.gather_outbound(t1).0);
+    assert_eq!(vec![100], resent.iter().map(|c| c.tsn).collect::<Vec<_>>());
+    let deadline = a.timers.get(Timer::T3RTX).expect("T3 armed");
+    assert!(
+        deadline >= t1 + ms(a.rto_mgr.get_rto()),
+        "T3 due {:?} after the first transmission, {:?} after the retransmission",
+        deadline - t0,
+        deadline.saturating_duration_since(t1)
+    );
+    assert!(deadline > first_deadline);
+    Ok(())
+}
+
+/// After slow start, while a queue stands (smoothed RTT over 1.25x the minimum), the window
+/// is capped at twice the estimated BDP; without a queue it keeps what Reno gave it.
+#[test]
+fn a_standing_queue_caps_the_window_at_twice_the_bdp() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    for (srtt, capped) in [(120, true), (40, false)] {
+        let mut a = create_association(TransportConfig::default());
+        a.recovery.rate.on_rtt(t0, ms(40));
+        let snap = a.recovery.rate.snapshot(t0, false);
+        a.recovery.rate.on_ack(t0 + ms(50), 125_000, Some(snap));
+        // 2.5 MB/s x 40 ms x 2
+        let floor = a.recovery.rate.floor();
+        assert!((199_000..=201_000).contains(&floor), "floor {floor}");
+        a.ssthresh = 100_000;
+        a.cwnd = 400_000;
+        a.rto_mgr.srtt = srtt;
+        a.on_sack_recovery(t0 + ms(60), 1200, recovery::NewestAcked::default());
+        if capped {
+            assert_eq!(floor, a.cwnd, "srtt {srtt} ms");
+            assert!(a.ssthresh <= a.cwnd, "still past slow start");
+        } else {
+            assert_eq!(400_000, a.cwnd, "srtt {srtt} ms");
+        }
+    }
+}

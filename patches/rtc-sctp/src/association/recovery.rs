@@ -278,6 +278,7 @@ impl Association {
             // The window never stays below what the path has shown it delivers; it moves
             // only on acknowledged data (abandoned chunks do not grow it).
             self.cwnd = self.cwnd.max(self.recovery.rate.floor());
+            self.cap_inflight_while_queued();
             self.update_probe_rtt(now);
         }
         if let Some(sent) = newest.sent
@@ -290,6 +291,22 @@ impl Association {
         }
         self.detect_losses(now);
         self.arm_recovery_timer(now);
+    }
+
+    /// After slow start, while a queue stands on the path ([`Self::queue_standing`]), the
+    /// window is capped at the floor, twice the estimated bandwidth-delay product (BBR's
+    /// in-flight cap, `cwnd_gain` x BDP): more only lengthens the queue. Without the cap,
+    /// Reno's growth above the floor went on until a loss, so a deep buffer filled (20 Mbit/s
+    /// with 200 ms of queue: ping across the line 179 ms against 42 ms idle). Without a
+    /// queue (random loss, no rate limit) the window grows as before.
+    fn cap_inflight_while_queued(&mut self) {
+        let floor = self.recovery.rate.floor();
+        let cap = floor.max(PROBE_RTT_MIN_PACKETS * self.mtu);
+        if floor > 0 && self.cwnd >= self.ssthresh && self.cwnd > cap && self.queue_standing() {
+            self.cwnd = cap;
+            // Still past slow start.
+            self.ssthresh = self.ssthresh.min(cap);
+        }
     }
 
     /// Every [`MIN_RTT_WINDOW`](super::congestion::MIN_RTT_WINDOW) the minimum RTT is
