@@ -1776,8 +1776,18 @@ fn sender_with_window(count: u32, now: Instant) -> Result<Association> {
     Ok(a)
 }
 
-fn gap(start: u16, end: u16) -> crate::chunk::chunk_selective_ack::GapAckBlock {
-    crate::chunk::chunk_selective_ack::GapAckBlock { start, end }
+/// A SACK with a 1 MiB window: the cumulative ack, gap blocks (start, end) and duplicates.
+fn sack(cum: u32, gaps: &[(u16, u16)], duplicates: &[u32]) -> ChunkSelectiveAck {
+    ChunkSelectiveAck {
+        cumulative_tsn_ack: cum,
+        advertised_receiver_window_credit: 1 << 20,
+        gap_ack_blocks: gaps
+            .iter()
+            .map(|&(start, end)| crate::chunk::chunk_selective_ack::GapAckBlock { start, end })
+            .collect(),
+        duplicate_tsn: duplicates.to_vec(),
+        ..Default::default()
+    }
 }
 
 /// A DATA chunk received again is reported in the next SACK's duplicate TSNs, and that SACK
@@ -1846,15 +1856,7 @@ fn a_spurious_retransmission_is_undone_and_widens_the_reordering_window() -> Res
 
     // 100 is late; 101..=107 arrive.
     let t1 = t0 + ms(41);
-    a.handle_sack(
-        &ChunkSelectiveAck {
-            cumulative_tsn_ack: 99,
-            advertised_receiver_window_credit: 1 << 20,
-            gap_ack_blocks: vec![gap(2, 8)],
-            ..Default::default()
-        },
-        t1,
-    )?;
+    a.handle_sack(&sack(99, &[(2, 8)], &[]), t1)?;
     assert!(
         a.inflight_queue.get(100).unwrap().lost,
         "found lost by count"
@@ -1865,15 +1867,7 @@ fn a_spurious_retransmission_is_undone_and_widens_the_reordering_window() -> Res
 
     // The first copy arrives, then the second: the peer reports a duplicate.
     let t2 = t1 + ms(41);
-    a.handle_sack(
-        &ChunkSelectiveAck {
-            cumulative_tsn_ack: 107,
-            advertised_receiver_window_credit: 1 << 20,
-            duplicate_tsn: vec![100],
-            ..Default::default()
-        },
-        t2,
-    )?;
+    a.handle_sack(&sack(107, &[], &[100]), t2)?;
     assert_eq!(1, a.recovery.spurious.loss);
     assert_eq!(1, a.recovery.undone);
     assert!(a.cwnd >= cwnd, "cwnd {} back to at least {cwnd}", a.cwnd);
@@ -1897,15 +1891,7 @@ fn a_spurious_retransmission_is_undone_and_widens_the_reordering_window() -> Res
     }
     assert_eq!(8, sent);
     let t3 = t2 + ms(41);
-    a.handle_sack(
-        &ChunkSelectiveAck {
-            cumulative_tsn_ack: 107,
-            advertised_receiver_window_credit: 1 << 20,
-            gap_ack_blocks: vec![gap(2, 8)],
-            ..Default::default()
-        },
-        t3,
-    )?;
+    a.handle_sack(&sack(107, &[(2, 8)], &[]), t3)?;
     assert!(!a.inflight_queue.get(108).unwrap().lost, "reordering seen");
     let due = a.timers.get(Timer::Recovery).expect("recovery timer armed");
     assert!(due > t3, "due {:?} after the SACK", due - t3);
@@ -1926,25 +1912,12 @@ fn fast_recovery_counts_misses_only_for_tsns_reported_missing() -> Result<()> {
     let t0 = Instant::now();
     let mut a = sender_with_window(16, t0)?;
     // 100 lost: 101..=103 arrive, and RACK finds it lost (fast recovery until 115).
-    a.handle_sack(
-        &ChunkSelectiveAck {
-            cumulative_tsn_ack: 99,
-            advertised_receiver_window_credit: 1 << 20,
-            gap_ack_blocks: vec![gap(2, 4)],
-            ..Default::default()
-        },
-        t0 + Duration::from_millis(41),
-    )?;
+    a.handle_sack(&sack(99, &[(2, 4)], &[]), t0 + Duration::from_millis(41))?;
     assert!(a.in_fast_recovery);
     // 100's retransmission arrives, and 104; 105 was lost too. Three such SACKs.
     for (i, cum) in [104u32, 106, 108].into_iter().enumerate() {
         a.handle_sack(
-            &ChunkSelectiveAck {
-                cumulative_tsn_ack: cum,
-                advertised_receiver_window_credit: 1 << 20,
-                gap_ack_blocks: vec![gap(2, 2)],
-                ..Default::default()
-            },
+            &sack(cum, &[(2, 2)], &[]),
             t0 + Duration::from_millis(90 + i as u64),
         )?;
     }
@@ -1970,15 +1943,7 @@ fn retransmitting_the_earliest_chunk_restarts_t3() -> Result<()> {
     let mut a = sender_with_window(8, t0)?;
     let first_deadline = a.timers.get(Timer::T3RTX).expect("T3 armed");
     let t1 = t0 + ms(150);
-    a.handle_sack(
-        &ChunkSelectiveAck {
-            cumulative_tsn_ack: 99,
-            advertised_receiver_window_credit: 1 << 20,
-            gap_ack_blocks: vec![gap(2, 4)],
-            ..Default::default()
-        },
-        t1,
-    )?;
+    a.handle_sack(&sack(99, &[(2, 4)], &[]), t1)?;
     let resent = transmitted_data(&a.gather_outbound(t1).0);
     assert_eq!(vec![100], resent.iter().map(|c| c.tsn).collect::<Vec<_>>());
     let deadline = a.timers.get(Timer::T3RTX).expect("T3 armed");
