@@ -3702,6 +3702,23 @@ impl Association {
                     "[{}] T3-rtx timed out: n_rtos={} cwnd={} ssthresh={}",
                     self.side, n_rtos, self.cwnd, self.ssthresh
                 );
+                // Patch: under the counters' target too, with what was outstanding.
+                debug!(
+                    target: "rtc_sctp::stats",
+                    "[{}] T3-rtx expired: rto={} ms srtt={} ms, in flight {} B in {} chunks, pipe {} B, earliest tsn {} sent {} times, {} found lost, probe out {}",
+                    self.side,
+                    self.rto_mgr.get_rto(),
+                    self.rto_mgr.srtt,
+                    self.inflight_queue.get_num_bytes(),
+                    self.inflight_queue.len(),
+                    self.pipe(),
+                    self.cumulative_tsn_ack_point.wrapping_add(1),
+                    self.inflight_queue
+                        .get(self.cumulative_tsn_ack_point.wrapping_add(1))
+                        .map_or(0, |c| c.nsent),
+                    self.recovery.detected_lost,
+                    self.recovery.probe_sent
+                );
 
                 self.inflight_queue.mark_all_to_retrasmit();
                 self.on_t3_recovery();

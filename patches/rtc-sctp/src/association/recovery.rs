@@ -114,7 +114,7 @@ pub(crate) struct Recovery {
     /// The last new transmission or acknowledgement of new data.
     last_progress: Option<Instant>,
     /// A probe was sent and nothing new has been acknowledged since.
-    probe_sent: bool,
+    pub(crate) probe_sent: bool,
     /// When the earliest chunk that is not yet lost, but may be, becomes lost.
     reorder_deadline: Option<Instant>,
     /// Paces DATA (`pacing.rs`).
