@@ -1983,3 +1983,26 @@ fn a_standing_queue_caps_the_window_at_twice_the_bdp() {
         }
     }
 }
+
+/// A chunk lost again after its retransmission goes before new DATA (RFC 9260 6.1 C).
+/// Upstream gathered new DATA first; it took the window's room, and a chunk lost a second
+/// time (which may not exceed the window) waited behind it, in a bulk transfer until T3-rtx.
+#[test]
+fn a_chunk_lost_again_goes_before_new_data() -> Result<()> {
+    let t0 = Instant::now();
+    let mut a = sender_with_window(8, t0)?;
+    let c = a.inflight_queue.get_mut(100).unwrap();
+    c.nsent = 2;
+    c.lost = true;
+    a.will_retransmit_fast = true;
+    a.recovery.force_one_retransmission = false;
+    // Room for the retransmission beside what is in flight, and for one new chunk.
+    a.cwnd = 9 * 1024;
+    let ppi = PayloadProtocolIdentifier::Binary;
+    a.stream(1)?
+        .write_sctp(t0, &Bytes::from(vec![2; 1024]), ppi)?;
+    let sent = transmitted_data(&a.gather_outbound(t0).0);
+    let tsns = sent.iter().map(|c| c.tsn).collect::<Vec<_>>();
+    assert_eq!(Some(&100), tsns.first(), "sent {tsns:?}");
+    Ok(())
+}

@@ -2446,11 +2446,14 @@ impl Association {
                 if self.state() == AssociationState::Closed {
                     return (self.drain_control_queue(), false);
                 }
-                raw_packets = self.gather_outbound_data_and_reconfig_packets(raw_packets, now);
+                // Patch: lost chunks before new DATA (RFC 9260 6.1 C). Upstream sent new
+                // DATA first, which took the window's room; a chunk lost a second time
+                // (not "forced") then waited behind it until T3-rtx.
+                raw_packets = self.gather_outbound_fast_retransmission_packets(raw_packets, now);
                 if self.state() == AssociationState::Closed {
                     return (self.drain_control_queue(), false);
                 }
-                raw_packets = self.gather_outbound_fast_retransmission_packets(raw_packets, now);
+                raw_packets = self.gather_outbound_data_and_reconfig_packets(raw_packets, now);
                 if self.state() == AssociationState::Closed {
                     return (self.drain_control_queue(), false);
                 }
