@@ -1888,11 +1888,7 @@ impl Association {
         let mut newly_acked_data = false;
         // Abandoned DATA can precede the earliest outstanding TSN. RFC 9260
         // 6.3.2 R3 applies to that outstanding DATA, including gap acknowledgments.
-        let earliest_outstanding = self.inflight_queue.sorted.iter().copied().find(|tsn| {
-            self.inflight_queue
-                .get(*tsn)
-                .is_some_and(ChunkPayloadData::is_outstanding)
-        });
+        let earliest_outstanding = self.earliest_outstanding();
 
         // New ack point, so pop all ACKed packets from inflight_queue
         // We add 1 because the "currentAckPoint" has already been popped from the inflight queue
@@ -2717,16 +2713,10 @@ impl Association {
             // expired while its retransmission's SACK was on the way, and the whole window
             // went again: in a 20 Mbit/s echo, duplicate-TSN reports counted 224-687
             // retransmissions after T3 that had arrived already.
-            let earliest = (!to_fast_retrans.is_empty())
-                .then(|| {
-                    self.inflight_queue.sorted.iter().copied().find(|tsn| {
-                        self.inflight_queue
-                            .get(*tsn)
-                            .is_some_and(ChunkPayloadData::is_outstanding)
-                    })
-                })
-                .flatten();
-            if earliest.is_some_and(|e| to_fast_retrans.iter().any(|c| c.tsn == e))
+            if !to_fast_retrans.is_empty()
+                && self
+                    .earliest_outstanding()
+                    .is_some_and(|e| to_fast_retrans.iter().any(|c| c.tsn == e))
                 && self.timers.get(Timer::T3RTX).is_none_or(|at| at > now)
             {
                 self.timers.start(Timer::T3RTX, now, self.rto_mgr.get_rto());
@@ -2734,14 +2724,13 @@ impl Association {
             for chunk in &mut to_fast_retrans {
                 // Patch: a new transmission for loss detection; the last asks for an
                 // immediate SACK (RFC 7053), which recovery waits on.
-                self.stamp_transmission(chunk.tsn, now, false);
                 let why = if self.recovery.probe_tsn == Some(chunk.tsn) {
                     self.recovery.probe_tsn = None;
                     recovery::Resend::Probe
                 } else {
                     recovery::Resend::Loss
                 };
-                self.recovery.remember_retransmission(chunk.tsn, why);
+                self.stamp_retransmission(chunk.tsn, now, why);
                 chunk.immediate_sack = Some(chunk.tsn) == last;
                 if let Some(c) = self.inflight_queue.get_mut(chunk.tsn) {
                     c.nsent += 1;
@@ -2929,9 +2918,7 @@ impl Association {
         // A later candidate can abandon an earlier fragment already selected
         // into this batch. Commit attempts only after whole-message retirement.
         for chunk in &mut chunks {
-            self.stamp_transmission(chunk.tsn, now, false);
-            self.recovery
-                .remember_retransmission(chunk.tsn, recovery::Resend::Timeout);
+            self.stamp_retransmission(chunk.tsn, now, recovery::Resend::Timeout);
             if let Some(c) = self.inflight_queue.get_mut(chunk.tsn) {
                 c.retransmit = false;
                 c.nsent += 1;
@@ -3706,6 +3693,7 @@ impl Association {
                     self.side, n_rtos, self.cwnd, self.ssthresh
                 );
                 // Patch: under the counters' target too, with what was outstanding.
+                let earliest = self.cumulative_tsn_ack_point.wrapping_add(1);
                 debug!(
                     target: "rtc_sctp::stats",
                     "[{}] T3-rtx expired: rto={} ms srtt={} ms, in flight {} B in {} chunks, pipe {} B, earliest tsn {} sent {} times, {} found lost, probe out {}",
@@ -3715,10 +3703,8 @@ impl Association {
                     self.inflight_queue.get_num_bytes(),
                     self.inflight_queue.len(),
                     self.pipe(),
-                    self.cumulative_tsn_ack_point.wrapping_add(1),
-                    self.inflight_queue
-                        .get(self.cumulative_tsn_ack_point.wrapping_add(1))
-                        .map_or(0, |c| c.nsent),
+                    earliest,
+                    self.inflight_queue.get(earliest).map_or(0, |c| c.nsent),
                     self.recovery.detected_lost,
                     self.recovery.probe_sent
                 );

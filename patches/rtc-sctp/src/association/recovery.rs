@@ -265,6 +265,13 @@ impl Association {
         }
     }
 
+    /// Stamps the in-flight copy of `tsn` as sent again now, for `why`, and remembers it for
+    /// the duplicate-TSN reports ([`Self::on_duplicates_reported`]).
+    pub(crate) fn stamp_retransmission(&mut self, tsn: u32, now: Instant, why: Resend) {
+        self.stamp_transmission(tsn, now, false);
+        self.recovery.remember_retransmission(tsn, why);
+    }
+
     /// Feeds a SACK's new acknowledgements to the rate model and the window, then looks for
     /// lost chunks. Called after the SACK's acknowledgements have been recorded.
     pub(crate) fn on_sack_recovery(&mut self, now: Instant, acked_bytes: u64, newest: NewestAcked) {
@@ -506,12 +513,17 @@ impl Association {
         Some(self.recovery.last_progress.unwrap_or(now) + pto)
     }
 
-    fn has_outstanding(&self) -> bool {
-        self.inflight_queue.sorted.iter().any(|tsn| {
+    /// The lowest TSN still outstanding (sent, neither acknowledged nor abandoned).
+    pub(crate) fn earliest_outstanding(&self) -> Option<u32> {
+        self.inflight_queue.sorted.iter().copied().find(|tsn| {
             self.inflight_queue
                 .get(*tsn)
                 .is_some_and(ChunkPayloadData::is_outstanding)
         })
+    }
+
+    fn has_outstanding(&self) -> bool {
+        self.earliest_outstanding().is_some()
     }
 
     /// Arms the recovery timer at the earlier of the reordering deadline and the probe
