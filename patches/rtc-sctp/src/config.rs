@@ -62,6 +62,7 @@ pub struct TransportConfig {
     max_num_inbound_streams: u16,
     timer_config: TimerConfig,
     congestion_control: CongestionControl,
+    max_mtu: u32,
 }
 
 impl Default for TransportConfig {
@@ -74,6 +75,7 @@ impl Default for TransportConfig {
             max_num_inbound_streams: u16::MAX,
             timer_config: TimerConfig::default(),
             congestion_control: CongestionControl::default(),
+            max_mtu: 0,
         }
     }
 }
@@ -155,6 +157,23 @@ impl TransportConfig {
     /// The configured retransmission limits.
     pub fn timer_config(&self) -> TimerConfig {
         self.timer_config
+    }
+
+    /// Sets the largest SCTP packet, in bytes, that path MTU discovery probes for (patch;
+    /// RFC 8899 with HEARTBEAT and PAD chunks), e.g. [`ETHERNET_MAX_MTU`](crate::ETHERNET_MAX_MTU)
+    /// (1428). At or below the endpoint's packet size (`EndpointConfig::max_payload_size`,
+    /// 1191 by default) nothing is probed and that size is used, as upstream does. Default 0:
+    /// off. Chunks sent at a larger size cannot be cut again if the path's MTU later falls
+    /// (an ICE restart onto another network), and then the association fails; use it where
+    /// the path's MTU does not change under a connection.
+    pub fn with_max_mtu(mut self, value: u32) -> Self {
+        self.max_mtu = value;
+        self
+    }
+
+    /// The largest SCTP packet path MTU discovery probes for.
+    pub fn max_mtu(&self) -> u32 {
+        self.max_mtu
     }
 }
 

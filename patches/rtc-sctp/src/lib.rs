@@ -59,6 +59,7 @@ mod association;
 pub use crate::association::{
     Association, AssociationError, Event,
     congestion::CongestionControl,
+    pmtu::ETHERNET_MAX_MTU,
     stats::AssociationStats,
     stream::{ReliabilityType, Stream, StreamEvent, StreamId, StreamState},
     timer::TimerConfig,

@@ -6,6 +6,7 @@ use crate::chunk::chunk_error::ChunkError;
 use crate::chunk::chunk_forward_tsn::ChunkForwardTsn;
 use crate::chunk::chunk_header::*;
 use crate::chunk::chunk_heartbeat::ChunkHeartbeat;
+use crate::chunk::chunk_heartbeat_ack::ChunkHeartbeatAck;
 use crate::chunk::chunk_init::ChunkInit;
 use crate::chunk::chunk_payload_data::ChunkPayloadData;
 use crate::chunk::chunk_reconfig::ChunkReconfig;
@@ -137,22 +138,10 @@ impl PartialDecode {
 
             let chunk_buf = slice_chunk(&self.remaining, offset)?;
             let ct = ChunkType(self.remaining[offset]);
-            let c: Box<dyn Chunk> = match ct {
-                CT_INIT => Box::new(ChunkInit::unmarshal(&chunk_buf)?),
-                CT_INIT_ACK => Box::new(ChunkInit::unmarshal(&chunk_buf)?),
-                CT_ABORT => Box::new(ChunkAbort::unmarshal(&chunk_buf)?),
-                CT_COOKIE_ECHO => Box::new(ChunkCookieEcho::unmarshal(&chunk_buf)?),
-                CT_COOKIE_ACK => Box::new(ChunkCookieAck::unmarshal(&chunk_buf)?),
-                CT_HEARTBEAT => Box::new(ChunkHeartbeat::unmarshal(&chunk_buf)?),
-                CT_PAYLOAD_DATA => Box::new(ChunkPayloadData::unmarshal(&chunk_buf)?),
-                CT_SACK => Box::new(ChunkSelectiveAck::unmarshal(&chunk_buf)?),
-                CT_RECONFIG => Box::new(ChunkReconfig::unmarshal(&chunk_buf)?),
-                CT_FORWARD_TSN => Box::new(ChunkForwardTsn::unmarshal(&chunk_buf)?),
-                CT_ERROR => Box::new(ChunkError::unmarshal(&chunk_buf)?),
-                CT_SHUTDOWN => Box::new(ChunkShutdown::unmarshal(&chunk_buf)?),
-                CT_SHUTDOWN_ACK => Box::new(ChunkShutdownAck::unmarshal(&chunk_buf)?),
-                CT_SHUTDOWN_COMPLETE => Box::new(ChunkShutdownComplete::unmarshal(&chunk_buf)?),
-                _ => return Err(Error::ErrUnmarshalUnknownChunkType),
+            let Some(c) = parse_chunk(ct, &chunk_buf)? else {
+                // Patch: an unknown chunk whose type says "skip" (RFC 9260 3.2).
+                offset += chunk_buf.len() + get_padding_size(chunk_buf.len());
+                continue;
             };
 
             let chunk_value_padding = get_padding_size(c.value_length());
@@ -165,6 +154,34 @@ impl PartialDecode {
             chunks,
         })
     }
+}
+
+/// Parses one chunk. Patch: HEARTBEAT ACK is parsed (upstream dropped every packet that
+/// carried one); an unknown chunk type whose two high bits are `10` or `11` ("skip this chunk
+/// and continue", RFC 9260 3.2), the PAD chunk of path MTU probes among them, gives `None`
+/// and the rest of the packet is read (upstream dropped the packet). The ERROR that `11` asks
+/// for is not sent. `00` and `01` still drop the packet.
+fn parse_chunk(ct: ChunkType, chunk_buf: &Bytes) -> Result<Option<Box<dyn Chunk>>> {
+    let c: Box<dyn Chunk> = match ct {
+        CT_INIT => Box::new(ChunkInit::unmarshal(chunk_buf)?),
+        CT_INIT_ACK => Box::new(ChunkInit::unmarshal(chunk_buf)?),
+        CT_ABORT => Box::new(ChunkAbort::unmarshal(chunk_buf)?),
+        CT_COOKIE_ECHO => Box::new(ChunkCookieEcho::unmarshal(chunk_buf)?),
+        CT_COOKIE_ACK => Box::new(ChunkCookieAck::unmarshal(chunk_buf)?),
+        CT_HEARTBEAT => Box::new(ChunkHeartbeat::unmarshal(chunk_buf)?),
+        CT_HEARTBEAT_ACK => Box::new(ChunkHeartbeatAck::unmarshal(chunk_buf)?),
+        CT_PAYLOAD_DATA => Box::new(ChunkPayloadData::unmarshal(chunk_buf)?),
+        CT_SACK => Box::new(ChunkSelectiveAck::unmarshal(chunk_buf)?),
+        CT_RECONFIG => Box::new(ChunkReconfig::unmarshal(chunk_buf)?),
+        CT_FORWARD_TSN => Box::new(ChunkForwardTsn::unmarshal(chunk_buf)?),
+        CT_ERROR => Box::new(ChunkError::unmarshal(chunk_buf)?),
+        CT_SHUTDOWN => Box::new(ChunkShutdown::unmarshal(chunk_buf)?),
+        CT_SHUTDOWN_ACK => Box::new(ChunkShutdownAck::unmarshal(chunk_buf)?),
+        CT_SHUTDOWN_COMPLETE => Box::new(ChunkShutdownComplete::unmarshal(chunk_buf)?),
+        ChunkType(t) if t & 0x80 != 0 => return Ok(None),
+        _ => return Err(Error::ErrUnmarshalUnknownChunkType),
+    };
+    Ok(Some(c))
 }
 
 fn slice_chunk(raw: &Bytes, offset: usize) -> Result<Bytes> {
@@ -234,22 +251,10 @@ impl Packet {
 
             let chunk_buf = slice_chunk(raw, offset)?;
             let ct = ChunkType(raw[offset]);
-            let c: Box<dyn Chunk> = match ct {
-                CT_INIT => Box::new(ChunkInit::unmarshal(&chunk_buf)?),
-                CT_INIT_ACK => Box::new(ChunkInit::unmarshal(&chunk_buf)?),
-                CT_ABORT => Box::new(ChunkAbort::unmarshal(&chunk_buf)?),
-                CT_COOKIE_ECHO => Box::new(ChunkCookieEcho::unmarshal(&chunk_buf)?),
-                CT_COOKIE_ACK => Box::new(ChunkCookieAck::unmarshal(&chunk_buf)?),
-                CT_HEARTBEAT => Box::new(ChunkHeartbeat::unmarshal(&chunk_buf)?),
-                CT_PAYLOAD_DATA => Box::new(ChunkPayloadData::unmarshal(&chunk_buf)?),
-                CT_SACK => Box::new(ChunkSelectiveAck::unmarshal(&chunk_buf)?),
-                CT_RECONFIG => Box::new(ChunkReconfig::unmarshal(&chunk_buf)?),
-                CT_FORWARD_TSN => Box::new(ChunkForwardTsn::unmarshal(&chunk_buf)?),
-                CT_ERROR => Box::new(ChunkError::unmarshal(&chunk_buf)?),
-                CT_SHUTDOWN => Box::new(ChunkShutdown::unmarshal(&chunk_buf)?),
-                CT_SHUTDOWN_ACK => Box::new(ChunkShutdownAck::unmarshal(&chunk_buf)?),
-                CT_SHUTDOWN_COMPLETE => Box::new(ChunkShutdownComplete::unmarshal(&chunk_buf)?),
-                _ => return Err(Error::ErrUnmarshalUnknownChunkType),
+            let Some(c) = parse_chunk(ct, &chunk_buf)? else {
+                // Patch: an unknown chunk whose type says "skip" (RFC 9260 3.2).
+                offset += chunk_buf.len() + get_padding_size(chunk_buf.len());
+                continue;
             };
 
             let chunk_value_padding = get_padding_size(c.value_length());

@@ -734,6 +734,30 @@ fn data_chunks(packets: &[Bytes]) -> usize {
         .sum()
 }
 
+/// An application that writes as it reads empties the send queue on every flush; asking the
+/// peer for an immediate SACK each time made a SACK per 1.6 DATA packets in an echo. The I bit
+/// goes at most once per smoothed RTT.
+#[test]
+fn an_emptied_queue_asks_for_an_immediate_sack_once_per_rtt() -> Result<()> {
+    let mut a = timed_test_association();
+    a.cwnd = 64 * 1024;
+    a.rto_mgr.srtt = 40;
+    let ppi = PayloadProtocolIdentifier::Binary;
+    a.open_stream(1, ppi)?;
+    let t0 = Instant::now();
+    let mut i_bits = vec![];
+    for ms in [0, 1, 20, 39, 40, 41, 100] {
+        let now = t0 + Duration::from_millis(ms);
+        a.stream(1)?
+            .write_sctp(now, &Bytes::from(vec![1; 1000]), ppi)?;
+        let sent = transmitted_data(&a.gather_outbound(now).0);
+        assert_eq!(sent.len(), 1, "at {ms} ms");
+        i_bits.push(sent[0].immediate_sack);
+    }
+    assert_eq!(i_bits, [true, false, false, false, true, false, true]);
+    Ok(())
+}
+
 fn transmitted_data(packets: &[Bytes]) -> Vec<ChunkPayloadData> {
     packets
         .iter()

@@ -15,6 +15,7 @@ use crate::chunk::{
     chunk_heartbeat_ack::ChunkHeartbeatAck,
     chunk_init::ChunkInit,
     chunk_init::ChunkInitAck,
+    chunk_padding::ChunkPadding,
     chunk_payload_data::ChunkPayloadData,
     chunk_payload_data::{MessageId, MessageReliability, PayloadProtocolIdentifier},
     chunk_reconfig::ChunkReconfig,
@@ -24,7 +25,10 @@ use crate::chunk::{
     chunk_shutdown_complete::ChunkShutdownComplete,
     chunk_type::CT_FORWARD_TSN,
 };
-use crate::config::{COMMON_HEADER_SIZE, DATA_CHUNK_HEADER_SIZE, ServerConfig, TransportConfig};
+use crate::config::{
+    COMMON_HEADER_SIZE, DATA_CHUNK_HEADER_SIZE, ServerConfig, TransportConfig,
+    max_payload_size_for_mtu,
+};
 use crate::packet::{CommonHeader, Packet};
 use crate::param::{
     Param,
@@ -60,6 +64,7 @@ use thiserror::Error;
 
 pub(crate) mod congestion;
 mod pacing;
+pub(crate) mod pmtu;
 mod recovery;
 pub(crate) mod state;
 pub(crate) mod stats;
@@ -268,11 +273,17 @@ pub struct Association {
 
     /// Patch: loss detection, probes and the delivery-rate window (`recovery.rs`).
     pub(crate) recovery: recovery::Recovery,
+    /// Patch: path MTU discovery (`pmtu.rs`); `mtu` follows its confirmed size.
+    pub(crate) path_mtu: pmtu::PathMtu,
+    /// Patch: when a DATA chunk last asked for an immediate SACK (the I bit).
+    last_immediate_sack_request: Option<Instant>,
 }
 
 impl Default for Association {
     fn default() -> Self {
         Association {
+            path_mtu: pmtu::PathMtu::disabled(),
+            last_immediate_sack_request: None,
             side: Side::default(),
             max_chunk_retrans: timer::MAX_CHUNK_RETRANS,
             state: AssociationState::default(),
@@ -432,6 +443,7 @@ impl Association {
             advanced_peer_tsn_ack_point: tsn - 1,
             error: None,
             recovery: recovery::Recovery::new(config.congestion_control()),
+            path_mtu: pmtu::PathMtu::new(mtu, config.max_mtu(), now),
 
             ..Default::default()
         };
@@ -645,6 +657,8 @@ impl Association {
             } else if timer == Timer::Pacing {
                 // The pacer has budget again: the caller polls for transmits next.
                 self.resume_waiting_retransmissions();
+            } else if timer == Timer::PathMtu {
+                // Probes are due: `gather_path_mtu_probes` sends them on the next poll.
             } else if failure {
                 self.on_retransmission_failure(timer);
             } else {
@@ -1134,6 +1148,9 @@ impl Association {
             return Err(Error::ErrAbortChunk(err_str));
         } else if let Some(c) = chunk_any.downcast_ref::<ChunkHeartbeat>() {
             self.handle_heartbeat(c)?
+        } else if let Some(c) = chunk_any.downcast_ref::<ChunkHeartbeatAck>() {
+            self.handle_heartbeat_ack(c, now);
+            vec![]
         } else if let Some(c) = chunk_any.downcast_ref::<ChunkCookieEcho>() {
             self.handle_cookie_echo(c)?
         } else if chunk_any.downcast_ref::<ChunkCookieAck>().is_some() {
@@ -1376,6 +1393,60 @@ impl Association {
         }
 
         Ok(vec![])
+    }
+
+    /// Patch: the answer to a path MTU probe (`pmtu.rs`) raises the packet size.
+    fn handle_heartbeat_ack(&mut self, c: &ChunkHeartbeatAck, now: Instant) {
+        let Some(info) = c
+            .params
+            .first()
+            .and_then(|p| p.as_any().downcast_ref::<ParamHeartbeatInfo>())
+        else {
+            return;
+        };
+        if let Some(size) = self
+            .path_mtu
+            .on_heartbeat_ack(&info.heartbeat_information, now)
+        {
+            debug!("[{}] path MTU probe of {} bytes answered", self.side, size);
+            self.set_mtu(size);
+        }
+    }
+
+    /// Patch: DATA is cut for packets of `mtu` bytes from now on (`pmtu.rs`): what is still
+    /// queued too (`PendingQueue::cut_front`), but not what was sent.
+    fn set_mtu(&mut self, mtu: u32) {
+        self.mtu = mtu;
+        self.max_payload_size = max_payload_size_for_mtu(mtu);
+    }
+
+    /// Patch: the path MTU probes that are due (`pmtu.rs`): a HEARTBEAT padded to each size
+    /// under test. They are not counted in flight: a lost probe says nothing about congestion.
+    fn gather_path_mtu_probes(&mut self, raw_packets: &mut Vec<Bytes>, now: Instant) {
+        let timeout = Duration::from_millis(self.rto_mgr.get_rto());
+        for probe in self.path_mtu.poll_probes(now, timeout) {
+            let heartbeat = ChunkHeartbeat {
+                params: vec![Box::new(ParamHeartbeatInfo {
+                    heartbeat_information: probe.info,
+                })],
+            };
+            let used = COMMON_HEADER_SIZE as usize + CHUNK_HEADER_SIZE + heartbeat.value_length();
+            let Some(pad) = (probe.size as usize).checked_sub(used + CHUNK_HEADER_SIZE) else {
+                continue;
+            };
+            let packet = self.create_packet(vec![
+                Box::new(heartbeat),
+                Box::new(ChunkPadding { len: pad }),
+            ]);
+            match packet.marshal() {
+                Ok(raw) => raw_packets.push(raw),
+                Err(err) => warn!(
+                    "[{}] failed to serialize a path MTU probe: {}",
+                    self.side, err
+                ),
+            }
+        }
+        self.timers.set(Timer::PathMtu, self.path_mtu.deadline());
     }
 
     fn handle_cookie_echo(&mut self, c: &ChunkCookieEcho) -> Result<Vec<Packet>> {
@@ -2357,10 +2428,17 @@ impl Association {
         accept: bool,
         default_payload_type: PayloadProtocolIdentifier,
     ) -> Option<Stream<'_>> {
+        // Patch: with path MTU discovery, messages are cut when they are sent, for the size
+        // confirmed then (`PendingQueue::cut_front`), not when they are written.
+        let fragment_size = if self.path_mtu.enabled() {
+            u32::MAX
+        } else {
+            self.max_payload_size
+        };
         let mut s = StreamState::new(
             self.side,
             stream_identifier,
-            self.max_payload_size,
+            fragment_size,
             default_payload_type,
         );
 
@@ -2455,6 +2533,7 @@ impl Association {
                 }
                 raw_packets = self.gather_outbound_sack_packets(raw_packets);
                 raw_packets = self.gather_outbound_forward_tsn_packets(raw_packets);
+                self.gather_path_mtu_probes(&mut raw_packets, now);
                 self.arm_recovery_timer(now);
                 (raw_packets, true)
             }
@@ -2518,12 +2597,20 @@ impl Association {
             return vec![];
         }
         let mut chunks = chunks;
+        // Patch: nothing more to send, so ask for an immediate SACK (RFC 7053): a tail loss
+        // is then found one RTT later instead of after the peer's delayed-SACK timer. At most
+        // once per smoothed RTT: an application that writes as it reads (an echo, a proxy)
+        // empties the queue on every flush, and a SACK per flush was a SACK per 1.6 DATA
+        // packets; loss detection's tail-loss probe covers a tail within the RTT.
+        let srtt = Duration::from_millis(self.rto_mgr.srtt);
         if self.pending_queue.is_empty()
+            && self
+                .last_immediate_sack_request
+                .is_none_or(|at| now.saturating_duration_since(at) >= srtt)
             && let Some(last) = chunks.last_mut()
         {
-            // Patch: nothing more to send, so ask for an immediate SACK (RFC 7053): a tail
-            // loss is then found one RTT later instead of after the peer's delayed-SACK timer.
             last.immediate_sack = true;
+            self.last_immediate_sack_request = Some(now);
         }
         if !chunks.is_empty() {
             // Start timer. (noop if already started)
@@ -3222,6 +3309,8 @@ impl Association {
             //      the receiver if allowed by cwnd (see rule B, below).
 
             loop {
+                // Patch: a chunk cut before the packet size fell is cut again (`pmtu.rs`).
+                self.pending_queue.cut_front(self.max_payload_size as usize);
                 let Some(c) = self.pending_queue.peek() else {
                     if let Some(reset) = self.pending_queue.pop_ready_reset() {
                         sis_to_reset.push(reset.stream_identifier);
@@ -3649,6 +3738,17 @@ impl Association {
             Timer::T3RTX => {
                 self.stats.inc_t3timeouts();
                 self.rto_mgr.backoff();
+                // Patch: a second expiry in a row with packets above the base size: they may
+                // no longer get through (`pmtu.rs`, black holes).
+                if n_rtos >= 2
+                    && let Some(base) = self.path_mtu.on_black_hole(now)
+                {
+                    debug!(
+                        "[{}] path MTU back to {} bytes after T3-rtx",
+                        self.side, base
+                    );
+                    self.set_mtu(base);
+                }
                 // Refresh before C2 or mark_all_to_retrasmit reads abandoned().
                 if let Err(err) =
                     self.abandon_unretransmittable_messages(now, ChunkPayloadData::is_outstanding)

@@ -6,7 +6,7 @@ const PATH_MAX_RETRANS: usize = 5;
 /// Patch: RFC 9260's Association.Max.Retrans, applied to each DATA chunk.
 pub(crate) const MAX_CHUNK_RETRANS: usize = 10;
 const NO_MAX_RETRANS: usize = usize::MAX;
-const TIMER_COUNT: usize = 8;
+const TIMER_COUNT: usize = 9;
 
 #[derive(Debug, Copy, Clone)]
 /// Retransmission limits for the association's timers.
@@ -66,6 +66,9 @@ pub(crate) enum Timer {
     /// Patch: the pacer's next send time (`pacing.rs`); expiring does nothing but make the
     /// association send again.
     Pacing = 7,
+    /// Patch: the path MTU search's next probe round (`pmtu.rs`); expiring does nothing but
+    /// make the association send again.
+    PathMtu = 8,
 }
 
 impl Timer {
@@ -78,6 +81,7 @@ impl Timer {
         Timer::Ack,
         Timer::Recovery,
         Timer::Pacing,
+        Timer::PathMtu,
     ];
 }
 
@@ -103,6 +107,7 @@ impl TimerTable {
                 time_config.max_ack_retrans,         //Ack
                 NO_MAX_RETRANS,                      //Recovery
                 NO_MAX_RETRANS,                      //Pacing
+                NO_MAX_RETRANS,                      //PathMtu
             ],
             ..Default::default()
         }

@@ -96,11 +96,32 @@ struct Path {
     loss: f64,
     seed: u64,
     dropped: usize,
+    /// Datagrams larger than this are dropped (the path's MTU above UDP and DTLS).
+    max_datagram: usize,
+    /// The largest datagram the client got through, and how many it sent.
+    client_largest: usize,
+    client_sent: usize,
 }
 
 impl Path {
     fn new(cc: CongestionControl, one_way: Duration, loss: f64, seed: u64) -> Self {
-        let transport = Arc::new(TransportConfig::default().with_congestion_control(cc));
+        Self::with_transport(
+            TransportConfig::default().with_congestion_control(cc),
+            one_way,
+            loss,
+            seed,
+            usize::MAX,
+        )
+    }
+
+    fn with_transport(
+        transport: TransportConfig,
+        one_way: Duration,
+        loss: f64,
+        seed: u64,
+        max_datagram: usize,
+    ) -> Self {
+        let transport = Arc::new(transport);
         let server_config = Arc::new(ServerConfig {
             transport: Arc::clone(&transport),
             ..Default::default()
@@ -113,6 +134,9 @@ impl Path {
             loss: 0.0,
             seed: seed.max(1),
             dropped: 0,
+            max_datagram,
+            client_largest: 0,
+            client_sent: 0,
         };
         let now = path.now;
         let remote = path.server.addr;
@@ -154,9 +178,13 @@ impl Path {
             };
             let out = from.drive(now, remote);
             for data in out {
-                if self.roll() {
+                if data.len() > self.max_datagram || self.roll() {
                     self.dropped += 1;
                     continue;
+                }
+                if client_sends {
+                    self.client_sent += 1;
+                    self.client_largest = self.client_largest.max(data.len());
                 }
                 let to = if client_sends {
                     &mut self.server
@@ -323,5 +351,31 @@ fn lost_retransmissions_are_detected_without_t3() {
     assert!(
         t3 <= 1,
         "{t3} T3-rtx expiries for {lost} detected losses: recovery should need none"
+    );
+}
+
+/// Path MTU discovery (`association::pmtu`): on a path that carries 1400-byte SCTP packets,
+/// the sender finds that size and cuts its DATA for it, and a transfer needs fewer packets
+/// than at the 1191-byte default.
+#[test]
+fn path_mtu_discovery_finds_the_size_the_path_carries() {
+    let run = |max_mtu: u32| {
+        let transport = TransportConfig::default().with_max_mtu(max_mtu);
+        let mut path = Path::with_transport(transport, RTT / 2, 0.0, 3, 1402);
+        path.transfer(MIB, MIB);
+        let mtu = path.client.conn().mtu;
+        (mtu, path.client_largest, path.client_sent, path.dropped)
+    };
+    let (mtu, largest, sent, dropped) = run(crate::ETHERNET_MAX_MTU);
+    assert_eq!(mtu, 1400, "the confirmed size");
+    assert_eq!(largest, 1400, "DATA packets of the confirmed size");
+    // Only probes above the path's size were lost: 1428, 1420 and 1408, from each side, at
+    // most three times each.
+    assert!((6..=18).contains(&dropped), "{dropped} dropped");
+    let (base_mtu, base_largest, base_sent, base_dropped) = run(0);
+    assert_eq!((base_mtu, base_largest, base_dropped), (1188, 1188, 0));
+    assert!(
+        sent * 100 < base_sent * 88,
+        "{sent} datagrams with discovery, {base_sent} without"
     );
 }

@@ -339,6 +339,54 @@ impl PendingQueue {
         Some(c)
     }
 
+    /// Patch: cuts the next chunk to send into chunks of at most `max` bytes of user data,
+    /// when the packet size fell after its message was queued (`association::pmtu`, a black
+    /// hole). A TSN is assigned only when a chunk leaves this queue, so the receiver sees an
+    /// ordinary fragmented message.
+    pub(crate) fn cut_front(&mut self, max: usize) {
+        let unordered = if self.selected {
+            self.unordered_is_selected
+        } else {
+            !self.unordered_queue.is_empty()
+        };
+        let queue = if unordered {
+            &mut self.unordered_queue
+        } else {
+            &mut self.ordered_queue
+        };
+        let Some(PendingEntry::Message(message)) = queue.front_mut() else {
+            return;
+        };
+        if max == 0 || message.peek().is_none_or(|c| c.user_data.len() <= max) {
+            return;
+        }
+        if let QueuedMessage::Whole(c) = message {
+            let c = std::mem::take(c);
+            *message = QueuedMessage::Fragmented {
+                snapshot: MessageSnapshot::from_chunk(&c),
+                bytes: c.user_data.len(),
+                fragments: VecDeque::from([c]),
+                next_fragment: 0,
+            };
+        }
+        let QueuedMessage::Fragmented { fragments, .. } = message else {
+            return;
+        };
+        let Some(first) = fragments.pop_front() else {
+            return;
+        };
+        let len = first.user_data.len();
+        let pieces = len.div_ceil(max);
+        for i in (0..pieces).rev() {
+            let mut piece = first.clone();
+            piece.user_data = first.user_data.slice(i * max..((i + 1) * max).min(len));
+            piece.beginning_fragment = first.beginning_fragment && i == 0;
+            piece.ending_fragment = first.ending_fragment && i + 1 == pieces;
+            fragments.push_front(piece);
+        }
+        self.queue_len += pieces - 1;
+    }
+
     pub(crate) fn get_num_bytes(&self) -> usize {
         self.n_bytes
     }
@@ -509,6 +557,54 @@ mod tests {
         queue.pop(true, true).unwrap();
         assert!(queue.is_empty());
         assert_eq!(0, queue.get_num_bytes());
+    }
+
+    #[test]
+    fn a_chunk_too_large_for_a_smaller_packet_is_cut_before_it_is_sent() {
+        let mut q = PendingQueue::new();
+        let whole = ChunkPayloadData {
+            user_data: Bytes::from((0..250u8).collect::<Vec<_>>()),
+            ..fragment(true, true, false)
+        };
+        q.push_message(vec![whole]);
+        let tail = ChunkPayloadData {
+            user_data: Bytes::from(vec![7; 30]),
+            ..fragment(true, false, false)
+        };
+        let end = ChunkPayloadData {
+            user_data: Bytes::from(vec![8; 10]),
+            ..fragment(false, true, false)
+        };
+        q.push_message(vec![tail, end]);
+        assert_eq!((q.len(), q.get_num_bytes()), (3, 290));
+
+        q.cut_front(100);
+        assert_eq!((q.len(), q.get_num_bytes()), (5, 290));
+        let mut data = vec![];
+        let mut flags = vec![];
+        for _ in 0..3 {
+            let c = q.pop(true, false).expect("a piece");
+            flags.push((c.beginning_fragment, c.ending_fragment, c.user_data.len()));
+            data.extend_from_slice(&c.user_data);
+            q.cut_front(100);
+        }
+        assert_eq!(
+            flags,
+            vec![(true, false, 100), (false, false, 100), (false, true, 50)]
+        );
+        assert_eq!(data, (0..250u8).collect::<Vec<_>>());
+        // The next message fits: nothing to cut, nothing changes.
+        q.cut_front(100);
+        assert_eq!((q.len(), q.get_num_bytes()), (2, 40));
+        // A fragmented message's next fragment is cut too; the message stays valid.
+        q.cut_front(16);
+        let c = q.pop(true, false).expect("first piece");
+        assert!(c.beginning_fragment && !c.ending_fragment);
+        assert_eq!(c.user_data.len(), 16);
+        assert_eq!(q.pop(true, false).map(|c| c.user_data.len()), Some(14));
+        assert_eq!(q.pop(false, false).map(|c| c.ending_fragment), Some(true));
+        assert!(q.is_empty());
+        assert_eq!(q.get_num_bytes(), 0);
     }
 
     #[test]
