@@ -56,8 +56,8 @@ scenarios:
 flags:
   --short      a few iterations of everything (CI)
   --json       one JSON object per result line instead of Markdown
-  --sctp-mtu N, --sctp-window N, --ice-check-ms N
-               tuning: Config::sctp_mtu, sctp_receive_window, ice_check_interval";
+  --sctp-mtu N, --sctp-max-mtu N, --sctp-window N, --ice-check-ms N
+               tuning: Config::sctp_mtu, sctp_max_mtu, sctp_receive_window, ice_check_interval";
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -72,6 +72,7 @@ struct Args {
     only: Option<String>,
     streams: Vec<usize>,
     sctp_mtu: Option<u32>,
+    sctp_max_mtu: Option<u32>,
     sctp_window: Option<u32>,
     ice_check_ms: Option<u64>,
 }
@@ -91,6 +92,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
         only: None,
         streams: vec![1, 8],
         sctp_mtu: None,
+        sctp_max_mtu: None,
         sctp_window: None,
         ice_check_ms: None,
     };
@@ -111,6 +113,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--json" => args.json = true,
             "--only" => args.only = Some(value(&flag, it)?),
             "--sctp-mtu" => args.sctp_mtu = Some(value(&flag, it)?),
+            "--sctp-max-mtu" => args.sctp_max_mtu = Some(value(&flag, it)?),
             "--sctp-window" => args.sctp_window = Some(value(&flag, it)?),
             "--ice-check-ms" => args.ice_check_ms = Some(value(&flag, it)?),
             "--streams" => args.streams = support::flag_list(&flag, it)?,
@@ -401,6 +404,9 @@ fn loopback(args: &Args) -> Config {
     let mut config = Config::default()
         .with_udp_bind_addrs(vec![(std::net::Ipv4Addr::LOCALHOST, 0).into()])
         .with_loopback_candidates(true);
+    if let Some(mtu) = args.sctp_max_mtu {
+        config = config.with_sctp_max_mtu(mtu);
+    }
     if let Some(mtu) = args.sctp_mtu {
         config = config.with_sctp_mtu(mtu);
     }

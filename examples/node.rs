@@ -52,6 +52,8 @@ common:
   --round-backoff-ms <n>   after a round of attempts failed, the next one starts after this,
                            doubled per round up to 8x (default 60000; 0: no more rounds)
   --early-dtls-records <n> DTLS records held until ICE is connected (default 16; 0: none)
+  --sctp-max-mtu <n>       probe for SCTP packets of up to n bytes (Config::sctp_max_mtu;
+                           e.g. 1428; default 0: off)
   --ping-interval-ms <n>   between two pings on a connection (default 250)
   --idle-timeout <s>       close a connection with no open stream after this long; pings do
                            not keep a connection open (default 60)
@@ -115,6 +117,7 @@ struct Args {
     max_attempts: Option<u32>,
     round_backoff_ms: Option<u64>,
     early_dtls_records: Option<usize>,
+    sctp_max_mtu: Option<u32>,
     ping_interval_ms: u64,
     idle_timeout: u64,
     timeout: Option<u64>,
@@ -165,6 +168,7 @@ fn parse_args(raw: Vec<String>) -> anyhow::Result<Args> {
             "--max-attempts" => args.max_attempts = Some(value(&arg, it)?),
             "--round-backoff-ms" => args.round_backoff_ms = Some(value(&arg, it)?),
             "--early-dtls-records" => args.early_dtls_records = Some(value(&arg, it)?),
+            "--sctp-max-mtu" => args.sctp_max_mtu = Some(value(&arg, it)?),
             "--ping-interval-ms" => args.ping_interval_ms = value(&arg, it)?,
             "--idle-timeout" => args.idle_timeout = value(&arg, it)?,
             "--timeout" => args.timeout = Some(value(&arg, it)?),
@@ -282,6 +286,9 @@ fn webrtc_config(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(ms) = args.round_backoff_ms {
         config = config.with_upgrade_round_backoff(Duration::from_millis(ms));
+    }
+    if let Some(n) = args.sctp_max_mtu {
+        config = config.with_sctp_max_mtu(n);
     }
     if let Some(n) = args.early_dtls_records {
         config = config.with_early_dtls_records(n);

@@ -159,6 +159,18 @@ pub struct Config {
     /// per byte. Packets too large for the path are dropped, and SCTP has no path-MTU
     /// discovery here, so the connection would stall.
     pub sctp_mtu: u32,
+    /// The largest SCTP packet, in bytes, that path MTU discovery may raise the packet size
+    /// to (RFC 8899: HEARTBEAT probes padded with PAD chunks; the largest size answered is
+    /// used, and a peer that does not answer keeps [`Config::sctp_mtu`]). 1428 fits an
+    /// Ethernet path (MTU 1500), IPv4 or IPv6, direct or through a TURN relay: 17% fewer
+    /// packets for the same data, so less CPU and ~1.5% fewer bytes on the wire.
+    /// 0 or a value at most `sctp_mtu`: no probing. Range 0 or `sctp_mtu` ..= 8192.
+    /// Default: 0 (off), because DATA already sent at a larger size cannot be cut again: if
+    /// the path's MTU falls under a live connection (an ICE restart onto a network of smaller
+    /// MTU, a VPN coming up), chunks in flight at that moment never get through and the
+    /// connection fails after [`Config::sctp_max_retransmissions`]. Data not yet sent is cut
+    /// again. Use it where the path's MTU does not change under a connection.
+    pub sctp_max_mtu: u32,
     /// The SCTP receive window (`a_rwnd`) per connection, in bytes: how much unacknowledged
     /// data the remote may have in flight towards this side, for all streams together.
     /// A bandwidth-delay-product ceiling: 1 MiB carries 80 MiB/s at 12.5 ms RTT. Range
@@ -289,6 +301,7 @@ impl Default for Config {
             stream_receive_buffer: 1024 * 1024,
             fin_ack_timeout: Duration::from_secs(5),
             sctp_mtu: DEFAULT_SCTP_MTU,
+            sctp_max_mtu: 0,
             sctp_receive_window: 1024 * 1024,
             sctp_max_retransmissions: 10,
             stream_open_timeout: Duration::from_secs(2),
@@ -509,6 +522,18 @@ impl Config {
         self
     }
 
+    /// Sets [`Config::sctp_max_mtu`].
+    ///
+    /// ```
+    /// // Probe for packets of up to 1428 bytes on paths of a stable MTU.
+    /// let config = libp2p_webrtc_signal::Config::default().with_sctp_max_mtu(1428);
+    /// assert!(config.validate().is_ok());
+    /// ```
+    pub fn with_sctp_max_mtu(mut self, bytes: u32) -> Self {
+        self.sctp_max_mtu = bytes;
+        self
+    }
+
     /// Sets [`Config::sctp_receive_window`].
     pub fn with_sctp_receive_window(mut self, bytes: u32) -> Self {
         self.sctp_receive_window = bytes;
@@ -560,6 +585,12 @@ impl Config {
             return bad(format!(
                 "sctp_mtu {} outside {DEFAULT_SCTP_MTU}..={MAX_SCTP_MTU}",
                 self.sctp_mtu
+            ));
+        }
+        if self.sctp_max_mtu != 0 && !(self.sctp_mtu..=MAX_SCTP_MTU).contains(&self.sctp_max_mtu) {
+            return bad(format!(
+                "sctp_max_mtu {} neither 0 nor within sctp_mtu {}..={MAX_SCTP_MTU}",
+                self.sctp_max_mtu, self.sctp_mtu
             ));
         }
         if !(MIN_SCTP_WINDOW..=MAX_SCTP_WINDOW).contains(&self.sctp_receive_window) {
@@ -658,6 +689,11 @@ mod tests {
             Config::default().with_signaling_stream_timeout(Duration::ZERO),
             Config::default().with_sctp_mtu(1190),
             Config::default().with_sctp_mtu(MAX_SCTP_MTU + 1),
+            Config::default().with_sctp_max_mtu(1190),
+            Config::default().with_sctp_max_mtu(MAX_SCTP_MTU + 1),
+            Config::default()
+                .with_sctp_mtu(1400)
+                .with_sctp_max_mtu(1300),
             Config::default().with_sctp_receive_window(MIN_SCTP_WINDOW - 1),
             Config::default().with_sctp_receive_window(MAX_SCTP_WINDOW + 1),
             Config::default().with_sctp_max_retransmissions(0),

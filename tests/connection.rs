@@ -304,9 +304,18 @@ async fn closing_the_connection_is_seen_by_the_remote() {
     assert!(within(s.read_to_end(&mut rest)).await.is_err());
 }
 
-/// Echoes 256 KiB through a UDP proxy; returns the largest datagram it saw.
+/// Echoes 256 KiB through a UDP proxy; returns the largest datagram it forwarded.
 async fn largest_datagram(config: Config) -> usize {
+    largest_datagram_through(config, usize::MAX).await
+}
+
+/// Echoes 256 KiB through a UDP proxy that drops datagrams larger than `max_datagram`;
+/// returns the largest datagram it forwarded.
+async fn largest_datagram_through(config: Config, max_datagram: usize) -> usize {
     let proxy = UdpProxy::start().await;
+    proxy
+        .max_datagram
+        .store(max_datagram, std::sync::atomic::Ordering::Relaxed);
     let (a, b) = within(connect(config.clone(), config, proxy.tamper()))
         .await
         .unwrap();
@@ -331,6 +340,21 @@ async fn sctp_mtu_bounds_the_datagrams() {
     let raised = largest_datagram(loopback_config().with_sctp_mtu(1400)).await;
     assert!((1400 - 16..=1400 + 64).contains(&raised), "{raised}");
     eprintln!("largest datagram: {default} B by default, {raised} B with sctp_mtu 1400");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sctp_path_mtu_discovery_finds_what_the_path_carries() {
+    init_tracing();
+    // A path of 1500 bytes (1472 above IPv4 and UDP): the 1428-byte ceiling gets through.
+    let open = largest_datagram_through(loopback_config().with_sctp_max_mtu(1428), 1472).await;
+    assert!((1428..=1428 + 64).contains(&open), "{open}");
+    // A path that drops datagrams above 1400 bytes (a tunnel): the largest probe that fits
+    // is used, and nothing is lost on the way there.
+    let narrow = largest_datagram_through(loopback_config().with_sctp_max_mtu(1428), 1400).await;
+    assert!((1300..=1400).contains(&narrow), "{narrow}");
+    eprintln!(
+        "largest datagram with discovery: {open} B on a 1500-byte path, {narrow} B under 1400"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

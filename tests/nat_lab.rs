@@ -145,6 +145,16 @@ fn pct(v: &mut [f64], p: usize) -> f64 {
     v[rank - 1]
 }
 
+/// Flags for this build's `node` in the rate-limited measurements (listener and dialer, not
+/// `BEFORE_NODE`'s), from `LAB_NODE_ARGS`, e.g. `--sctp-max-mtu 1428`.
+fn lab_node_args() -> Vec<String> {
+    std::env::var("LAB_NODE_ARGS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
+
 /// The environment variable `name` parsed, or `default` if it is unset or does not parse.
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -1658,7 +1668,11 @@ fn echo_dialer(
     let mut node = match (js, bin) {
         (true, _) => js_node(&lab.ns("p2"), &args),
         (false, Some(bin)) => Node::start_bin_in(bin, &lab.ns("p2"), &args),
-        (false, None) => Node::start_in(&lab.ns("p2"), &args),
+        (false, None) => {
+            let extra = lab_node_args();
+            args.extend(extra.iter().map(String::as_str));
+            Node::start_in(&lab.ns("p2"), &args)
+        }
     };
     node.wait_for("the first ping", |e| e["event"] == "ping");
     node
@@ -1883,8 +1897,10 @@ fn measure_bottleneck() {
             pct(&mut ms, 50)
         };
         let tcp = loaded_tcp(&lab, bytes);
+        let extra = lab_node_args();
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
         let (relay, _listener, addr) =
-            relay_and_listener_with(&lab, Ice::Stun, RELAY_UNLIMITED, &[]);
+            relay_and_listener_with(&lab, Ice::Stun, RELAY_UNLIMITED, &extra);
         let relayed = loaded_echo(&lab, &addr, true, false, None, bytes);
         let direct = loaded_echo(&lab, &addr, false, false, None, bytes);
         // Another build's dialer against this build's listener (`BEFORE_NODE`).

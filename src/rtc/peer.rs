@@ -244,6 +244,7 @@ impl Peer {
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_include_loopback_candidate(config.allow_loopback_candidates)
             .with_sctp_mtu(config.sctp_mtu)
+            .with_sctp_max_mtu(config.sctp_max_mtu)
             .with_sctp_max_receive_buffer_size(config.sctp_receive_window)
             .with_sctp_max_chunk_retransmissions(config.sctp_max_retransmissions as usize)
             .with_ice_connection_attempts(

@@ -119,6 +119,9 @@ pub struct UdpProxy {
     real: Arc<std::sync::Mutex<(Option<SocketAddr>, Option<SocketAddr>)>>,
     /// The largest datagram forwarded, in bytes.
     pub largest: Arc<std::sync::atomic::AtomicUsize>,
+    /// Datagrams larger than this are dropped, as by a link of a smaller MTU
+    /// (default: none).
+    pub max_datagram: Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -134,21 +137,27 @@ impl UdpProxy {
         let r = real.clone();
         let largest = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let l = largest.clone();
+        let max_datagram = Arc::new(std::sync::atomic::AtomicUsize::new(usize::MAX));
+        let m = max_datagram.clone();
         let task = tokio::spawn(async move {
             let mut ba = vec![0u8; 65536];
             let mut bb = vec![0u8; 65536];
             loop {
                 let (offerer, answerer) = *r.lock().unwrap();
-                let seen = |n: usize| l.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                let fits = |n: usize| {
+                    let fits = n <= m.load(std::sync::atomic::Ordering::Relaxed);
+                    if fits {
+                        l.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    fits
+                };
                 tokio::select! {
                     // From the answerer to the offerer's stand-in: forward to the offerer.
-                    Ok((n, _)) = pa.recv_from(&mut ba) => if let Some(to) = offerer {
-                        seen(n);
+                    Ok((n, _)) = pa.recv_from(&mut ba) => if let Some(to) = offerer.filter(|_| fits(n)) {
                         let _ = pb.send_to(&ba[..n], to).await;
                     },
                     // From the offerer to the answerer's stand-in: forward to the answerer.
-                    Ok((n, _)) = pb.recv_from(&mut bb) => if let Some(to) = answerer {
-                        seen(n);
+                    Ok((n, _)) = pb.recv_from(&mut bb) => if let Some(to) = answerer.filter(|_| fits(n)) {
                         let _ = pa.send_to(&bb[..n], to).await;
                     },
                 }
@@ -159,6 +168,7 @@ impl UdpProxy {
             for_answerer,
             real,
             largest,
+            max_datagram,
             task,
         }
     }

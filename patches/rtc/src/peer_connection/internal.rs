@@ -154,6 +154,7 @@ impl RTCPeerConnection {
         );
         sctp_transport.snap = !setting_engine.sctp_snap_disabled;
         sctp_transport.max_chunk_retransmissions = setting_engine.sctp_max_chunk_retransmissions;
+        sctp_transport.max_mtu = setting_engine.sctp_max_mtu;
 
         // Create Pipeline Context
         let ice_handler_context = IceHandlerContext::new(ice_transport);

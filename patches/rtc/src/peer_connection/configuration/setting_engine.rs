@@ -378,6 +378,8 @@ pub struct SettingEngine {
     pub(crate) sctp_snap_disabled: bool,
     /// (libp2p-webrtc-signal patch) `None` keeps rtc-sctp's default (10).
     pub(crate) sctp_max_chunk_retransmissions: Option<usize>,
+    /// (libp2p-webrtc-signal patch) `with_sctp_max_mtu`.
+    pub(crate) sctp_max_mtu: Option<u32>,
     pub(crate) ignore_rid_pause_for_recv: bool,
     pub(crate) write_ssrc_attributes_for_simulcast: bool,
 }
@@ -1426,6 +1428,16 @@ impl SettingEngineBuilder {
     /// resend. Values below 1 are raised to 1.
     pub fn with_sctp_max_chunk_retransmissions(mut self, limit: usize) -> Self {
         self.0.sctp_max_chunk_retransmissions = Some(limit.max(1));
+        self
+    }
+
+    /// (libp2p-webrtc-signal patch) The largest SCTP packet, in bytes, that path MTU
+    /// discovery probes for (rtc-sctp's `TransportConfig::with_max_mtu`: HEARTBEAT probes
+    /// padded with PAD chunks, RFC 8899), e.g. `sctp::ETHERNET_MAX_MTU` (1428). At or below
+    /// the packet size of `with_sctp_mtu` nothing is probed. Off unless set: chunks sent at a
+    /// larger size cannot be cut again if the path's MTU falls under the connection.
+    pub fn with_sctp_max_mtu(mut self, bytes: u32) -> Self {
+        self.0.sctp_max_mtu = Some(bytes);
         self
     }
 

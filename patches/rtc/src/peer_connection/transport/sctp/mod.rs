@@ -66,6 +66,8 @@ pub(crate) struct SctpTransport {
     pub(crate) snap_early: Vec<crate::peer_connection::message::internal::TaggedRTCMessageInternal>,
     // (libp2p-webrtc-signal patch) `SettingEngineBuilder::with_sctp_max_chunk_retransmissions`.
     pub(crate) max_chunk_retransmissions: Option<usize>,
+    // (libp2p-webrtc-signal patch) `SettingEngineBuilder::with_sctp_max_mtu`.
+    pub(crate) max_mtu: Option<u32>,
 }
 
 impl SctpTransport {
@@ -96,6 +98,7 @@ impl SctpTransport {
             snap_connected: false,
             snap_early: Vec::new(),
             max_chunk_retransmissions: None,
+            max_mtu: None,
         }
     }
 
@@ -236,6 +239,9 @@ impl SctpTransport {
                 max_chunk_retrans: limit,
                 ..::sctp::TimerConfig::default()
             });
+        }
+        if let Some(max_mtu) = self.max_mtu {
+            sctp_transport_config = sctp_transport_config.with_max_mtu(max_mtu);
         }
         //TODO: add remote_port support
 
@@ -447,6 +453,39 @@ mod tests {
                     .expect("client transport config")
                     .timer_config()
                     .max_chunk_retrans,
+                expected
+            );
+        }
+    }
+
+    // (libp2p-webrtc-signal patch) The path MTU discovery ceiling reaches the association's
+    // TransportConfig; without a setting, probing stays off.
+    #[test]
+    fn start_applies_the_path_mtu_ceiling() {
+        for (setting, expected) in [(Some(1428), 1428), (None, 0)] {
+            let mut transport = SctpTransport::new(
+                SctpMaxMessageSize::default(),
+                None,
+                None,
+                test_transport_id(TransportKind::Sctp),
+                test_transport_id(TransportKind::Dtls),
+            );
+            transport.max_mtu = setting;
+            transport
+                .start(
+                    RTCDtlsRole::Client,
+                    SCTPTransportCapabilities {
+                        max_message_size: 0,
+                    },
+                    5000,
+                    5000,
+                )
+                .expect("start");
+            assert_eq!(
+                transport
+                    .sctp_transport_config
+                    .expect("client transport config")
+                    .max_mtu(),
                 expected
             );
         }
