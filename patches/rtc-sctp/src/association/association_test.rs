@@ -758,6 +758,107 @@ fn an_emptied_queue_asks_for_an_immediate_sack_once_per_rtt() -> Result<()> {
     Ok(())
 }
 
+/// Path MTU probes wait until the peer is heard from (a SNAP association is established
+/// before the peer's is), then every candidate size goes at once, each packet exactly its
+/// size.
+#[test]
+fn path_mtu_probes_wait_for_the_peer_and_have_their_sizes() {
+    let mut a = Association::new(
+        None,
+        Arc::new(TransportConfig::default().with_max_mtu(1428)),
+        crate::max_payload_size_for_mtu(1191),
+        0,
+        SocketAddr::from_str("0.0.0.0:0").unwrap(),
+        SocketAddr::from_str("0.0.0.0:0").unwrap(),
+        TransportProtocol::UDP,
+        Instant::now(),
+    );
+    a.control_queue.clear();
+    a.timers.stop(Timer::T1Init);
+    a.set_state(AssociationState::Established);
+    let now = Instant::now();
+    assert!(
+        a.gather_outbound(now).0.is_empty(),
+        "probes before the peer spoke"
+    );
+    assert_eq!(
+        a.timers.get(Timer::PathMtu),
+        None,
+        "no timer spinning meanwhile"
+    );
+    a.stats.inc_sacks();
+    let sizes: Vec<usize> = a.gather_outbound(now).0.iter().map(Bytes::len).collect();
+    assert_eq!(
+        sizes,
+        [1428, 1420, 1408, 1400, 1348, 1328, 1300, 1260, 1232]
+    );
+    assert!(a.timers.get(Timer::PathMtu).is_some());
+}
+
+/// With data both ways, a SACK that is due rides in front of the first DATA chunk (cut 16
+/// bytes shorter for it) instead of in a packet of its own, and the delayed-SACK timer stops.
+/// A SACK with gap blocks still goes alone.
+#[test]
+fn a_due_sack_rides_in_front_of_data() -> Result<()> {
+    let ppi = PayloadProtocolIdentifier::Binary;
+    let now = Instant::now();
+    for ack_state in [AckState::Delay, AckState::Immediate] {
+        let mut a = timed_test_association();
+        a.cwnd = 64 * 1024;
+        a.open_stream(1, ppi)?;
+        a.stream(1)?
+            .write_sctp(now, &Bytes::from(vec![1; 3000]), ppi)?;
+        a.ack_state = ack_state;
+        a.timers.start(Timer::Ack, now, ACK_INTERVAL);
+        let packets = a.gather_outbound(now).0;
+        let kinds: Vec<Vec<String>> = packets
+            .iter()
+            .map(|raw| {
+                let p = Packet::unmarshal(raw).unwrap();
+                p.chunks
+                    .iter()
+                    .map(|c| c.header().typ.to_string())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            kinds,
+            [vec!["SACK", "DATA"], vec!["DATA"], vec!["DATA"]],
+            "{ack_state:?}"
+        );
+        assert!(packets.iter().all(|p| p.len() <= a.mtu as usize));
+        assert_eq!(packets[0].len(), a.mtu as usize, "the first packet is full");
+        assert_eq!(data_chunks(&packets), 3);
+        assert_eq!(a.ack_state, AckState::Idle);
+        assert_eq!(a.timers.get(Timer::Ack), None);
+    }
+
+    // A gap to report: the SACK goes alone, after the DATA.
+    let mut a = timed_test_association();
+    a.cwnd = 64 * 1024;
+    a.open_stream(1, ppi)?;
+    a.stream(1)?
+        .write_sctp(now, &Bytes::from(vec![1; 1000]), ppi)?;
+    a.payload_queue.push_no_check(ChunkPayloadData {
+        tsn: a.peer_last_tsn.wrapping_add(2),
+        user_data: Bytes::from_static(b"x"),
+        ..Default::default()
+    });
+    a.ack_state = AckState::Immediate;
+    let packets = a.gather_outbound(now).0;
+    let first_types: Vec<String> = packets
+        .iter()
+        .map(|raw| {
+            Packet::unmarshal(raw).unwrap().chunks[0]
+                .header()
+                .typ
+                .to_string()
+        })
+        .collect();
+    assert_eq!(first_types, ["DATA", "SACK"]);
+    Ok(())
+}
+
 fn transmitted_data(packets: &[Bytes]) -> Vec<ChunkPayloadData> {
     packets
         .iter()
@@ -1204,7 +1305,14 @@ fn test_timed_abandonment_discards_gap_acked_fragments() -> Result<()> {
                 .filter_map(|c| c.as_any().downcast_ref::<ChunkPayloadData>().cloned())
                 .collect();
             let fragments = size.div_ceil(sender.max_payload_size as usize);
-            assert_eq!(2 * fragments, data.len());
+            // The first message is cut for whole packets; the second fills the rest of the
+            // first one's last packet (messages are cut when they are sent).
+            assert!(data.len() >= 2 * fragments, "{} chunks", data.len());
+            assert!(
+                data[..fragments]
+                    .iter()
+                    .all(|c| c.user_data.iter().all(|&b| b == 0x55))
+            );
             for (index, chunk) in data.iter().enumerate() {
                 if index != lost_fragment {
                     receiver.handle_data(chunk)?;
@@ -2028,5 +2136,33 @@ fn a_chunk_lost_again_goes_before_new_data() -> Result<()> {
     let sent = transmitted_data(&a.gather_outbound(t0).0);
     let tsns = sent.iter().map(|c| c.tsn).collect::<Vec<_>>();
     assert_eq!(Some(&100), tsns.first(), "sent {tsns:?}");
+    Ok(())
+}
+
+/// Messages are cut when they are sent: a message too large for one packet fills the rest
+/// of the packet before it, so a burst of large messages leaves only its last packet short.
+#[test]
+fn large_messages_fill_every_packet() -> Result<()> {
+    let ppi = PayloadProtocolIdentifier::Binary;
+    let now = Instant::now();
+    let mut a = timed_test_association();
+    a.cwnd = 640 * 1024;
+    a.rwnd = 640 * 1024;
+    a.open_stream(1, ppi)?;
+    for _ in 0..3 {
+        a.stream(1)?
+            .write_sctp(now, &Bytes::from(vec![1; 16 * 1024]), ppi)?;
+    }
+    // A small message stays one chunk, in one packet.
+    a.stream(1)?
+        .write_sctp(now, &Bytes::from(vec![2; 300]), ppi)?;
+    let packets = a.gather_outbound(now).0;
+    let sizes: Vec<usize> = packets.iter().map(Bytes::len).collect();
+    let (last, full) = sizes.split_last().expect("packets");
+    assert!(full.iter().all(|&n| n == a.mtu as usize), "{sizes:?}");
+    assert_eq!(full.len(), 3 * 16 * 1024 / (a.mtu as usize - 28));
+    let data = transmitted_data(&packets);
+    assert_eq!(data.last().map(|c| c.user_data.len()), Some(300));
+    assert!(*last < a.mtu as usize);
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::chunk::{
     chunk_payload_data::ChunkPayloadData,
     chunk_payload_data::{MessageId, MessageReliability, PayloadProtocolIdentifier},
     chunk_reconfig::ChunkReconfig,
-    chunk_selective_ack::ChunkSelectiveAck,
+    chunk_selective_ack::{ChunkSelectiveAck, SELECTIVE_ACK_HEADER_SIZE},
     chunk_shutdown::ChunkShutdown,
     chunk_shutdown_ack::ChunkShutdownAck,
     chunk_shutdown_complete::ChunkShutdownComplete,
@@ -60,6 +60,10 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Patch: the least room, in bytes of user data, worth cutting a message for to fill a
+/// packet (`pop_pending_data_chunks_leaving`); less goes in the next packet.
+const MIN_FILL: usize = 128;
 use thiserror::Error;
 
 pub(crate) mod congestion;
@@ -277,6 +281,8 @@ pub struct Association {
     pub(crate) path_mtu: pmtu::PathMtu,
     /// Patch: when a DATA chunk last asked for an immediate SACK (the I bit).
     last_immediate_sack_request: Option<Instant>,
+    /// Patch: SACKs sent in front of DATA rather than in packets of their own.
+    sacks_bundled: u64,
 }
 
 impl Default for Association {
@@ -284,6 +290,7 @@ impl Default for Association {
         Association {
             path_mtu: pmtu::PathMtu::disabled(),
             last_immediate_sack_request: None,
+            sacks_bundled: 0,
             side: Side::default(),
             max_chunk_retrans: timer::MAX_CHUNK_RETRANS,
             state: AssociationState::default(),
@@ -896,8 +903,10 @@ impl Association {
             // (`RUST_LOG=rtc_sctp::stats=debug`), for measurements.
             debug!(
                 target: "rtc_sctp::stats",
-                "[{}] closed: DATA in {}, SACKs in {}, T3 {}, fast retransmissions {}, found lost {}, probes {}, spurious {:?}, undone {}",
+                "[{}] closed: packet size {} B, SACKs bundled {}, DATA in {}, SACKs in {}, T3 {}, fast retransmissions {}, found lost {}, probes {}, spurious {:?}, undone {}",
                 self.side,
+                self.mtu,
+                self.sacks_bundled,
                 self.stats.get_num_datas(),
                 self.stats.get_num_sacks(),
                 self.stats.get_num_t3timeouts(),
@@ -1423,6 +1432,12 @@ impl Association {
     /// Patch: the path MTU probes that are due (`pmtu.rs`): a HEARTBEAT padded to each size
     /// under test. They are not counted in flight: a lost probe says nothing about congestion.
     fn gather_path_mtu_probes(&mut self, raw_packets: &mut Vec<Bytes>, now: Instant) {
+        // Not before the peer is heard from: a SNAP association is established before the
+        // peer's is, and probes it cannot answer yet would end the search at the base.
+        if self.stats.get_num_datas() == 0 && self.stats.get_num_sacks() == 0 {
+            self.timers.set(Timer::PathMtu, None);
+            return;
+        }
         let timeout = Duration::from_millis(self.rto_mgr.get_rto());
         for probe in self.path_mtu.poll_probes(now, timeout) {
             let heartbeat = ChunkHeartbeat {
@@ -2428,19 +2443,10 @@ impl Association {
         accept: bool,
         default_payload_type: PayloadProtocolIdentifier,
     ) -> Option<Stream<'_>> {
-        // Patch: with path MTU discovery, messages are cut when they are sent, for the size
-        // confirmed then (`PendingQueue::cut_front`), not when they are written.
-        let fragment_size = if self.path_mtu.enabled() {
-            u32::MAX
-        } else {
-            self.max_payload_size
-        };
-        let mut s = StreamState::new(
-            self.side,
-            stream_identifier,
-            fragment_size,
-            default_payload_type,
-        );
+        // Patch: messages are queued whole and cut when they are sent
+        // (`PendingQueue::cut_front`): for the packet size confirmed then (`pmtu.rs`), and
+        // shorter where a SACK rides in the same packet.
+        let mut s = StreamState::new(self.side, stream_identifier, u32::MAX, default_payload_type);
 
         s.generation = self.next_stream_generation;
         self.next_stream_generation = self.next_stream_generation.wrapping_add(1);
@@ -2592,10 +2598,28 @@ impl Association {
     ) -> Vec<Bytes> {
         // Pop unsent data chunks from the pending queue to send as much as
         // cwnd and rwnd allow.
-        let (chunks, sis_to_reset) = self.pop_pending_data_chunks_to_send(now);
+        // Patch: a SACK that is due (now or after the delayed-SACK timer) rides in front of
+        // the first DATA chunk (RFC 9260 6.2 allows it), instead of in a packet of its own:
+        // with data both ways that was one 107-byte packet per ~2 DATA packets. Only the
+        // 16-byte SACK without gap blocks or duplicates; the first chunk leaves room for it.
+        let bundle_sack = self.ack_state != AckState::Idle
+            && self.payload_queue.is_empty()
+            && !self.payload_queue.has_duplicates();
+        let reserve = if bundle_sack {
+            (CHUNK_HEADER_SIZE + SELECTIVE_ACK_HEADER_SIZE) as u32
+        } else {
+            0
+        };
+        let (chunks, sis_to_reset, sack_fits) = self.pop_pending_data_chunks_leaving(now, reserve);
         if self.state() == AssociationState::Closed {
             return vec![];
         }
+        let sack = (sack_fits && !chunks.is_empty()).then(|| {
+            self.ack_state = AckState::Idle;
+            self.timers.stop(Timer::Ack);
+            self.sacks_bundled += 1;
+            self.create_selective_ack_chunk()
+        });
         let mut chunks = chunks;
         // Patch: nothing more to send, so ask for an immediate SACK (RFC 7053): a tail loss
         // is then found one RTT later instead of after the peer's delayed-SACK timer. At most
@@ -2618,7 +2642,11 @@ impl Association {
             self.timers
                 .start_if_idle(Timer::T3RTX, now, self.rto_mgr.get_rto());
 
-            self.bundle_data_chunks_into_packets(chunks, &mut raw_packets);
+            self.bundle_chunks_into_packets(
+                sack.as_ref().map(|c| c as &dyn Chunk),
+                chunks,
+                &mut raw_packets,
+            );
         }
 
         if !sis_to_reset.is_empty() || self.will_retransmit_reconfig {
@@ -3297,6 +3325,19 @@ impl Association {
         &mut self,
         now: Instant,
     ) -> (Vec<ChunkPayloadData>, Vec<u16>) {
+        let (chunks, resets, _) = self.pop_pending_data_chunks_leaving(now, 0);
+        (chunks, resets)
+    }
+
+    /// Pops what cwnd, rwnd and the pacer allow, cutting messages to fill each packet the
+    /// way `bundle_chunks_into_packets` will pack them; the first packet holds `reserve`
+    /// bytes of control chunks (a SACK) too, unless the first chunk, already cut, leaves no
+    /// room for them: the returned bool says whether they fit.
+    fn pop_pending_data_chunks_leaving(
+        &mut self,
+        now: Instant,
+        mut reserve: u32,
+    ) -> (Vec<ChunkPayloadData>, Vec<u16>, bool) {
         let mut chunks = vec![];
         let mut sis_to_reset = vec![]; // stream identifiers to reset
         if !self.pending_queue.is_empty() {
@@ -3308,9 +3349,40 @@ impl Association {
             //      is 0), the data sender can always have one DATA chunk in flight to
             //      the receiver if allowed by cwnd (see rule B, below).
 
+            // Patch: the packet being filled, as the bundler will pack it.
+            let mtu = self.mtu as usize;
+            let mut bundle_len = COMMON_HEADER_SIZE as usize + reserve as usize;
             loop {
-                // Patch: a chunk cut before the packet size fell is cut again (`pmtu.rs`).
-                self.pending_queue.cut_front(self.max_payload_size as usize);
+                // Patch: messages are queued whole and cut here (`cut_front`): a message too
+                // large for one packet fills the rest of the packet being built when at least
+                // `MIN_FILL` bytes are free there, else it starts a packet of its own. The cut
+                // to fill waits until the piece is sure to go now: a piece left behind by the
+                // window or the pacer would start the next flush's packet and shift every
+                // later cut, a partial packet per flush.
+                let mut fill = None;
+                if let Some(len) = self.pending_queue.peek().map(|c| c.user_data.len())
+                    && bundle_len + (DATA_CHUNK_HEADER_SIZE as usize + len).next_multiple_of(4)
+                        > mtu
+                {
+                    let room =
+                        mtu.saturating_sub(bundle_len + DATA_CHUNK_HEADER_SIZE as usize) & !3;
+                    // Only a message that needs cutting anyway is cut to fill: a small one
+                    // stays one chunk, one packet.
+                    if room >= MIN_FILL
+                        && len > self.max_payload_size as usize
+                        && (!chunks.is_empty() || reserve > 0)
+                    {
+                        fill = Some(room);
+                    } else if chunks.is_empty() && len <= self.max_payload_size as usize {
+                        // A chunk cut for a whole packet before: the control chunks go
+                        // in a packet of their own.
+                        reserve = 0;
+                        bundle_len = COMMON_HEADER_SIZE as usize;
+                    } else {
+                        bundle_len = COMMON_HEADER_SIZE as usize;
+                        self.pending_queue.cut_front(self.max_payload_size as usize);
+                    }
+                }
                 let Some(c) = self.pending_queue.peek() else {
                     if let Some(reset) = self.pending_queue.pop_ready_reset() {
                         sis_to_reset.push(reset.stream_identifier);
@@ -3318,14 +3390,14 @@ impl Association {
                     }
                     break;
                 };
-                let (beginning_fragment, unordered, data_len) =
-                    (c.beginning_fragment, c.unordered, c.user_data.len());
+                let (beginning_fragment, unordered) = (c.beginning_fragment, c.unordered);
+                let data_len = fill.map_or(c.user_data.len(), |room| room.min(c.user_data.len()));
 
                 if data_len == 0 {
                     self.fail_message_queue(Error::OtherSctpErr(
                         "outbound DATA has no user data".into(),
                     ));
-                    return (vec![], vec![]);
+                    return (vec![], vec![], false);
                 }
 
                 // RFC 3758 timed reliability: a message whose lifetime has run
@@ -3342,7 +3414,7 @@ impl Association {
                         Ok(false) => {}
                         Err(err) => {
                             self.fail_message_queue(err);
-                            return (vec![], vec![]);
+                            return (vec![], vec![], false);
                         }
                     }
                     continue;
@@ -3359,6 +3431,9 @@ impl Association {
                 if !self.pace(now, data_len) {
                     break; // patch: paced (pacing.rs); the pacing timer wakes the sender
                 }
+                if let Some(room) = fill {
+                    self.pending_queue.cut_front(room);
+                }
 
                 if let Some(chunk) = self.move_pending_data_chunk_to_inflight_queue(
                     beginning_fragment,
@@ -3366,12 +3441,13 @@ impl Association {
                     now,
                 ) {
                     self.rwnd -= data_len as u32;
+                    bundle_len += (DATA_CHUNK_HEADER_SIZE as usize + data_len).next_multiple_of(4);
                     chunks.push(chunk);
                 } else {
                     self.fail_message_queue(Error::OtherSctpErr(
                         "failed to pop pending DATA".into(),
                     ));
-                    return (vec![], vec![]);
+                    return (vec![], vec![], false);
                 }
             }
 
@@ -3391,13 +3467,13 @@ impl Association {
                         self.fail_message_queue(Error::OtherSctpErr(
                             "failed to pop pending DATA".into(),
                         ));
-                        return (vec![], vec![]);
+                        return (vec![], vec![], false);
                     }
                 }
             }
         }
 
-        (chunks, sis_to_reset)
+        (chunks, sis_to_reset, reserve > 0)
     }
 
     /// bundle_data_chunks_into_packets packs DATA chunks into packets. It tries to bundle
@@ -3405,6 +3481,17 @@ impl Association {
     /// the path MTU.
     fn bundle_data_chunks_into_packets(
         &self,
+        chunks: Vec<ChunkPayloadData>,
+        raw_packets: &mut Vec<Bytes>,
+    ) {
+        self.bundle_chunks_into_packets(None, chunks, raw_packets);
+    }
+
+    /// Like `bundle_data_chunks_into_packets`, with a control chunk (patch: a SACK) first in
+    /// the first packet (RFC 9260 6.10: control chunks before DATA).
+    fn bundle_chunks_into_packets(
+        &self,
+        lead: Option<&dyn Chunk>,
         chunks: Vec<ChunkPayloadData>,
         raw_packets: &mut Vec<Bytes>,
     ) {
@@ -3435,10 +3522,13 @@ impl Association {
         // boundaries are computed once here and reused below, so the MTU-split
         // rule lives in exactly one place.
         let hdr = COMMON_HEADER_SIZE as usize;
+        let lead_len = lead.map_or(0, |c| {
+            (CHUNK_HEADER_SIZE + c.value_length()).next_multiple_of(4)
+        });
         let mut bundles: Vec<(usize, usize)> = Vec::new();
         let mut total_len = 0usize;
         let mut bundle_start = 0;
-        let mut bundle_len = hdr;
+        let mut bundle_len = hdr + lead_len;
         for (i, chunk) in chunks.iter().enumerate() {
             // Marshalled chunk size: header + payload, padded up to the SCTP
             // 4-byte boundary. Bundle decisions must use this wire size —
@@ -3462,10 +3552,12 @@ impl Association {
 
         // Second pass: marshal each datagram into the shared buffer.
         let mut buf = BytesMut::with_capacity(total_len);
-        for (start, end) in bundles {
+        for (i, (start, end)) in bundles.into_iter().enumerate() {
+            let lead = lead.filter(|_| i == 0);
             match Packet::write_framed(
                 &common_header,
-                chunks[start..end].iter().map(|c| c as &dyn Chunk),
+                lead.into_iter()
+                    .chain(chunks[start..end].iter().map(|c| c as &dyn Chunk)),
                 &mut buf,
             ) {
                 Ok(_) => {

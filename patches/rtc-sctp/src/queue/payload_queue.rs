@@ -194,6 +194,11 @@ impl PayloadQueue {
         }
     }
 
+    /// Whether the next SACK has duplicate TSNs to report.
+    pub(crate) fn has_duplicates(&self) -> bool {
+        !self.dup_tsn.is_empty()
+    }
+
     /// popDuplicates returns an array of TSN values that were found duplicate.
     pub(crate) fn pop_duplicates(&mut self) -> Vec<u32> {
         std::mem::take(&mut self.dup_tsn)

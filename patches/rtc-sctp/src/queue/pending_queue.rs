@@ -339,9 +339,10 @@ impl PendingQueue {
         Some(c)
     }
 
-    /// Patch: cuts the next chunk to send into chunks of at most `max` bytes of user data,
-    /// when the packet size fell after its message was queued (`association::pmtu`, a black
-    /// hole). A TSN is assigned only when a chunk leaves this queue, so the receiver sees an
+    /// Patch: cuts the first `max` bytes of user data off the next chunk to send, when it is
+    /// larger. Messages are queued whole and cut here, when they are sent: for the packet size
+    /// confirmed then (`association::pmtu`), and shorter where a SACK rides in the same
+    /// packet. A TSN is assigned only when a chunk leaves this queue, so the receiver sees an
     /// ordinary fragmented message.
     pub(crate) fn cut_front(&mut self, max: usize) {
         let unordered = if self.selected {
@@ -375,16 +376,15 @@ impl PendingQueue {
         let Some(first) = fragments.pop_front() else {
             return;
         };
-        let len = first.user_data.len();
-        let pieces = len.div_ceil(max);
-        for i in (0..pieces).rev() {
-            let mut piece = first.clone();
-            piece.user_data = first.user_data.slice(i * max..((i + 1) * max).min(len));
-            piece.beginning_fragment = first.beginning_fragment && i == 0;
-            piece.ending_fragment = first.ending_fragment && i + 1 == pieces;
-            fragments.push_front(piece);
-        }
-        self.queue_len += pieces - 1;
+        let mut rest = first.clone();
+        rest.user_data = first.user_data.slice(max..);
+        rest.beginning_fragment = false;
+        let mut head = first;
+        head.user_data.truncate(max);
+        head.ending_fragment = false;
+        fragments.push_front(rest);
+        fragments.push_front(head);
+        self.queue_len += 1;
     }
 
     pub(crate) fn get_num_bytes(&self) -> usize {
@@ -579,7 +579,7 @@ mod tests {
         assert_eq!((q.len(), q.get_num_bytes()), (3, 290));
 
         q.cut_front(100);
-        assert_eq!((q.len(), q.get_num_bytes()), (5, 290));
+        assert_eq!((q.len(), q.get_num_bytes()), (4, 290));
         let mut data = vec![];
         let mut flags = vec![];
         for _ in 0..3 {
