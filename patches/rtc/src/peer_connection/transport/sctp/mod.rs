@@ -424,37 +424,39 @@ mod tests {
         );
     }
 
+    // (libp2p-webrtc-signal patch) The association's TransportConfig after `start`, for a
+    // transport that `configure` set up.
+    fn started_config(configure: impl FnOnce(&mut SctpTransport)) -> ::sctp::TransportConfig {
+        let mut transport = SctpTransport::new(
+            SctpMaxMessageSize::default(),
+            None,
+            None,
+            test_transport_id(TransportKind::Sctp),
+            test_transport_id(TransportKind::Dtls),
+        );
+        configure(&mut transport);
+        transport
+            .start(
+                RTCDtlsRole::Client,
+                SCTPTransportCapabilities {
+                    max_message_size: 0,
+                },
+                5000,
+                5000,
+            )
+            .expect("start");
+        transport
+            .sctp_transport_config
+            .expect("client transport config")
+    }
+
     // (libp2p-webrtc-signal patch) The per-chunk retransmission limit reaches the
     // association's TransportConfig; without a setting, rtc-sctp's default (10) stays.
     #[test]
     fn start_applies_the_chunk_retransmission_limit() {
         for (setting, expected) in [(Some(3), 3), (None, 10)] {
-            let mut transport = SctpTransport::new(
-                SctpMaxMessageSize::default(),
-                None,
-                None,
-                test_transport_id(TransportKind::Sctp),
-                test_transport_id(TransportKind::Dtls),
-            );
-            transport.max_chunk_retransmissions = setting;
-            transport
-                .start(
-                    RTCDtlsRole::Client,
-                    SCTPTransportCapabilities {
-                        max_message_size: 0,
-                    },
-                    5000,
-                    5000,
-                )
-                .expect("start");
-            assert_eq!(
-                transport
-                    .sctp_transport_config
-                    .expect("client transport config")
-                    .timer_config()
-                    .max_chunk_retrans,
-                expected
-            );
+            let config = started_config(|t| t.max_chunk_retransmissions = setting);
+            assert_eq!(config.timer_config().max_chunk_retrans, expected);
         }
     }
 
@@ -463,31 +465,7 @@ mod tests {
     #[test]
     fn start_applies_the_path_mtu_ceiling() {
         for (setting, expected) in [(Some(1428), 1428), (None, 0)] {
-            let mut transport = SctpTransport::new(
-                SctpMaxMessageSize::default(),
-                None,
-                None,
-                test_transport_id(TransportKind::Sctp),
-                test_transport_id(TransportKind::Dtls),
-            );
-            transport.max_mtu = setting;
-            transport
-                .start(
-                    RTCDtlsRole::Client,
-                    SCTPTransportCapabilities {
-                        max_message_size: 0,
-                    },
-                    5000,
-                    5000,
-                )
-                .expect("start");
-            assert_eq!(
-                transport
-                    .sctp_transport_config
-                    .expect("client transport config")
-                    .max_mtu(),
-                expected
-            );
+            assert_eq!(started_config(|t| t.max_mtu = setting).max_mtu(), expected);
         }
     }
 
