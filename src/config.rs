@@ -162,8 +162,9 @@ pub struct Config {
     /// The largest SCTP packet, in bytes, that path MTU discovery may raise the packet size
     /// to (RFC 8899: HEARTBEAT probes padded with PAD chunks; the largest size answered is
     /// used, and a peer that does not answer keeps [`Config::sctp_mtu`]). 1428 fits an
-    /// Ethernet path (MTU 1500), IPv4 or IPv6, direct or through a TURN relay: 17% fewer
-    /// packets for the same data, so less CPU and ~1.5% fewer bytes on the wire.
+    /// Ethernet path (MTU 1500), IPv4 or IPv6, direct or through a TURN relay: in an echo
+    /// 19% fewer packets for the same data and 2% fewer bytes on the wire; 12-26% more
+    /// throughput on loopback (BENCHMARKS.md sections 2 and 8).
     /// 0 or a value at most `sctp_mtu`: no probing. Range 0 or `sctp_mtu` ..= 8192.
     /// Default: 0 (off), because DATA already sent at a larger size cannot be cut again: if
     /// the path's MTU falls under a live connection (an ICE restart onto a network of smaller
