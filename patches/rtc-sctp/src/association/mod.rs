@@ -60,11 +60,11 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use thiserror::Error;
 
 /// Patch: the least room, in bytes of user data, worth cutting a message for to fill a
 /// packet (`pop_pending_data_chunks_leaving`); less goes in the next packet.
 const MIN_FILL: usize = 128;
-use thiserror::Error;
 
 pub(crate) mod congestion;
 mod pacing;
@@ -2443,10 +2443,7 @@ impl Association {
         accept: bool,
         default_payload_type: PayloadProtocolIdentifier,
     ) -> Option<Stream<'_>> {
-        // Patch: messages are queued whole and cut when they are sent
-        // (`PendingQueue::cut_front`): for the packet size confirmed then (`pmtu.rs`), and
-        // shorter where a SACK rides in the same packet.
-        let mut s = StreamState::new(self.side, stream_identifier, u32::MAX, default_payload_type);
+        let mut s = StreamState::new(self.side, stream_identifier, default_payload_type);
 
         s.generation = self.next_stream_generation;
         self.next_stream_generation = self.next_stream_generation.wrapping_add(1);

@@ -131,16 +131,12 @@ impl PathMtu {
         }
     }
 
-    /// Whether there is anything above the base to search for.
-    pub(crate) fn enabled(&self) -> bool {
-        self.ceiling > self.base
-    }
-
     /// The largest SCTP packet size known to get through.
     pub(crate) fn confirmed(&self) -> u32 {
         self.confirmed
     }
 
+    #[cfg(test)]
     pub(crate) fn search(&self) -> Search {
         self.search
     }

@@ -449,7 +449,6 @@ impl From<u8> for RecvSendState {
 #[derive(Default, Debug)]
 pub struct StreamState {
     pub(crate) side: Side,
-    pub(crate) max_payload_size: u32,
     pub(crate) stream_identifier: StreamId,
     pub(crate) generation: u64,
     pub(crate) default_payload_type: PayloadProtocolIdentifier,
@@ -467,14 +466,12 @@ impl StreamState {
     pub(crate) fn new(
         side: Side,
         stream_identifier: StreamId,
-        max_payload_size: u32,
         default_payload_type: PayloadProtocolIdentifier,
     ) -> Self {
         StreamState {
             side,
             stream_identifier,
             generation: 0,
-            max_payload_size,
             default_payload_type,
             reassembly_queue: ReassemblyQueue::new(stream_identifier),
             sequence_number: 0,
@@ -519,9 +516,6 @@ impl StreamState {
         raw: &Bytes,
         ppi: PayloadProtocolIdentifier,
     ) -> (bool, Vec<ChunkPayloadData>) {
-        let mut i = 0;
-        let mut remaining = raw.len();
-
         // From draft-ietf-rtcweb-data-protocol-09, section 6:
         //   All Data Channel Establishment Protocol messages MUST be sent using
         //   ordered delivery and reliable transmission.
@@ -540,36 +534,27 @@ impl StreamState {
             }
         };
 
+        // Patch: one chunk per message. The association cuts it when it sends it
+        // (`PendingQueue::cut_front`), for the packet size confirmed then and to fill packets;
+        // upstream cut it here, for the size at the time of the write.
         let mut chunks = vec![];
-
-        while remaining != 0 {
-            let fragment_size = std::cmp::min(self.max_payload_size as usize, remaining); //self.association.max_payload_size
-
-            // Copy the userdata since we'll have to store it until acked
-            // and the caller may re-use the buffer in the mean time
-            let user_data = raw.slice(i..i + fragment_size);
-
-            let chunk = ChunkPayloadData {
+        if !raw.is_empty() {
+            chunks.push(ChunkPayloadData {
                 // Timed reliability measures a message's age from here, so that
                 // a long wait for cwnd or rwnd counts against maxPacketLifeTime.
                 created_at: Some(now),
                 reliability,
                 stream_generation: self.generation,
                 stream_identifier: self.stream_identifier,
-                user_data,
+                user_data: raw.clone(),
                 unordered,
-                beginning_fragment: i == 0,
-                ending_fragment: remaining - fragment_size == 0,
+                beginning_fragment: true,
+                ending_fragment: true,
                 immediate_sack: false,
                 payload_type: ppi,
                 stream_sequence_number: self.sequence_number,
                 ..Default::default()
-            };
-
-            chunks.push(chunk);
-
-            remaining -= fragment_size;
-            i += fragment_size;
+            });
         }
 
         // RFC 4960 Sec 6.6
