@@ -37,23 +37,72 @@ pub(crate) const GAIN: f64 = 1.25;
 /// queue delays every SACK of the opposite direction, which then waits for window.
 pub(crate) const CYCLE: [f64; 8] = [1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
 
+/// The longest the drain phase of [`CYCLE`] lasts, in minimum RTTs, while the data in flight
+/// is still above the estimated bandwidth-delay product.
+pub(crate) const MAX_DRAIN_PHASES: u32 = 3;
+
+/// A probe that raised the bandwidth estimate by this factor (measured when the drain
+/// phase after it ends, a round trip later) is followed at once by another probe instead of
+/// the cruise phases: the path has room the estimate does not know yet.
+pub(crate) const PROBE_PAID: f64 = 1.1;
+
 /// Where the sender is in [`CYCLE`].
 #[derive(Debug, Default)]
 pub(crate) struct GainCycle {
     index: usize,
     started: Option<Instant>,
+    /// The bandwidth estimate when the current probe began.
+    probe_from_bw: f64,
 }
 
 impl GainCycle {
-    /// The gain of the phase `now` falls in; a phase lasts `min_rtt`.
-    pub(crate) fn gain(&mut self, now: Instant, min_rtt: Duration) -> f64 {
+    /// The gain of the phase `now` falls in. A phase lasts `min_rtt`, except the drain phase
+    /// (gain below 1): it lasts until `drained` (the data in flight is down to the estimated
+    /// bandwidth-delay product: the queue this sender built is gone), at least one and at
+    /// most [`MAX_DRAIN_PHASES`] minimum RTTs (BBRv3's ProbeBW_DOWN, which leaves when
+    /// in-flight reaches the BDP). A fixed one-RTT drain only removed what the probe before
+    /// it added: a queue that the estimate's error built during the cruise phases stood for
+    /// good, and delayed every SACK of the opposite direction.
+    ///
+    /// `bw` is the bandwidth estimate now. When the drain phase ends with the estimate at
+    /// least [`PROBE_PAID`] times what it was when the probe before it began, the cycle goes
+    /// back to the probe instead of cruising (BBRv3 keeps probing up while the rate grows):
+    /// a sender whose estimate is far below the path's rate (one whose slow start ended
+    /// early because the opposite direction's queue delayed its SACKs) then grows by a
+    /// quarter every two round trips, not every eight.
+    pub(crate) fn gain(&mut self, now: Instant, min_rtt: Duration, drained: bool, bw: f64) -> f64 {
         match self.started {
-            Some(started) if now.saturating_duration_since(started) < min_rtt => {}
-            Some(_) => {
-                self.index = (self.index + 1) % CYCLE.len();
-                self.started = Some(now);
+            Some(started) => {
+                let elapsed = now.saturating_duration_since(started);
+                let draining = self.current() < 1.0;
+                let over = if draining && !drained {
+                    elapsed >= min_rtt * MAX_DRAIN_PHASES
+                } else {
+                    elapsed >= min_rtt
+                };
+                if over {
+                    let paid = draining && bw >= PROBE_PAID * self.probe_from_bw;
+                    self.index = if paid {
+                        0
+                    } else {
+                        (self.index + 1) % CYCLE.len()
+                    };
+                    self.started = Some(now);
+                }
             }
             None => self.started = Some(now),
+        }
+        if self.index == 0 && self.started == Some(now) {
+            self.probe_from_bw = bw;
+        }
+        self.current()
+    }
+
+    /// The gain of the current phase, without moving through the cycle; 1 before the cycle
+    /// has begun.
+    pub(crate) fn current(&self) -> f64 {
+        if self.started.is_none() {
+            return 1.0;
         }
         CYCLE.get(self.index).copied().unwrap_or(1.0)
     }
@@ -130,6 +179,34 @@ mod tests {
             (sent as f64 - expected).abs() <= 2.0 * f64::from(chunk),
             "sent {sent} bytes in 1 s at {rate} B/s (burst {capacity})"
         );
+    }
+
+    /// The drain phase lasts until the queue is drained (at most [`MAX_DRAIN_PHASES`]); a
+    /// probe that raised the estimate is followed by another one, one that did not by the
+    /// cruise phases.
+    #[test]
+    fn gain_cycle_drains_and_probes_again_while_it_pays() {
+        let rtt = Duration::from_millis(40);
+        let t0 = Instant::now();
+        let at = |n: u32| t0 + rtt * n;
+        let mut cycle = GainCycle::default();
+        assert_eq!(cycle.gain(at(0), rtt, true, 100.0), 1.25, "the probe");
+        assert_eq!(cycle.gain(at(1), rtt, false, 100.0), 0.75, "the drain");
+        // Still queued: the drain goes on, up to its bound.
+        assert_eq!(cycle.gain(at(2), rtt, false, 100.0), 0.75);
+        assert_eq!(cycle.gain(at(3), rtt, false, 100.0), 0.75);
+        // The probe raised nothing: cruise.
+        assert_eq!(cycle.gain(at(4), rtt, false, 100.0), 1.0, "bounded drain");
+        for n in 5..10 {
+            assert_eq!(cycle.gain(at(n), rtt, true, 100.0), 1.0, "cruise {n}");
+        }
+        assert_eq!(cycle.gain(at(10), rtt, true, 100.0), 1.25, "the next probe");
+        // This probe pays: the drain (drained at once) ends with the estimate 20% up.
+        assert_eq!(cycle.gain(at(11), rtt, true, 100.0), 0.75);
+        assert_eq!(cycle.gain(at(12), rtt, true, 120.0), 1.25, "probe again");
+        assert_eq!(cycle.gain(at(13), rtt, true, 120.0), 0.75);
+        // 5% more is not enough.
+        assert_eq!(cycle.gain(at(14), rtt, true, 126.0), 1.0, "cruise again");
     }
 
     /// A chunk larger than the whole burst still goes, once the bucket is not empty.

@@ -280,7 +280,11 @@ impl Association {
             self.recovery.last_progress = Some(now);
             self.resume_waiting_retransmissions();
         }
+        let round = self.recovery.rate.round();
         self.recovery.rate.on_ack(now, acked_bytes, newest.snapshot);
+        if self.recovery.rate.round() != round {
+            self.log_round(now);
+        }
         if self.recovery.congestion_control == CongestionControl::DeliveryRate && acked_bytes > 0 {
             // The window never stays below what the path has shown it delivers; it moves
             // only on acknowledged data (abandoned chunks do not grow it).
@@ -300,15 +304,46 @@ impl Association {
         self.arm_recovery_timer(now);
     }
 
+    /// One line per round trip on the `rtc_sctp::timeline` target (trace level): the window,
+    /// the estimates and the queue, to follow the controller in a lab run.
+    fn log_round(&mut self, now: Instant) {
+        if !log::log_enabled!(target: "rtc_sctp::timeline", log::Level::Trace) {
+            return;
+        }
+        log::trace!(
+            target: "rtc_sctp::timeline",
+            "[{}] round={} cwnd={} ssthresh={} pipe={} srtt={}ms min_rtt={:?} bw={:.0} floor={} queued={} probe_rtt={} pending={} t={:?}",
+            self.side,
+            self.recovery.rate.round(),
+            self.cwnd,
+            self.ssthresh,
+            self.pipe(),
+            self.rto_mgr.srtt,
+            self.recovery.rate.min_rtt(),
+            self.recovery.rate.max_bw(),
+            self.recovery.rate.floor(),
+            self.queue_standing(),
+            self.recovery.probe_rtt.is_some(),
+            self.pending_queue.get_num_bytes(),
+            now,
+        );
+    }
+
     /// After slow start, while a queue stands on the path ([`Self::queue_standing`]), the
     /// window is capped at the floor, twice the estimated bandwidth-delay product (BBR's
     /// in-flight cap, `cwnd_gain` x BDP): more only lengthens the queue. Without the cap,
     /// Reno's growth above the floor went on until a loss, so a deep buffer filled (20 Mbit/s
     /// with 200 ms of queue: ping across the line 179 ms against 42 ms idle). Without a
     /// queue (random loss, no rate limit) the window grows as before.
+    ///
+    /// While the gain cycle probes for bandwidth (gain above 1), the cap grows by that gain:
+    /// a sender whose SACKs wait behind the opposite direction's queue has an RTT above the
+    /// minimum, so at twice the BDP it is window-limited at its current estimate, and a
+    /// faster pacing rate alone could never show that the path carries more.
     fn cap_inflight_while_queued(&mut self) {
         let floor = self.recovery.rate.floor();
-        let cap = floor.max(PROBE_RTT_MIN_PACKETS * self.mtu);
+        let probe = self.recovery.cycle.current().max(1.0);
+        let cap = ((f64::from(floor) * probe) as u32).max(PROBE_RTT_MIN_PACKETS * self.mtu);
         if floor > 0 && self.cwnd >= self.ssthresh && self.cwnd > cap && self.queue_standing() {
             self.cwnd = cap;
             // Still past slow start.
@@ -626,7 +661,10 @@ impl Association {
             {
                 // At least a packet per round trip, whatever the estimate.
                 let least = f64::from(self.mtu) / srtt;
-                return Some((self.recovery.cycle.gain(now, min_rtt) * bw).max(least));
+                let bdp = bw * min_rtt.as_secs_f64();
+                let drained = f64::from(self.pipe()) <= bdp;
+                let gain = self.recovery.cycle.gain(now, min_rtt, drained, bw);
+                return Some((gain * bw).max(least));
             }
         }
         let gain = if self.cwnd < self.ssthresh / 2 {

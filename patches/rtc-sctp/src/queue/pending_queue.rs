@@ -162,6 +162,9 @@ pub(crate) struct ResetMarker {
     pub(crate) stream_identifier: u16,
 }
 
+// A queued message holds its chunk (with the rate model's snapshot); reset markers are rare,
+// and boxing the message would cost an allocation per message.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum PendingEntry {
     Message(QueuedMessage),
