@@ -1891,6 +1891,66 @@ fn slow_start_does_not_end_while_the_delivery_rate_grows() {
     assert_eq!(a.ssthresh, a.cwnd);
 }
 
+/// While the peer's data arrives much faster than this side's is delivered, a rising RTT
+/// is the peer's queue (this side's SACKs wait in it): it ends no slow start, and slow start
+/// has no startup bound. Otherwise slow start stops doubling at 2.89x the estimated BDP.
+/// Before, the echoing side of a transfer both ways left slow start at a third of the line
+/// while the other side's startup queue stood, and took seconds to recover.
+#[test]
+fn a_side_that_mostly_receives_keeps_its_slow_start() {
+    let t0 = Instant::now();
+    let min_rtt = Duration::from_millis(40);
+    let plateaued = |receiving: bool| {
+        let mut a = create_association(TransportConfig::default());
+        let mut now = t0;
+        a.recovery.rate.on_rtt(now, min_rtt);
+        a.cwnd = 50_000;
+        a.ssthresh = 1_000_000;
+        // Rounds that deliver 100 KB each (2.5 MB/s, a plateau); the peer's data arrives
+        // at 10 MB/s, or not at all.
+        for _ in 0..4 {
+            let snap = a.recovery.rate.snapshot(now, false);
+            a.recovery.on_round(now);
+            if receiving {
+                a.recovery.on_data_received(400_000);
+            }
+            now += min_rtt;
+            a.recovery.rate.on_ack(now, 100_000, Some(snap));
+        }
+        a.recovery.on_round(now);
+        a
+    };
+
+    let mut sending = plateaued(false);
+    assert!(!sending.recovery.mostly_receiving());
+    let cap = sending.startup_cap().expect("a startup bound");
+    assert!(
+        (285_000..=293_000).contains(&cap),
+        "bound {cap}: 2.89 x 100 KB"
+    );
+    sending.end_slow_start_on_rtt_rise(3 * min_rtt);
+    assert_eq!(
+        sending.ssthresh, sending.cwnd,
+        "the RTT rise ends slow start"
+    );
+
+    // Data sent with nothing more queued: the application's rate, no bound.
+    let mut app = create_association(TransportConfig::default());
+    app.recovery.rate.on_rtt(t0, min_rtt);
+    let snap = app.recovery.rate.snapshot(t0, true);
+    app.recovery.rate.on_ack(t0 + min_rtt, 1_000, Some(snap));
+    assert_eq!(app.startup_cap(), None, "bounded by the application's rate");
+
+    let mut receiving = plateaued(true);
+    assert!(receiving.recovery.mostly_receiving());
+    assert_eq!(receiving.startup_cap(), None);
+    receiving.end_slow_start_on_rtt_rise(3 * min_rtt);
+    assert_eq!(
+        receiving.ssthresh, 1_000_000,
+        "the peer's queue ended slow start"
+    );
+}
+
 /// A sender with `count` 1 KiB chunks in flight from TSN 100, window room for all of them.
 fn sender_with_window(count: u32, now: Instant) -> Result<Association> {
     let mut a = timed_test_association();

@@ -61,6 +61,8 @@ pub(crate) struct RateModel {
     delivered_time: Option<Instant>,
     /// When the newest acknowledged chunk had been sent.
     first_sent: Option<Instant>,
+    /// The newest acknowledged chunk was sent with nothing more to send.
+    app_limited: bool,
     round: u64,
     next_round_delivered: u64,
     /// The largest rate (bytes per second) of each of the last rounds: (round, rate).
@@ -93,6 +95,7 @@ impl RateModel {
         self.delivered_time = Some(now);
         let Some(snap) = newest else { return };
         self.first_sent = Some(snap.sent);
+        self.app_limited = snap.app_limited;
         if snap.delivered >= self.next_round_delivered {
             self.next_round_delivered = self.delivered;
             self.round += 1;
@@ -166,6 +169,12 @@ impl RateModel {
             Some(None) => self.min_rtt = self.min_rtt.map(|(min, _)| (min, now)),
             None => {}
         }
+    }
+
+    /// The newest acknowledged chunk was sent with nothing more queued: the application,
+    /// not the path, set the rate of late.
+    pub(crate) fn app_limited(&self) -> bool {
+        self.app_limited
     }
 
     /// Round trips counted so far.

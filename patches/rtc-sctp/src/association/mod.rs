@@ -1550,6 +1550,7 @@ impl Association {
         }
         let mut stream_handle_data = false;
         if can_push {
+            self.recovery.on_data_received(d.user_data.len());
             if self.get_or_create_stream(d.stream_identifier).is_some() {
                 if self.get_my_receiver_window_credit() > 0 {
                     // Pass the new chunk to stream level as soon as it arrives
@@ -2145,9 +2146,14 @@ impl Association {
             //      outstanding DATA chunk(s) acknowledged, and 2) the destination's
             //      path MTU.
             if !self.in_fast_recovery && !self.pending_queue.is_empty() {
-                self.cwnd = self
+                let grown = self
                     .cwnd
                     .saturating_add(std::cmp::min(total_bytes_acked as u32, self.cwnd)); // TCP way
+                // Patch: no growth past BBR's startup bound (`Self::startup_cap`).
+                self.cwnd = match self.startup_cap() {
+                    Some(cap) => grown.min(cap.max(self.cwnd)),
+                    None => grown,
+                };
                 // self.cwnd += min32(uint32(total_bytes_acked), self.mtu) // SCTP way (slow)
                 trace!(
                     "[{}] updated cwnd={} ssthresh={} acked={} (SS)",

@@ -42,6 +42,14 @@ const QUEUED_RTT: f64 = 1.25;
 /// concurrent 1 MiB echoes past the close timeout once in five runs.
 const BW_PACING_MIN_RTT: Duration = Duration::from_millis(4);
 
+/// How much faster than this side sends the peer's data must arrive for a rising RTT to be
+/// read as the peer's queue ([`Recovery::mostly_receiving`]).
+const RECEIVING_MORE: f64 = 1.5;
+
+/// Slow start grows the window to at most this many times the estimated bandwidth-delay
+/// product (BBR's startup `cwnd_gain`, 2/ln 2).
+const STARTUP_GAIN: f64 = 2.89;
+
 /// How long the window stays capped while the minimum RTT is measured again (at least a
 /// round trip too; BBR's ProbeRTT).
 const PROBE_RTT_DURATION: Duration = Duration::from_millis(200);
@@ -147,6 +155,12 @@ pub(crate) struct Recovery {
     pub(crate) spurious: SpuriousRetransmissions,
     /// Congestion responses undone (statistics, tests).
     pub(crate) undone: u64,
+    /// DATA payload bytes received from the peer.
+    received: u64,
+    /// `received` and the time when the current round began.
+    round_start: Option<(u64, Instant)>,
+    /// The rate at which the peer's DATA arrived over the last round, bytes per second.
+    receive_rate: f64,
     /// The chunk the last probe marked for sending again.
     pub(crate) probe_tsn: Option<u32>,
     /// Probes sent (statistics, tests).
@@ -219,6 +233,29 @@ impl Recovery {
     pub(crate) fn reordering_seen(&self) -> bool {
         self.reorder_mult > 0
     }
+
+    /// The peer's DATA brought `bytes` of payload.
+    pub(crate) fn on_data_received(&mut self, bytes: usize) {
+        self.received = self.received.saturating_add(bytes as u64);
+    }
+
+    /// A new round began `now`: the receive rate of the round that ended.
+    pub(crate) fn on_round(&mut self, now: Instant) {
+        if let Some((bytes, at)) = self.round_start {
+            let secs = now.saturating_duration_since(at).as_secs_f64();
+            if secs > 0.0 {
+                self.receive_rate = (self.received - bytes) as f64 / secs;
+            }
+        }
+        self.round_start = Some((self.received, now));
+    }
+
+    /// The peer's data arrives at more than [`RECEIVING_MORE`] times the rate this side's
+    /// data is delivered at: a rise in this side's RTT is then likely the peer's queue, in
+    /// which this side's SACKs wait on their way back, not this side's own.
+    pub(crate) fn mostly_receiving(&self) -> bool {
+        self.receive_rate > RECEIVING_MORE * self.rate.max_bw()
+    }
 }
 
 /// The newest transmission among those a SACK newly acknowledged.
@@ -283,6 +320,7 @@ impl Association {
         let round = self.recovery.rate.round();
         self.recovery.rate.on_ack(now, acked_bytes, newest.snapshot);
         if self.recovery.rate.round() != round {
+            self.recovery.on_round(now);
             self.log_round(now);
         }
         if self.recovery.congestion_control == CongestionControl::DeliveryRate && acked_bytes > 0 {
@@ -312,7 +350,7 @@ impl Association {
         }
         log::trace!(
             target: "rtc_sctp::timeline",
-            "[{}] round={} cwnd={} ssthresh={} pipe={} srtt={}ms min_rtt={:?} bw={:.0} floor={} queued={} probe_rtt={} pending={} t={:?}",
+            "[{}] round={} cwnd={} ssthresh={} pipe={} srtt={}ms min_rtt={:?} bw={:.0} floor={} queued={} probe_rtt={} pending={} recv={:.0} t={:?}",
             self.side,
             self.recovery.rate.round(),
             self.cwnd,
@@ -325,6 +363,7 @@ impl Association {
             self.queue_standing(),
             self.recovery.probe_rtt.is_some(),
             self.pending_queue.get_num_bytes(),
+            self.recovery.receive_rate,
             now,
         );
     }
@@ -387,6 +426,34 @@ impl Association {
         if let Some(ProbeRtt { cap: Some(cap), .. }) = self.recovery.probe_rtt {
             self.cwnd = self.cwnd.min(cap);
         }
+    }
+
+    /// The largest window slow start may grow to: [`STARTUP_GAIN`] times the estimated
+    /// bandwidth-delay product, at least 4 MTUs (BBR's startup bound). While the window
+    /// doubles each round the bound is not reached (the estimate trails the window by a
+    /// round: the bound is ~2.9 times the window of the round before); once the rate stops
+    /// growing it stops the doubling, within the round, where the RTT exit comes a round
+    /// late (behind a 200 ms buffer the window had reached seven times the BDP). `None` (no
+    /// bound) before a rate is measured, with [`CongestionControl::Reno`], below
+    /// [`BW_PACING_MIN_RTT`], while the application sets the rate (the newest acknowledged
+    /// chunk left nothing queued: the estimate is the application's, and a window bounded
+    /// by it could not resend a loss burst in time), and while this side mostly receives
+    /// ([`Recovery::mostly_receiving`]): its RTT then holds the peer's queue, and a bound
+    /// computed from the rate it measures through that queue held it at a tenth of the line.
+    pub(crate) fn startup_cap(&self) -> Option<u32> {
+        if self.recovery.congestion_control == CongestionControl::Reno
+            || self.recovery.mostly_receiving()
+            || self.recovery.rate.app_limited()
+        {
+            return None;
+        }
+        let min_rtt = self.recovery.rate.min_rtt()?;
+        let bw = self.recovery.rate.max_bw();
+        if min_rtt < BW_PACING_MIN_RTT || bw <= 0.0 {
+            return None;
+        }
+        let cap = STARTUP_GAIN * bw * min_rtt.as_secs_f64();
+        Some((cap.min(f64::from(u32::MAX / 2)) as u32).max(PROBE_RTT_MIN_PACKETS * self.mtu))
     }
 
     /// The reordering window: a quarter of the minimum RTT, times the widening spurious
@@ -631,6 +698,7 @@ impl Association {
             && let Some(min_rtt) = self.recovery.rate.min_rtt()
             && rtt > min_rtt + (min_rtt / 4).max(Duration::from_millis(4))
             && !self.recovery.rate.bw_growing()
+            && !self.recovery.mostly_receiving()
         {
             log::debug!(
                 "[{}] slow start ends: rtt {:?} over min {:?}, cwnd={}",
