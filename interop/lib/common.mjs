@@ -166,6 +166,12 @@ export async function startPeer (args, listen, transports, emit) {
       dialTimeout: (args.upgradeTimeout ?? 30) * 1000,
       addressDialTimeout: (args.upgradeTimeout ?? 30) * 1000
     },
+    // The checks ping over one long-lived stream (openPinger). js-libp2p's connection monitor
+    // pings every connection every 10 s on a stream of its own, and a peer may keep one
+    // inbound ping stream (rust-libp2p answers only the newest and drops the one before); the
+    // two collided in about one lossy run of ten ("Cannot write to a stream that is closed"),
+    // and a monitor ping refused for the pinger's stream aborts the connection.
+    connectionMonitor: { enabled: false },
     services: {
       identify: identify(),
       ping: ping({ runOnLimitedConnection: true })
@@ -495,7 +501,7 @@ export async function runDial (node, args, emit) {
       emit({ event: 'upgrade_failed', peer, reason: String(err?.message ?? err), attempt: 1, will_retry: false })
     }
   }
-  const pinger = await openPinger(checked, { signal: overall })
+  let pinger = await openPinger(checked, { signal: overall })
   let failures = 0
   for (let ok = 0; ok < args.pings;) {
     try {
@@ -505,6 +511,10 @@ export async function runDial (node, args, emit) {
     } catch (err) {
       emit({ event: 'ping', peer, direct, ok: false, error: String(err?.message ?? err) })
       if (++failures >= 3) throw new Error(`pings keep failing: ${err?.message ?? err}`)
+      // A new stream for the next try, as js-libp2p's own ping does for every ping: the
+      // remote may have closed this one (see connectionMonitor in startPeer).
+      await pinger.close()
+      pinger = await openPinger(checked, { signal: overall })
     }
     await sleep(250)
   }
