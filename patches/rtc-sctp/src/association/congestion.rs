@@ -29,6 +29,9 @@ pub enum CongestionControl {
 
 /// Round trips over which the largest delivery rate is kept.
 pub(crate) const BW_WINDOW_ROUNDS: u64 = 10;
+/// The smallest minimum RTT at which a rate sample spans its send phase too (the
+/// association's pacing and in-flight cap start at the same RTT).
+pub(crate) const SEND_PHASE_MIN_RTT: Duration = Duration::from_millis(4);
 /// How long the smallest RTT is kept before a larger sample may replace it.
 pub(crate) const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// The window, in multiples of the estimated bandwidth-delay product.
@@ -109,8 +112,15 @@ impl RateModel {
         // together shorten the ack phase, and a rate over it alone ran above the path's:
         // 2.63 MB/s measured on a 20 Mbit/s line, a window capped at twice that BDP and a
         // queue that never drained.
+        // Below SEND_PHASE_MIN_RTT of minimum RTT (loopback, a LAN) the ack phase alone, as
+        // before: there the estimate only sets the window floor, no pacing or cap, and the
+        // loopback figures were measured with it.
         let ack_phase = now.saturating_duration_since(snap.delivered_time);
-        let send_phase = snap.sent.saturating_duration_since(snap.first_sent);
+        let send_phase = if self.min_rtt.is_some_and(|(m, _)| m >= SEND_PHASE_MIN_RTT) {
+            snap.sent.saturating_duration_since(snap.first_sent)
+        } else {
+            Duration::ZERO
+        };
         let interval = ack_phase.max(send_phase);
         // A sample over less than the minimum RTT is ACK compression, not a rate (as in
         // Linux's tcp_rate.c).
