@@ -29,9 +29,9 @@ pub enum CongestionControl {
 
 /// Round trips over which the largest delivery rate is kept.
 pub(crate) const BW_WINDOW_ROUNDS: u64 = 10;
-/// The smallest minimum RTT at which a rate sample spans its send phase too (the
-/// association's pacing and in-flight cap start at the same RTT).
-pub(crate) const SEND_PHASE_MIN_RTT: Duration = Duration::from_millis(4);
+/// The smallest minimum RTT at which a rate sample spans its send phase too: where the
+/// association's pacing at the estimate and its in-flight cap start.
+pub(crate) const SEND_PHASE_MIN_RTT: Duration = super::recovery::BW_PACING_MIN_RTT;
 /// How long the smallest RTT is kept before a larger sample may replace it.
 pub(crate) const MIN_RTT_WINDOW: Duration = Duration::from_secs(10);
 /// The window, in multiples of the estimated bandwidth-delay product.

@@ -70,16 +70,22 @@ impl GainCycle {
     /// a sender whose estimate is far below the path's rate (one whose slow start ended
     /// early because the opposite direction's queue delayed its SACKs) then grows by a
     /// quarter every two round trips, not every eight.
-    pub(crate) fn gain(&mut self, now: Instant, min_rtt: Duration, drained: bool, bw: f64) -> f64 {
+    ///
+    /// `drained` is asked only when a drain phase could end (it is a pass over the chunks in
+    /// flight, and this runs for every DATA chunk paced).
+    pub(crate) fn gain(
+        &mut self,
+        now: Instant,
+        min_rtt: Duration,
+        drained: impl FnOnce() -> bool,
+        bw: f64,
+    ) -> f64 {
         match self.started {
             Some(started) => {
                 let elapsed = now.saturating_duration_since(started);
                 let draining = self.current() < 1.0;
-                let over = if draining && !drained {
-                    elapsed >= min_rtt * MAX_DRAIN_PHASES
-                } else {
-                    elapsed >= min_rtt
-                };
+                let over = elapsed >= min_rtt
+                    && (!draining || elapsed >= min_rtt * MAX_DRAIN_PHASES || drained());
                 if over {
                     let paid = draining && bw >= PROBE_PAID * self.probe_from_bw;
                     self.index = if paid {
@@ -190,23 +196,31 @@ mod tests {
         let t0 = Instant::now();
         let at = |n: u32| t0 + rtt * n;
         let mut cycle = GainCycle::default();
-        assert_eq!(cycle.gain(at(0), rtt, true, 100.0), 1.25, "the probe");
-        assert_eq!(cycle.gain(at(1), rtt, false, 100.0), 0.75, "the drain");
+        assert_eq!(cycle.gain(at(0), rtt, || true, 100.0), 1.25, "the probe");
+        assert_eq!(cycle.gain(at(1), rtt, || false, 100.0), 0.75, "the drain");
         // Still queued: the drain goes on, up to its bound.
-        assert_eq!(cycle.gain(at(2), rtt, false, 100.0), 0.75);
-        assert_eq!(cycle.gain(at(3), rtt, false, 100.0), 0.75);
+        assert_eq!(cycle.gain(at(2), rtt, || false, 100.0), 0.75);
+        assert_eq!(cycle.gain(at(3), rtt, || false, 100.0), 0.75);
         // The probe raised nothing: cruise.
-        assert_eq!(cycle.gain(at(4), rtt, false, 100.0), 1.0, "bounded drain");
+        assert_eq!(
+            cycle.gain(at(4), rtt, || false, 100.0),
+            1.0,
+            "bounded drain"
+        );
         for n in 5..10 {
-            assert_eq!(cycle.gain(at(n), rtt, true, 100.0), 1.0, "cruise {n}");
+            assert_eq!(cycle.gain(at(n), rtt, || true, 100.0), 1.0, "cruise {n}");
         }
-        assert_eq!(cycle.gain(at(10), rtt, true, 100.0), 1.25, "the next probe");
+        assert_eq!(
+            cycle.gain(at(10), rtt, || true, 100.0),
+            1.25,
+            "the next probe"
+        );
         // This probe pays: the drain (drained at once) ends with the estimate 20% up.
-        assert_eq!(cycle.gain(at(11), rtt, true, 100.0), 0.75);
-        assert_eq!(cycle.gain(at(12), rtt, true, 120.0), 1.25, "probe again");
-        assert_eq!(cycle.gain(at(13), rtt, true, 120.0), 0.75);
+        assert_eq!(cycle.gain(at(11), rtt, || true, 100.0), 0.75);
+        assert_eq!(cycle.gain(at(12), rtt, || true, 120.0), 1.25, "probe again");
+        assert_eq!(cycle.gain(at(13), rtt, || true, 120.0), 0.75);
         // 5% more is not enough.
-        assert_eq!(cycle.gain(at(14), rtt, true, 126.0), 1.0, "cruise again");
+        assert_eq!(cycle.gain(at(14), rtt, || true, 126.0), 1.0, "cruise again");
     }
 
     /// A chunk larger than the whole burst still goes, once the bucket is not empty.

@@ -40,7 +40,7 @@ const QUEUED_RTT: f64 = 1.25;
 /// LAN) the estimate is made of sub-millisecond intervals that the millisecond-grained
 /// `srtt` and the pacing timer cannot follow: on loopback, pacing at it slowed 100
 /// concurrent 1 MiB echoes past the close timeout once in five runs.
-const BW_PACING_MIN_RTT: Duration = Duration::from_millis(4);
+pub(crate) const BW_PACING_MIN_RTT: Duration = Duration::from_millis(4);
 
 /// How much faster than this side sends the peer's data must arrive for a rising RTT to be
 /// read as the peer's queue ([`Recovery::mostly_receiving`]).
@@ -344,7 +344,7 @@ impl Association {
 
     /// One line per round trip on the `rtc_sctp::timeline` target (trace level): the window,
     /// the estimates and the queue, to follow the controller in a lab run.
-    fn log_round(&mut self, now: Instant) {
+    fn log_round(&self, now: Instant) {
         if !log::log_enabled!(target: "rtc_sctp::timeline", log::Level::Trace) {
             return;
         }
@@ -730,7 +730,8 @@ impl Association {
                 // At least a packet per round trip, whatever the estimate.
                 let least = f64::from(self.mtu) / srtt;
                 let bdp = bw * min_rtt.as_secs_f64();
-                let drained = f64::from(self.pipe()) <= bdp;
+                let inflight = &self.inflight_queue;
+                let drained = || inflight.pipe_bytes() as f64 <= bdp;
                 let gain = self.recovery.cycle.gain(now, min_rtt, drained, bw);
                 return Some((gain * bw).max(least));
             }
