@@ -53,7 +53,7 @@ common:
                            doubled per round up to 8x (default 60000; 0: no more rounds)
   --early-dtls-records <n> DTLS records held until ICE is connected (default 16; 0: none)
   --sctp-max-mtu <n>       probe for SCTP packets of up to n bytes (Config::sctp_max_mtu;
-                           e.g. 1428; default 0: off)
+                           default 1428; 0: off)
   --ping-interval-ms <n>   between two pings on a connection (default 250)
   --idle-timeout <s>       close a connection with no open stream after this long; pings do
                            not keep a connection open (default 60)

@@ -1826,6 +1826,79 @@ fn echoes_on_home_lines(kbit: u32, buffer_ms: u32, bytes: usize) -> (Loaded, f64
     (direct, direct_s, relayed_s)
 }
 
+/// `name`'s counter in the `Ip:` lines of a namespace's `/proc/net/snmp`.
+fn ip_counter(lab: &Lab, host: &str, name: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.ns(host), "cat", "/proc/net/snmp"])
+        .output()
+        .expect("/proc/net/snmp");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut ip = text.lines().filter(|l| l.starts_with("Ip:"));
+    let (Some(names), Some(values)) = (ip.next(), ip.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(n, _)| *n == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Path MTU discovery is on by default (`Config::sctp_max_mtu` 1428), so a path whose MTU
+/// falls under a live connection (a VPN coming up, a route change) must not strand the DATA
+/// chunks already cut for the larger size: SCTP cannot cut a TSN again. Mid-echo, the link
+/// between the core router and p2's home router drops to an MTU of 1400 (both routers answer
+/// larger packets with ICMP "fragmentation needed"). The listener's association notices the black hole (T3-rtx
+/// twice), cuts what is queued for the base size, and sends what is in flight with IP
+/// fragmentation allowed until the peer has it; the echo completes. Before, those chunks
+/// went with "don't fragment" until the association gave up.
+#[test]
+fn direct_connection_survives_a_path_mtu_that_falls() {
+    let Some(_lock) = lab_lock() else { return };
+    let bytes = 8 << 20;
+    // 20 Mbit/s lines, so the echo lasts seconds and the fall comes in the middle of it.
+    let lab = home_lines(20_000, 50);
+    let extra = lab_node_args();
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+    let (_relay, _listener, addr) =
+        relay_and_listener_with(&lab, Ice::Stun, RELAY_UNLIMITED, &extra);
+    // IP fragments made by p1 (its kernel learned the smaller MTU from the ICMP) or by the
+    // core router (a datagram without "don't fragment" above its link's MTU).
+    let fragments_made =
+        || ip_counter(&lab, "p1", "FragCreates") + ip_counter(&lab, "core", "FragCreates");
+    let fragments_before = fragments_made();
+    // The direct connection is up and the echo starts; the search takes one round trip.
+    let node = echo_dialer(&lab, &addr, "3", false, false, None, bytes);
+    std::thread::sleep(Duration::from_millis(1500));
+    // Both ends of the link (a veth also drops what exceeds its receiving end's MTU).
+    lab::sh(&format!(
+        "ip netns exec {} ip link set dev r2 mtu 1400",
+        lab.ns("core")
+    ));
+    lab::sh(&format!(
+        "ip netns exec {} ip link set dev wan mtu 1400",
+        lab.ns("r2")
+    ));
+    let (_code, all) = node.finish();
+    let transfer = events(&all, "transfer").next().cloned();
+    let fragments = fragments_made() - fragments_before;
+    eprintln!("transfer: {transfer:?}; IP fragments made: {fragments}");
+    let transfer = transfer.expect("the echo's result");
+    assert_eq!(
+        transfer["ok"], true,
+        "the echo failed: {}",
+        transfer["error"]
+    );
+    assert_eq!(transfer["direct"], true, "not over the direct connection");
+    // The peers had raised their packets above 1400 bytes and sent what the smaller path
+    // stranded as IP fragments.
+    assert!(
+        fragments > 0,
+        "nothing was fragmented: was the size ever raised?"
+    );
+}
+
 /// Issue 28, deliverable 3: a plain TCP upload with CUBIC (the default congestion control of
 /// most systems) from the dialer's machine to a server outside, through a 12 Mbit/s uplink
 /// with 50 ms of queue, keeps its share of the line beside an echo over the direct

@@ -226,6 +226,10 @@ impl AsyncUdpSocket for GatedUdpSocket {
     fn max_gro_segments(&self) -> usize {
         self.inner.max_gro_segments()
     }
+
+    fn set_may_fragment(&self, may_fragment: bool) -> io::Result<()> {
+        self.inner.set_may_fragment(may_fragment)
+    }
 }
 
 impl Runtime for BufferedRuntime {
@@ -441,6 +445,43 @@ mod tests {
             recv(&socket, &mut cx),
             Poll::Ready(vec![22]),
             "open: no holding"
+        );
+    }
+
+    /// `set_may_fragment` reaches the kernel socket through this wrapper and webrtc's
+    /// tokio socket: "don't fragment" off (`IP_PMTUDISC_DONT`) and on again
+    /// (`IP_PMTUDISC_PROBE`, quinn-udp's), IPv4 and IPv6.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn may_fragment_reaches_the_socket() {
+        use rustix::net::sockopt::{
+            ip_mtu_discover, ipv6_mtu_discover, Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery,
+        };
+        let runtime = BufferedRuntime::tokio(1 << 16, Arc::new(EarlyDtls::new(LIMIT)))
+            .expect("the tokio runtime");
+        let v4 = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let fd = v4.try_clone().expect("clone");
+        let socket = runtime.wrap_udp_socket(v4).expect("wrap");
+        assert_eq!(ip_mtu_discover(&fd).ok(), Some(Ipv4PathMtuDiscovery::PROBE));
+        socket.set_may_fragment(true).expect("set");
+        assert_eq!(ip_mtu_discover(&fd).ok(), Some(Ipv4PathMtuDiscovery::DONT));
+        socket.set_may_fragment(false).expect("set");
+        assert_eq!(ip_mtu_discover(&fd).ok(), Some(Ipv4PathMtuDiscovery::PROBE));
+
+        let Ok(v6) = std::net::UdpSocket::bind("[::1]:0") else {
+            return; // no IPv6 here
+        };
+        let fd = v6.try_clone().expect("clone");
+        let socket = runtime.wrap_udp_socket(v6).expect("wrap");
+        socket.set_may_fragment(true).expect("set");
+        assert_eq!(
+            ipv6_mtu_discover(&fd).ok(),
+            Some(Ipv6PathMtuDiscovery::DONT)
+        );
+        socket.set_may_fragment(false).expect("set");
+        assert_eq!(
+            ipv6_mtu_discover(&fd).ok(),
+            Some(Ipv6PathMtuDiscovery::PROBE)
         );
     }
 

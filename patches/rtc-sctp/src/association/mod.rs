@@ -283,6 +283,10 @@ pub struct Association {
     last_immediate_sack_request: Option<Instant>,
     /// Patch: SACKs sent in front of DATA rather than in packets of their own.
     sacks_bundled: u64,
+    /// Patch: the newest TSN sent in a chunk too large for a packet of the current `mtu`
+    /// (the path MTU fell back under it), until the peer has it: see
+    /// [`Association::needs_fragmentation`].
+    oversize_until: Option<u32>,
 }
 
 impl Default for Association {
@@ -291,6 +295,7 @@ impl Default for Association {
             path_mtu: pmtu::PathMtu::disabled(),
             last_immediate_sack_request: None,
             sacks_bundled: 0,
+            oversize_until: None,
             side: Side::default(),
             max_chunk_retrans: timer::MAX_CHUNK_RETRANS,
             state: AssociationState::default(),
@@ -773,6 +778,22 @@ impl Association {
     /// packets from the peer. All drained associations have been closed.
     pub fn is_drained(&self) -> bool {
         self.state.is_drained()
+    }
+
+    /// Patch: whether chunks in flight are larger than a packet of the current path MTU may
+    /// be, so their packets only get through if IP may fragment them.
+    ///
+    /// This happens when path MTU discovery (`TransportConfig::with_max_mtu`) had raised the
+    /// packet size and the path stopped carrying it (T3-rtx expired twice in a row, `pmtu.rs`):
+    /// what is still queued is cut again for the base size, but a chunk that has a TSN cannot
+    /// be cut again (RFC 9260 6.9). RFC 9260 7.3 and RFC 8899 6.2 leave those chunks to IP
+    /// fragmentation, so the caller should send this association's packets without "don't
+    /// fragment" while this is `true`. It is `false` again once the peer has acknowledged (or
+    /// the sender abandoned) the newest such chunk. No path MTU probe is sent meanwhile: a
+    /// probe that IP fragments would confirm a size the path does not carry.
+    pub fn needs_fragmentation(&self) -> bool {
+        self.oversize_until
+            .is_some_and(|tsn| sna32gt(tsn, self.cumulative_tsn_ack_point))
     }
 
     /// Look up whether we're the client or server of this Association
@@ -1427,14 +1448,28 @@ impl Association {
     fn set_mtu(&mut self, mtu: u32) {
         self.mtu = mtu;
         self.max_payload_size = max_payload_size_for_mtu(mtu);
+        // A smaller size strands what was cut for the larger one (`needs_fragmentation`).
+        if let Some(tsn) = self
+            .inflight_queue
+            .newest_larger_than(self.max_payload_size as usize)
+            && !self
+                .oversize_until
+                .is_some_and(|until| sna32gte(until, tsn))
+        {
+            self.oversize_until = Some(tsn);
+        }
     }
 
     /// Patch: the path MTU probes that are due (`pmtu.rs`): a HEARTBEAT padded to each size
     /// under test. They are not counted in flight: a lost probe says nothing about congestion.
     fn gather_path_mtu_probes(&mut self, raw_packets: &mut Vec<Bytes>, now: Instant) {
         // Not before the peer is heard from: a SNAP association is established before the
-        // peer's is, and probes it cannot answer yet would end the search at the base.
-        if self.stats.get_num_datas() == 0 && self.stats.get_num_sacks() == 0 {
+        // peer's is, and probes it cannot answer yet would end the search at the base. Nor
+        // while packets may be fragmented (`needs_fragmentation`): a fragmented probe gets
+        // through at a size the path does not carry.
+        if (self.stats.get_num_datas() == 0 && self.stats.get_num_sacks() == 0)
+            || self.needs_fragmentation()
+        {
             self.timers.set(Timer::PathMtu, None);
             return;
         }
@@ -3005,7 +3040,13 @@ impl Association {
                     // Send it as a zero window probe
                     done = true;
                     chunks_remaining = true;
-                } else if bytes_to_send + c.user_data.len() > awnd as usize {
+                } else if bytes_to_send + c.user_data.len() > awnd as usize
+                    // Patch: with nothing in flight, one chunk goes even if it is larger
+                    // than the window. After a T3-rtx the window is one packet of the
+                    // current size, and a chunk cut for a larger path MTU before it fell
+                    // (`needs_fragmentation`) never fit: it was never sent again.
+                    && !(bytes_to_send == 0 && self.pipe() == 0)
+                {
                     chunks_remaining = true;
                     break;
                 }

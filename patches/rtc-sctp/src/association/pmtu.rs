@@ -21,14 +21,14 @@
 //! ceiling searches again every [`RAISE_INTERVAL`] (RFC 8899's PMTU_RAISE_TIMER).
 //!
 //! Black holes: when the confirmed size stops getting through (T3-rtx expires twice in a
-//! row), the association falls back to the base size and searches again at once. Chunks still
+//! row), the association falls back to the base size and searches again. Chunks still
 //! queued are cut again for the base size before they get a TSN
 //! (`PendingQueue::cut_front`). Chunks already sent keep their size: SCTP cannot cut a TSN
-//! again, and the socket sets "don't fragment", so if the path really shrank (an ICE restart
-//! onto a network of smaller MTU, a VPN coming up) they cannot get through and the
-//! association fails after its retransmission limit. That is why probing is off by default
-//! (`TransportConfig::with_max_mtu`): it suits paths whose MTU does not change under a
-//! connection (fixed lines, servers).
+//! again. If the path really shrank (an ICE restart onto a network of smaller MTU, a VPN
+//! coming up) they only get through as IP fragments, so until the peer has them
+//! `Association::needs_fragmentation` asks the caller to send without "don't fragment"
+//! (RFC 9260 7.3), and no probe goes (a fragmented probe would get through at a size the
+//! path does not carry): the search starts again once they are acknowledged.
 
 use std::time::{Duration, Instant};
 

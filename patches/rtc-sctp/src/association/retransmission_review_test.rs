@@ -503,3 +503,46 @@ fn a_receiver_acknowledging_around_a_chunk_cannot_make_the_sender_resend_without
     }
     Ok(())
 }
+
+/// Patch (path MTU discovery, a path that shrinks): after a T3-rtx the window is one packet
+/// of the current size, and after a fall-back that is smaller than the chunks already cut
+/// for the larger size. With nothing in flight one such chunk still goes (it fit no window
+/// before: the association never sent it again and failed), and the association asks for IP
+/// fragmentation until the peer has it.
+#[test]
+fn a_chunk_cut_for_a_larger_path_mtu_is_sent_again_after_the_fall_back() -> Result<()> {
+    let now = Instant::now();
+    let mut a = timed_test_association();
+    a.set_mtu(crate::ETHERNET_MAX_MTU);
+    a.my_next_tsn = 100;
+    a.cumulative_tsn_ack_point = 99;
+    a.advanced_peer_tsn_ack_point = 99;
+    a.cwnd = 8 * a.mtu;
+    a.rwnd = a.cwnd;
+    let ppi = PayloadProtocolIdentifier::Binary;
+    let mut stream = a.open_stream(1, ppi)?;
+    stream.write_sctp(now, &Bytes::from(vec![1; 4 * 1400]), ppi)?;
+    let sent = transmitted_data(&a.gather_outbound(now).0);
+    assert_eq!(4, sent.len());
+    assert!(sent.iter().all(|c| c.user_data.len() == 1400));
+    assert!(!a.needs_fragmentation());
+
+    // The path falls back to the base size (two T3-rtx in a row), the window to one packet.
+    a.set_mtu(1188);
+    assert!(a.needs_fragmentation(), "four chunks are too large now");
+    a.handle_timeout(now + Duration::from_secs(1));
+    a.cwnd = a.mtu;
+    let again = transmitted_data(
+        &a.gather_data_packets_to_retransmit(vec![], now + Duration::from_secs(1)),
+    );
+    assert_eq!(
+        vec![100],
+        again.iter().map(|c| c.tsn).collect::<Vec<_>>(),
+        "one chunk, larger than the window, goes again"
+    );
+
+    // Acknowledged up to the newest of them: "don't fragment" again.
+    a.cumulative_tsn_ack_point = 103;
+    assert!(!a.needs_fragmentation());
+    Ok(())
+}

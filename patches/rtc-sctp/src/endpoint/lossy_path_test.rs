@@ -98,6 +98,11 @@ struct Path {
     dropped: usize,
     /// Datagrams larger than this are dropped (the path's MTU above UDP and DTLS).
     max_datagram: usize,
+    /// Whether a datagram above `max_datagram` gets through (IP cuts it into fragments) when
+    /// its sender's association says it needs that (`Association::needs_fragmentation`); how
+    /// many did.
+    fragments: bool,
+    fragmented: usize,
     /// The largest datagram the client got through, and how many it sent.
     client_largest: usize,
     client_sent: usize,
@@ -139,6 +144,8 @@ impl Path {
             seed: seed.max(1),
             dropped: 0,
             max_datagram,
+            fragments: false,
+            fragmented: 0,
             client_largest: 0,
             client_sent: 0,
             datagrams: 0,
@@ -184,10 +191,19 @@ impl Path {
                 (&mut self.server, self.client.addr)
             };
             let out = from.drive(now, remote);
+            let may_fragment = self.fragments
+                && from
+                    .assoc
+                    .as_ref()
+                    .is_some_and(|(_, c)| c.needs_fragmentation());
             for data in out {
-                if data.len() > self.max_datagram || self.roll() {
+                let oversize = data.len() > self.max_datagram;
+                if (oversize && !may_fragment) || self.roll() {
                     self.dropped += 1;
                     continue;
+                }
+                if oversize {
+                    self.fragmented += 1;
                 }
                 self.datagrams += 1;
                 self.bytes += data.len();
@@ -426,6 +442,79 @@ fn path_mtu_discovery_finds_the_size_the_path_carries() {
         sent * 100 < base_sent * 88,
         "{sent} datagrams with discovery, {base_sent} without"
     );
+}
+
+/// The path's MTU falls under a live association after discovery raised the packet size (a
+/// VPN coming up): the chunks already cut for the larger size cannot be cut again, so the
+/// association asks for IP fragmentation (`Association::needs_fragmentation`) until the peer
+/// has them, and sends no probe meanwhile. With fragmentation the transfer completes and the
+/// search settles on the smaller size; without it (what the socket's "don't fragment" did
+/// before) those chunks never get through and the transfer stalls.
+#[test]
+fn chunks_stranded_by_a_shrinking_path_get_through_fragmented() {
+    let run = |fragments: bool| {
+        let transport = TransportConfig::default().with_max_mtu(crate::ETHERNET_MAX_MTU);
+        let mut path = Path::with_transport(transport, RTT / 2, 0.0, 7, 1472 - 37);
+        path.fragments = fragments;
+        let total = 4 * MIB;
+        let message = Bytes::from(vec![0x5a; 16 * 1024]);
+        let (mut written, mut read) = (0, 0);
+        let mut shrunk = false;
+        let mut flagged = false;
+        let start = path.now;
+        while read < total && path.now - start < Duration::from_secs(60) {
+            let now = path.now;
+            while written < total
+                && path.client_stream().buffered_amount().unwrap_or(usize::MAX) < MIB
+            {
+                let len = message.len().min(total - written);
+                path.client_stream()
+                    .write_sctp(now, &message.slice(..len), PPI)
+                    .expect("write");
+                written += len;
+            }
+            read += path.server_read();
+            // When the last message is written: what is in flight then is all cut for the
+            // larger size, and nothing new comes behind it.
+            if !shrunk && written == total {
+                assert_eq!(
+                    path.client.conn().mtu,
+                    crate::ETHERNET_MAX_MTU,
+                    "raised first"
+                );
+                // 1300-byte SCTP packets, as on a 1337-byte link.
+                path.max_datagram = 1300;
+                shrunk = true;
+            }
+            flagged |= path.client.conn().needs_fragmentation();
+            if !path.step() {
+                break;
+            }
+        }
+        eprintln!(
+            "fragments {fragments}: read {read} in {:?}, {} fragmented, {} dropped, T3 {}",
+            path.now - start,
+            path.fragmented,
+            path.dropped,
+            path.client.conn().stats.get_num_t3timeouts()
+        );
+        (read, flagged, path)
+    };
+    let (read, flagged, mut path) = run(true);
+    assert_eq!(read, 4 * MIB, "the transfer completes");
+    assert!(flagged, "the association asked for fragmentation");
+    assert!(path.fragmented > 0, "stranded chunks went as fragments");
+    assert!(
+        !path.client.conn().needs_fragmentation(),
+        "not once the peer has them"
+    );
+    // Then the search starts again, and settles on what the path carries.
+    path.run_until(|p| p.client.conn().mtu == 1300);
+
+    let (read, flagged, path) = run(false);
+    assert!(flagged);
+    assert!(read < 4 * MIB, "without fragmentation: {read} bytes");
+    assert_eq!(path.fragmented, 0);
 }
 
 /// What an echo (data both ways, 16 KiB messages) puts on the path per byte of payload, with

@@ -169,6 +169,16 @@ impl PayloadQueue {
     }
 
     /// get returns reference to chunkPayloadData with the given TSN value.
+    /// Patch: the newest TSN whose chunk carries more than `payload` bytes (a pass over the
+    /// queue: called when the path MTU falls, not per packet).
+    pub(crate) fn newest_larger_than(&self, payload: usize) -> Option<u32> {
+        self.sorted.iter().rev().copied().find(|tsn| {
+            self.chunk_map
+                .get(tsn)
+                .is_some_and(|c| c.user_data.len() > payload)
+        })
+    }
+
     pub(crate) fn get(&self, tsn: u32) -> Option<&ChunkPayloadData> {
         #[cfg(test)]
         if self.track_lookups {

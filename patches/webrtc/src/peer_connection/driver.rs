@@ -505,6 +505,10 @@ pub(crate) struct PeerConnectionDriver<A = SocketAddr> {
     /// Reused scratch buffer for concatenating a run of same-destination datagrams
     /// into one UDP GSO send (see [`flush_writes`](Self::flush_writes)).
     gso_scratch: Vec<u8>,
+    /// (libp2p-webrtc-signal patch) Whether the UDP sockets are set to let IP fragment
+    /// datagrams ([`AsyncUdpSocket::set_may_fragment`]), as the SCTP association asked last
+    /// (`RTCSctpTransport::needs_fragmentation`).
+    may_fragment: bool,
     ice_gathering_active: bool,
     /// (libp2p-webrtc-signal patch) The local ICE ufrag of the last gathering.
     gathered_ufrag: Option<String>,
@@ -586,6 +590,7 @@ where
             mdns_socket: None,
             udp_sockets: HashMap::new(),
             gso_scratch: Vec::new(),
+            may_fragment: false,
             tcp_transport: RTCTcpTransport::new(HashMap::new()),
             ice_gathering_active: false,
             gathered_ufrag: None,
@@ -641,6 +646,9 @@ where
         // Drop before binding — see above. Also drops every accepted TCP stream, which is
         // correct: they belong to the generation being replaced.
         self.udp_sockets.clear();
+        // New sockets start with "don't fragment": the next flush sets them as the
+        // association asks.
+        self.may_fragment = false;
         self.mdns_socket = None;
         self.tcp_transport = RTCTcpTransport::new(HashMap::new());
 
@@ -1848,13 +1856,16 @@ where
         }
     }
 
-    async fn drain_core_writes(inner: Arc<PeerConnectionRef>) -> Vec<TaggedBytesMut> {
+    /// What the core has to send, and (libp2p-webrtc-signal patch) whether its SCTP
+    /// association needs IP fragmentation for it (`RTCSctpTransport::needs_fragmentation`).
+    async fn drain_core_writes(inner: Arc<PeerConnectionRef>) -> (Vec<TaggedBytesMut>, bool) {
         let mut writes = Vec::new();
         let mut core = inner.core.lock().await;
         while let Some(msg) = core.poll_write() {
             writes.push(msg);
         }
-        writes
+        let fragment = core.sctp().is_some_and(|sctp| sctp.needs_fragmentation());
+        (writes, fragment)
     }
 
     async fn drain_core_events(inner: Arc<PeerConnectionRef>) -> Vec<RTCPeerConnectionEvent> {
@@ -1997,7 +2008,8 @@ where
 
         // 1.c peer_connection poll_write() - Send all outgoing packets, coalescing
         // consecutive same-destination datagrams into single UDP GSO syscalls.
-        let writes = Self::drain_core_writes(self.inner.clone()).await;
+        let (writes, fragment) = Self::drain_core_writes(self.inner.clone()).await;
+        self.allow_fragmentation(fragment);
         self.flush_writes(writes).await;
 
         // 1.d (libp2p-webrtc-signal patch) What 1.c handed to the TURN relayer (packets of a
@@ -2007,6 +2019,30 @@ where
         self.flush_turn_writes().await;
 
         Ok(())
+    }
+
+    /// (libp2p-webrtc-signal patch) Lets IP fragment this connection's datagrams while the SCTP
+    /// association has chunks in flight that the path no longer carries whole (path MTU
+    /// discovery had raised the size, then the path shrank under the connection: a TSN
+    /// cannot be cut again), and sets "don't fragment" again once the peer has them. Before
+    /// the datagrams of the same flush go out, so the retransmissions are among them.
+    fn allow_fragmentation(&mut self, fragment: bool) {
+        if fragment == self.may_fragment {
+            return;
+        }
+        if fragment {
+            warn!(
+                "The path MTU fell under chunks in flight: sending them with IP fragmentation allowed"
+            );
+        } else {
+            debug!("Chunks in flight fit the path again: \"don't fragment\" is back");
+        }
+        for (addr, socket) in &self.udp_sockets {
+            if let Err(err) = socket.set_may_fragment(fragment) {
+                warn!("Failed to set IP fragmentation to {fragment} on {addr}: {err}");
+            }
+        }
+        self.may_fragment = fragment;
     }
 
     /// Sends what the TURN relayer has queued (step 1.b of [`poll_writes`](Self::poll_writes)).
@@ -2085,7 +2121,9 @@ where
 
             // Max datagrams the kernel accepts in one GSO `sendmsg` for this socket
             // (1 = GSO unavailable / empty first datagram → no batching).
-            let max_seg = if seg > 0 {
+            // (libp2p-webrtc-signal patch) Nor while IP may fragment (`allow_fragmentation`):
+            // the kernel refuses a GSO segment larger than a path MTU it learned.
+            let max_seg = if seg > 0 && !self.may_fragment {
                 socket.max_gso_segments().min(MAX_GSO_SEGMENTS)
             } else {
                 1

@@ -263,6 +263,35 @@ pub async fn timeout<T>(
     }
 }
 
+/// (libp2p-webrtc-signal patch) [`AsyncUdpSocket::set_may_fragment`] for a socket of the
+/// built-in runtimes (Linux and Android; elsewhere they keep the default no-op).
+#[cfg(all(
+    any(feature = "runtime-tokio", feature = "runtime-smol"),
+    any(target_os = "linux", target_os = "android")
+))]
+pub(crate) fn set_may_fragment<Fd: std::os::fd::AsFd>(
+    fd: Fd,
+    ipv4: bool,
+    may_fragment: bool,
+) -> io::Result<()> {
+    use rustix::net::sockopt::{
+        Ipv4PathMtuDiscovery, Ipv6PathMtuDiscovery, set_ip_mtu_discover, set_ipv6_mtu_discover,
+    };
+    let (v4, v6) = if may_fragment {
+        (Ipv4PathMtuDiscovery::DONT, Ipv6PathMtuDiscovery::DONT)
+    } else {
+        (Ipv4PathMtuDiscovery::PROBE, Ipv6PathMtuDiscovery::PROBE)
+    };
+    if ipv4 {
+        Ok(set_ip_mtu_discover(&fd, v4)?)
+    } else {
+        set_ipv6_mtu_discover(&fd, v6)?;
+        // A dual-stack socket sends IPv4 too (an IPv6-only one may refuse this: fine).
+        let _ = set_ip_mtu_discover(&fd, v4);
+        Ok(())
+    }
+}
+
 /// Abstract implementation of a UDP socket for runtime independence.
 ///
 /// # Poll-based, by design
@@ -370,6 +399,21 @@ pub trait AsyncUdpSocket: Send + Sync + Debug + 'static {
     ///   across connections, say) is responsible for the same MTU bound in its own loop.
     fn max_gro_segments(&self) -> usize {
         1
+    }
+
+    /// (libp2p-webrtc-signal patch) Allow IP to fragment this socket's datagrams (`true`:
+    /// no "don't fragment"; on Linux `IP_PMTUDISC_DONT`, so a router on a path of smaller
+    /// MTU fragments an IPv4 datagram and the host fragments to a path MTU it learned), or
+    /// set "don't fragment" again (`false`: `IP_PMTUDISC_PROBE`, what quinn-udp sets).
+    ///
+    /// The driver allows it while the SCTP association has chunks in flight that are larger
+    /// than the path now carries (`RTCSctpTransport::needs_fragmentation`), and sends no UDP
+    /// GSO batch meanwhile (the kernel refuses a GSO segment above a path MTU it learned).
+    /// The default does nothing and reports success: such a socket keeps "don't fragment",
+    /// and chunks stranded by a path that shrank under a live connection do not get through.
+    fn set_may_fragment(&self, may_fragment: bool) -> io::Result<()> {
+        let _ = may_fragment;
+        Ok(())
     }
 
     /// Send `buf` as a single datagram to `target`.

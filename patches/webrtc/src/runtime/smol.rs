@@ -266,6 +266,12 @@ impl AsyncUdpSocket for UdpSocket {
         self.batch.gro_segments()
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn set_may_fragment(&self, may_fragment: bool) -> io::Result<()> {
+        let sock = self.io.get_ref();
+        super::set_may_fragment(sock, sock.local_addr()?.is_ipv4(), may_fragment)
+    }
+
     fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
         loop {
             // Attempt the syscall BEFORE consulting readiness, mirroring `Async::write_with`.

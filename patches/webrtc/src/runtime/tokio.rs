@@ -264,6 +264,12 @@ impl AsyncUdpSocket for UdpSocket {
         self.batch.gro_segments()
     }
 
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn set_may_fragment(&self, may_fragment: bool) -> io::Result<()> {
+        let ipv4 = self.io.local_addr()?.is_ipv4();
+        super::set_may_fragment(&*self.io, ipv4, may_fragment)
+    }
+
     fn poll_send(&self, cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
         loop {
             match self.io.poll_send_ready(cx) {

@@ -420,6 +420,15 @@ impl<'a> RTCSctpTransport<'a> {
     pub fn max_channels(&self) -> Option<u16> {
         self.peer_connection.sctp_transport().max_channels()
     }
+
+    /// (libp2p-webrtc-signal patch) Whether the association has DATA in flight that is
+    /// larger than a packet of its current path MTU (`sctp::Association::needs_fragmentation`:
+    /// path MTU discovery had raised the size and the path stopped carrying it). While this is
+    /// `true`, the datagrams of this connection should be sent with IP fragmentation allowed
+    /// (no "don't fragment"), or those chunks never get through.
+    pub fn needs_fragmentation(&self) -> bool {
+        self.peer_connection.sctp_transport().needs_fragmentation()
+    }
 }
 
 #[cfg(test)]

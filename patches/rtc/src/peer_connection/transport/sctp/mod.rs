@@ -185,6 +185,13 @@ impl SctpTransport {
         self.association()?.negotiated_max_streams()
     }
 
+    /// (libp2p-webrtc-signal patch) `RTCSctpTransport::needs_fragmentation`.
+    pub(crate) fn needs_fragmentation(&self) -> bool {
+        self.sctp_associations
+            .values()
+            .any(::sctp::Association::needs_fragmentation)
+    }
+
     /// Start the SCTPTransport. Since both local and remote parties must mutually
     /// create an SCTPTransport, SCTP SO (Simultaneous Open) is used to establish
     /// a connection over SCTP.
