@@ -649,42 +649,56 @@ async fn throughput(args: &Args, out: &Report) -> anyhow::Result<()> {
         // Rates per transport, interleaved over the repetitions so that the machine's noise
         // falls on all of them alike.
         let mut rates: Vec<Vec<f64>> = vec![Vec::new(); connections.len()];
+        // CPU time (this process: both peers, user + system) per MiB moved.
+        let mut cpus: Vec<Vec<f64>> = vec![Vec::new(); connections.len()];
         for _ in 0..args.repeat {
             for (i, (transport, connection)) in connections.iter().enumerate() {
                 let mut opened = Vec::new();
                 for _ in 0..streams {
                     opened.push(dialer.open(b, *connection).await?);
                 }
+                let cpu0 = Proc::own().cpu()?;
                 let started = Instant::now();
                 let results =
                     futures::future::join_all(opened.into_iter().map(|s| sink(s, bytes))).await;
                 let took = started.elapsed();
+                let cpu = Proc::own().cpu()? - cpu0;
                 for r in results {
                     r.with_context(|| format!("{transport:?}, {streams} streams"))?;
                 }
-                let rate = (bytes * streams as u64) as f64 / took.as_secs_f64() / 1048576.0;
-                eprintln!("{transport:?} × {streams}: {rate:.1} MiB/s");
+                let mib = (bytes * streams as u64) as f64 / 1048576.0;
+                let rate = mib / took.as_secs_f64();
+                let cpu_ms = cpu.as_secs_f64() * 1000.0 / mib;
+                eprintln!("{transport:?} × {streams}: {rate:.1} MiB/s, {cpu_ms:.2} CPU ms/MiB");
                 if let Some(r) = rates.get_mut(i) {
                     r.push(rate);
+                }
+                if let Some(c) = cpus.get_mut(i) {
+                    c.push(cpu_ms);
                 }
             }
         }
         let medians: Vec<f64> = rates.iter_mut().map(|r| percentile(r, 50)).collect();
+        let cpu_medians: Vec<f64> = cpus.iter_mut().map(|c| percentile(c, 50)).collect();
         let quic = connections
             .iter()
             .position(|(t, _)| *t == Transport::Quic)
             .and_then(|i| medians.get(i).copied())
             .unwrap_or(f64::NAN);
-        for ((transport, _), median) in connections.iter().zip(&medians) {
+        for (((transport, _), median), cpu_ms) in
+            connections.iter().zip(&medians).zip(&cpu_medians)
+        {
             rows.push((
                 json!({"bench": "throughput", "transport": transport.name(), "streams": streams,
                        "mib_per_stream": args.mib, "repeat": args.repeat,
-                       "median_mib_s": median, "vs_quic": median / quic}),
+                       "median_mib_s": median, "vs_quic": median / quic,
+                       "cpu_ms_per_mib": cpu_ms}),
                 vec![
                     transport.name().to_string(),
                     streams.to_string(),
                     format!("{median:.1}"),
                     format!("{:.2}", median / quic),
+                    format!("{cpu_ms:.2}"),
                 ],
             ));
         }
@@ -694,7 +708,7 @@ async fn throughput(args: &Args, out: &Report) -> anyhow::Result<()> {
             "Throughput, loopback, {} MiB per stream, median of {}",
             args.mib, args.repeat
         ),
-        &["transport", "streams", "MiB/s", "× QUIC"],
+        &["transport", "streams", "MiB/s", "× QUIC", "CPU ms / MiB"],
         rows,
     );
     drop(dialer);

@@ -4,7 +4,7 @@
 //! a protobuf `webrtc.pb.Message`. Pure code, no I/O: [`encode`] builds frames and
 //! [`FrameDecoder`] splits received bytes back into frames.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use prost::Message as _;
 
 use crate::generated::webrtc_pb::{message::Flag as PbFlag, Message as PbMessage};
@@ -104,18 +104,32 @@ pub fn max_payload(max_frame_size: usize) -> usize {
 }
 
 /// Encodes one frame, length prefix included.
+///
+/// Written field by field, as `prost` would encode a `webrtc.pb.Message` (field 1 the flag,
+/// field 2 the payload; `encode_matches_prost` checks it byte for byte), so the payload is
+/// copied once, into the frame: building the message first copied it into a `Bytes` too,
+/// about 5% of the CPU of a bulk transfer.
 pub fn encode(flag: Option<Flag>, data: &[u8]) -> BytesMut {
-    let msg = PbMessage {
-        flag: flag.map(|f| f.to_pb() as i32),
-        message: if data.is_empty() && flag.is_some() {
-            None
-        } else {
-            Some(Bytes::copy_from_slice(data))
-        },
+    let mut buf = BytesMut::with_capacity(encoded_len(flag, data.len()));
+    let flag_len = if flag.is_some() { 2 } else { 0 };
+    let with_data = !data.is_empty() || flag.is_none();
+    let data_len = if with_data {
+        1 + varint_len(data.len()) + data.len()
+    } else {
+        0
     };
-    let mut buf = BytesMut::with_capacity(msg.encoded_len() + 3);
-    // Encoding into a BytesMut only fails when it lacks capacity, and it grows as needed.
-    let _ = msg.encode_length_delimited(&mut buf);
+    prost::encoding::encode_varint((flag_len + data_len) as u64, &mut buf);
+    if let Some(flag) = flag {
+        // Field 1, varint; the flag values are 0..=3, one byte.
+        buf.put_u8(0x08);
+        prost::encoding::encode_varint(flag.to_pb() as u64, &mut buf);
+    }
+    if with_data {
+        // Field 2, length-delimited.
+        buf.put_u8(0x12);
+        prost::encoding::encode_varint(data.len() as u64, &mut buf);
+        buf.extend_from_slice(data);
+    }
     buf
 }
 
@@ -213,6 +227,33 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `encode` writes what prost writes for the same `webrtc.pb.Message`.
+    #[test]
+    fn encode_matches_prost() {
+        let flags = [
+            None,
+            Some(Flag::Fin),
+            Some(Flag::StopSending),
+            Some(Flag::ResetStream),
+            Some(Flag::FinAck),
+        ];
+        for flag in flags {
+            for len in [0, 1, 127, 128, 16383, 16384, MAX_FRAME_SIZE] {
+                let data = vec![0x5a; len];
+                let msg = PbMessage {
+                    flag: flag.map(|f| f.to_pb() as i32),
+                    message: (!(data.is_empty() && flag.is_some()))
+                        .then(|| Bytes::copy_from_slice(&data)),
+                };
+                let mut want = BytesMut::new();
+                msg.encode_length_delimited(&mut want).unwrap();
+                let got = encode(flag, &data);
+                assert_eq!(got, want, "{flag:?}, {len} bytes");
+                assert_eq!(got.len(), encoded_len(flag, len));
+            }
+        }
+    }
 
     #[test]
     fn max_payload_fills_frame_exactly() {
