@@ -685,8 +685,7 @@ async fn throughput(args: &Args, out: &Report) -> anyhow::Result<()> {
             .position(|(t, _)| *t == Transport::Quic)
             .and_then(|i| medians.get(i).copied())
             .unwrap_or(f64::NAN);
-        for (((transport, _), median), cpu_ms) in
-            connections.iter().zip(&medians).zip(&cpu_medians)
+        for (((transport, _), median), cpu_ms) in connections.iter().zip(&medians).zip(&cpu_medians)
         {
             rows.push((
                 json!({"bench": "throughput", "transport": transport.name(), "streams": streams,
