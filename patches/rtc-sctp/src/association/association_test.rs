@@ -2226,3 +2226,63 @@ fn large_messages_fill_every_packet() -> Result<()> {
     assert!(*last < a.mtu as usize);
     Ok(())
 }
+
+/// Patch (eighth round): a loss while a queue stands bounds the window at 0.7 of it, never
+/// under the estimated BDP plus 4 packets, and the bound grows by a packet per round until
+/// it is above the floor's probe; a loss without a queue (random loss) bounds nothing.
+#[test]
+fn a_loss_behind_a_queue_bounds_the_window() {
+    let t0 = Instant::now();
+    let min_rtt = Duration::from_millis(40);
+    // 100 KB delivered per 40 ms round: a BDP of 100 KB, a floor of 200 KB.
+    let estimated = || {
+        let mut a = create_association(
+            TransportConfig::default()
+                .with_congestion_control(crate::CongestionControl::DeliveryRate),
+        );
+        let mut now = t0;
+        a.recovery.rate.on_rtt(now, min_rtt);
+        for _ in 0..4 {
+            let snap = a.recovery.rate.snapshot(now, false);
+            now += min_rtt;
+            a.recovery.rate.on_ack(now, 100_000, Some(snap));
+        }
+        a.cwnd = a.recovery.rate.floor();
+        a.ssthresh = a.cwnd;
+        a
+    };
+    let floor = estimated().recovery.rate.floor();
+    assert!((195_000..=205_000).contains(&floor), "floor {floor}");
+
+    // Random loss, no queue: the floor holds.
+    let mut unqueued = estimated();
+    unqueued.rto_mgr.srtt = 41;
+    unqueued.enter_fast_recovery(10);
+    assert_eq!(unqueued.recovery.inflight_hi, None);
+    assert_eq!(unqueued.cwnd, floor);
+
+    // Behind a queue: 0.7 of the window.
+    let mut queued = estimated();
+    queued.rto_mgr.srtt = 80;
+    queued.enter_fast_recovery(10);
+    let hi = queued.recovery.inflight_hi.expect("a bound");
+    assert_eq!(hi, (f64::from(floor) * 0.7) as u32);
+    assert_eq!(
+        queued.cwnd, hi,
+        "the window is cut to the bound, not to the floor"
+    );
+    // Again: never under the BDP plus 4 packets.
+    queued.in_fast_recovery = false;
+    queued.enter_fast_recovery(20);
+    let lowest = floor / 2 + 4 * queued.mtu;
+    assert_eq!(queued.recovery.inflight_hi, Some(lowest));
+    queued.cap_inflight_while_queued();
+    assert!(queued.cwnd <= lowest);
+    // A packet more per round, gone above 1.25 x the floor.
+    queued.raise_inflight_bound();
+    assert_eq!(queued.recovery.inflight_hi, Some(lowest + queued.mtu));
+    for _ in 0..200 {
+        queued.raise_inflight_bound();
+    }
+    assert_eq!(queued.recovery.inflight_hi, None);
+}
