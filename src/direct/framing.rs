@@ -82,14 +82,24 @@ fn varint_len(value: usize) -> usize {
 
 /// Encoded size of a frame carrying `payload` bytes and an optional flag, prefix included.
 pub fn encoded_len(flag: Option<Flag>, payload: usize) -> usize {
+    let body = body_len(flag, payload);
+    varint_len(body) + body
+}
+
+/// Whether a frame carries its payload field: a flag alone omits an empty one.
+fn carries_data(flag: Option<Flag>, payload: usize) -> bool {
+    payload > 0 || flag.is_none()
+}
+
+/// A frame's length without its length prefix.
+fn body_len(flag: Option<Flag>, payload: usize) -> usize {
     let flag_len = if flag.is_some() { 2 } else { 0 };
-    let data_len = if payload > 0 || flag.is_none() {
+    let data_len = if carries_data(flag, payload) {
         1 + varint_len(payload) + payload
     } else {
         0
     };
-    let inner = flag_len + data_len;
-    varint_len(inner) + inner
+    flag_len + data_len
 }
 
 /// The largest payload whose data frame (no flag) fits in `max_frame_size`, prefix included.
@@ -110,21 +120,15 @@ pub fn max_payload(max_frame_size: usize) -> usize {
 /// copied once, into the frame: building the message first copied it into a `Bytes` too,
 /// about 5% of the CPU of a bulk transfer.
 pub fn encode(flag: Option<Flag>, data: &[u8]) -> BytesMut {
-    let mut buf = BytesMut::with_capacity(encoded_len(flag, data.len()));
-    let flag_len = if flag.is_some() { 2 } else { 0 };
-    let with_data = !data.is_empty() || flag.is_none();
-    let data_len = if with_data {
-        1 + varint_len(data.len()) + data.len()
-    } else {
-        0
-    };
-    prost::encoding::encode_varint((flag_len + data_len) as u64, &mut buf);
+    let body = body_len(flag, data.len());
+    let mut buf = BytesMut::with_capacity(varint_len(body) + body);
+    prost::encoding::encode_varint(body as u64, &mut buf);
     if let Some(flag) = flag {
         // Field 1, varint; the flag values are 0..=3, one byte.
         buf.put_u8(0x08);
         prost::encoding::encode_varint(flag.to_pb() as u64, &mut buf);
     }
-    if with_data {
+    if carries_data(flag, data.len()) {
         // Field 2, length-delimited.
         buf.put_u8(0x12);
         prost::encoding::encode_varint(data.len() as u64, &mut buf);

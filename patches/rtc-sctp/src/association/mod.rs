@@ -1446,15 +1446,15 @@ impl Association {
     /// Patch: DATA is cut for packets of `mtu` bytes from now on (`pmtu.rs`): what is still
     /// queued too (`PendingQueue::cut_front`), but not what was sent.
     fn set_mtu(&mut self, mtu: u32) {
+        let smaller = mtu < self.mtu;
         self.mtu = mtu;
         self.max_payload_size = max_payload_size_for_mtu(mtu);
-        // A smaller size strands what was cut for the larger one (`needs_fragmentation`).
-        if let Some(tsn) = self
-            .inflight_queue
-            .newest_larger_than(self.max_payload_size as usize)
-            && !self
-                .oversize_until
-                .is_some_and(|until| sna32gte(until, tsn))
+        // A smaller size strands what was cut for the larger one (`needs_fragmentation`):
+        // the newest such chunk, which is at least as new as any still stranded before.
+        if smaller
+            && let Some(tsn) = self
+                .inflight_queue
+                .newest_larger_than(self.max_payload_size as usize)
         {
             self.oversize_until = Some(tsn);
         }

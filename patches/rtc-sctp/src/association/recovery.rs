@@ -332,8 +332,6 @@ impl Association {
         if self.recovery.rate.round() != round {
             self.recovery.on_round(now);
             self.log_round(now);
-        }
-        if self.recovery.rate.round() != round {
             self.raise_inflight_bound();
         }
         if self.recovery.congestion_control == CongestionControl::DeliveryRate && acked_bytes > 0 {

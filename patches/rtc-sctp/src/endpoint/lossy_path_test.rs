@@ -13,6 +13,8 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 const SI: u16 = 1;
+/// The messages the tests write (16 KiB, as a libp2p stream frames them).
+static MESSAGE: [u8; 16 * 1024] = [0xa5; 16 * 1024];
 const PPI: PayloadProtocolIdentifier = PayloadProtocolIdentifier::Binary;
 
 /// One side: its endpoint, association and the datagrams on their way to it.
@@ -274,22 +276,27 @@ impl Path {
         n
     }
 
+    /// The client writes 16 KiB messages until `written` reaches `total` or `buffer` bytes
+    /// are unacknowledged.
+    fn write_messages(&mut self, written: &mut usize, total: usize, buffer: usize) {
+        let now = self.now;
+        while *written < total
+            && self.client_stream().buffered_amount().unwrap_or(usize::MAX) < buffer
+        {
+            let len = MESSAGE.len().min(total - *written);
+            self.client_stream()
+                .write_sctp(now, &Bytes::from_static(&MESSAGE[..len]), PPI)
+                .expect("write");
+            *written += len;
+        }
+    }
+
     /// Sends `total` bytes in 16 KiB messages, at most `buffer` unacknowledged at a time;
     /// returns the time until the server has read them all.
     fn transfer(&mut self, total: usize, buffer: usize) -> Duration {
-        let message = Bytes::from(vec![0xa5; 16 * 1024]);
         let (mut written, mut read) = (0, 0);
         self.run_until(|p| {
-            let now = p.now;
-            while written < total
-                && p.client_stream().buffered_amount().unwrap_or(usize::MAX) < buffer
-            {
-                let len = message.len().min(total - written);
-                p.client_stream()
-                    .write_sctp(now, &message.slice(..len), PPI)
-                    .expect("write");
-                written += len;
-            }
+            p.write_messages(&mut written, total, buffer);
             read += p.server_read();
             read >= total
         })
@@ -298,18 +305,11 @@ impl Path {
     /// An echo: the client sends `total` bytes in 16 KiB messages (at most a MiB unread), the
     /// server writes back what it reads as it reads it; returns when the client has it all.
     fn echo(&mut self, total: usize) -> Duration {
-        let message = Bytes::from(vec![0xa5; 16 * 1024]);
+        let message = Bytes::from_static(&MESSAGE);
         let (mut written, mut back, mut unechoed) = (0, 0, 0);
         self.run_until(|p| {
             let now = p.now;
-            while written < total && p.client_stream().buffered_amount().unwrap_or(usize::MAX) < MIB
-            {
-                let len = message.len().min(total - written);
-                p.client_stream()
-                    .write_sctp(now, &message.slice(..len), PPI)
-                    .expect("write");
-                written += len;
-            }
+            p.write_messages(&mut written, total, MIB);
             // The server writes back in 16 KiB messages, as a libp2p stream frames them.
             unechoed += p.server_read();
             while unechoed >= message.len() || (unechoed > 0 && written >= total) {
@@ -457,22 +457,12 @@ fn chunks_stranded_by_a_shrinking_path_get_through_fragmented() {
         let mut path = Path::with_transport(transport, RTT / 2, 0.0, 7, 1472 - 37);
         path.fragments = fragments;
         let total = 4 * MIB;
-        let message = Bytes::from(vec![0x5a; 16 * 1024]);
         let (mut written, mut read) = (0, 0);
         let mut shrunk = false;
         let mut flagged = false;
         let start = path.now;
         while read < total && path.now - start < Duration::from_secs(60) {
-            let now = path.now;
-            while written < total
-                && path.client_stream().buffered_amount().unwrap_or(usize::MAX) < MIB
-            {
-                let len = message.len().min(total - written);
-                path.client_stream()
-                    .write_sctp(now, &message.slice(..len), PPI)
-                    .expect("write");
-                written += len;
-            }
+            path.write_messages(&mut written, total, MIB);
             read += path.server_read();
             // When the last message is written: what is in flight then is all cut for the
             // larger size, and nothing new comes behind it.

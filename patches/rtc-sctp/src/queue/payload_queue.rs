@@ -168,7 +168,6 @@ impl PayloadQueue {
             .map_or_else(Vec::new, MessageTsns::to_vec)
     }
 
-    /// get returns reference to chunkPayloadData with the given TSN value.
     /// Patch: the newest TSN whose chunk carries more than `payload` bytes (a pass over the
     /// queue: called when the path MTU falls, not per packet).
     pub(crate) fn newest_larger_than(&self, payload: usize) -> Option<u32> {
@@ -179,6 +178,7 @@ impl PayloadQueue {
         })
     }
 
+    /// get returns reference to chunkPayloadData with the given TSN value.
     pub(crate) fn get(&self, tsn: u32) -> Option<&ChunkPayloadData> {
         #[cfg(test)]
         if self.track_lookups {
