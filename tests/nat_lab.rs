@@ -1617,7 +1617,8 @@ impl Loaded {
         }
     }
 
-    /// `| s | wire/payload | drops % | ping p50/p90 |` cells for `bytes` each way.
+    /// `| s | wire/payload | drops % | ping p50/p90 | packets (mean size) |` cells for
+    /// `bytes` each way.
     fn cells(&self, bytes: usize) -> String {
         let secs = match &self.secs {
             Ok(s) => format!("{s:.2}"),
@@ -1625,11 +1626,13 @@ impl Loaded {
         };
         let mut icmp = self.icmp_ms.clone();
         format!(
-            "{secs} | {:.2} | {:.1}% | {:.0} / {:.0}",
+            "{secs} | {:.3} | {:.1}% | {:.0} / {:.0} | {} ({} B)",
             self.wire_per_payload(bytes),
             100.0 * self.drop_share(),
             pct(&mut icmp, 50),
-            pct(&mut icmp, 90)
+            pct(&mut icmp, 90),
+            self.wire.packets,
+            self.wire.bytes / self.wire.packets.max(1)
         )
     }
 }
@@ -2044,8 +2047,8 @@ fn measure_bottleneck() {
         4 * delay_ms,
         bytes >> 20
     );
-    eprintln!("| line | connection | echo s | wire bytes / payload | queue drops | ping p50 / p90 ms during |");
-    eprintln!("|---|---|---|---|---|---|");
+    eprintln!("| line | connection | echo s | wire bytes / payload | queue drops | ping p50 / p90 ms during | packets (mean size) |");
+    eprintln!("|---|---|---|---|---|---|---|");
     for line in &lines {
         eprintln!("{line}");
     }

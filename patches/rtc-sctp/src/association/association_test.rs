@@ -797,7 +797,7 @@ fn path_mtu_probes_wait_for_the_peer_and_have_their_sizes() {
 
 /// With data both ways, a SACK that is due rides in front of the first DATA chunk (cut 16
 /// bytes shorter for it) instead of in a packet of its own, and the delayed-SACK timer stops.
-/// A SACK with gap blocks still goes alone.
+/// A SACK with gap blocks too, up to `MAX_BUNDLED_SACK` bytes.
 #[test]
 fn a_due_sack_rides_in_front_of_data() -> Result<()> {
     let ppi = PayloadProtocolIdentifier::Binary;
@@ -833,20 +833,43 @@ fn a_due_sack_rides_in_front_of_data() -> Result<()> {
         assert_eq!(a.timers.get(Timer::Ack), None);
     }
 
-    // A gap to report: the SACK goes alone, after the DATA.
-    let mut a = timed_test_association();
-    a.cwnd = 64 * 1024;
-    a.open_stream(1, ppi)?;
-    a.stream(1)?
-        .write_sctp(now, &Bytes::from(vec![1; 1000]), ppi)?;
-    a.payload_queue.push_no_check(ChunkPayloadData {
-        tsn: a.peer_last_tsn.wrapping_add(2),
-        user_data: Bytes::from_static(b"x"),
-        ..Default::default()
-    });
-    a.ack_state = AckState::Immediate;
-    let packets = a.gather_outbound(now).0;
-    let first_types: Vec<String> = packets
+    // A gap to report rides along too (a 20-byte SACK); one with more reports than
+    // `MAX_BUNDLED_SACK` holds goes alone, after the DATA.
+    for (gaps, expected) in [(1, &["SACK"][..]), (29, &["DATA", "SACK"][..])] {
+        let mut a = timed_test_association();
+        a.cwnd = 64 * 1024;
+        a.open_stream(1, ppi)?;
+        a.stream(1)?
+            .write_sctp(now, &Bytes::from(vec![1; 1000]), ppi)?;
+        for gap in 1..=gaps {
+            a.payload_queue.push_no_check(ChunkPayloadData {
+                tsn: a.peer_last_tsn.wrapping_add(2 * gap),
+                user_data: Bytes::from_static(b"x"),
+                ..Default::default()
+            });
+        }
+        a.ack_state = AckState::Immediate;
+        let packets = a.gather_outbound(now).0;
+        assert_eq!(first_chunk_types(&packets), expected, "{gaps} gap(s)");
+        assert_eq!(data_chunks(&packets), 1);
+        let blocks = packets
+            .iter()
+            .flat_map(|raw| Packet::unmarshal(raw).unwrap().chunks)
+            .find_map(|c| {
+                c.as_any()
+                    .downcast_ref::<ChunkSelectiveAck>()
+                    .map(|s| s.gap_ack_blocks.len())
+            })
+            .expect("a SACK");
+        assert_eq!(blocks, gaps as usize);
+        assert!(packets.iter().all(|p| p.len() <= a.mtu as usize));
+    }
+    Ok(())
+}
+
+/// The first chunk type of each packet.
+fn first_chunk_types(packets: &[Bytes]) -> Vec<String> {
+    packets
         .iter()
         .map(|raw| {
             Packet::unmarshal(raw).unwrap().chunks[0]
@@ -854,8 +877,65 @@ fn a_due_sack_rides_in_front_of_data() -> Result<()> {
                 .typ
                 .to_string()
         })
-        .collect();
-    assert_eq!(first_types, ["DATA", "SACK"]);
+        .collect()
+}
+
+/// A SACK that falls due while the pacer holds DATA back waits for that DATA and rides in
+/// front of it, for at most `SACK_HOLD_MAX` or an eighth of the smoothed RTT (the ACK timer
+/// is set to that deadline); with nothing pending, or DATA further away than that, it goes
+/// at once.
+#[test]
+fn a_due_sack_waits_for_paced_data() -> Result<()> {
+    let ppi = PayloadProtocolIdentifier::Binary;
+    let t0 = Instant::now();
+    // Slow start, paced at 2 x cwnd / srtt = 400 kB/s: after the burst, a 1428-byte packet
+    // every ~3.6 ms.
+    let paced = |srtt: u64| -> Result<Association> {
+        let mut a = timed_test_association();
+        a.mtu = 1428;
+        a.max_payload_size = 1428 - 12 - 16;
+        a.cwnd = 8 * 1024;
+        a.ssthresh = u32::MAX;
+        a.rto_mgr.srtt = srtt;
+        a.open_stream(1, ppi)?;
+        a.stream(1)?
+            .write_sctp(t0, &Bytes::from(vec![1; 6000]), ppi)?;
+        let burst = a.gather_outbound(t0).0;
+        assert_eq!(data_chunks(&burst), 3, "the burst, one packet into debt");
+        assert!(a.timers.get(Timer::Pacing).is_some_and(|at| at > t0));
+        a.ack_state = AckState::Immediate;
+        Ok(a)
+    };
+
+    let mut a = paced(40)?;
+    assert!(a.gather_outbound(t0).0.is_empty(), "the SACK waits");
+    assert_eq!(a.ack_state, AckState::Immediate);
+    assert_eq!(a.timers.get(Timer::Ack), Some(t0 + SACK_HOLD_MAX));
+    let release = a.timers.get(Timer::Pacing).expect("paced");
+    a.handle_timeout(release);
+    let packets = a.gather_outbound(release).0;
+    assert_eq!(
+        first_chunk_types(&packets),
+        ["SACK"],
+        "rides in front of DATA"
+    );
+    assert_eq!(data_chunks(&packets), 1);
+    assert_eq!(a.ack_state, AckState::Idle);
+    assert_eq!(a.timers.get(Timer::Ack), None);
+
+    // With a 200 ms RTT the rate is 82 kB/s: the next paced packet is 17 ms away, more
+    // than `SACK_HOLD_MAX`.
+    let mut a = paced(200)?;
+    let packets = a.gather_outbound(t0).0;
+    assert_eq!(first_chunk_types(&packets), ["SACK"]);
+    assert_eq!(data_chunks(&packets), 0, "alone, at once");
+    assert_eq!(a.ack_state, AckState::Idle);
+
+    // Nothing pending: nothing to wait for.
+    let mut a = timed_test_association();
+    a.rto_mgr.srtt = 40;
+    a.ack_state = AckState::Immediate;
+    assert_eq!(first_chunk_types(&a.gather_outbound(t0).0), ["SACK"]);
     Ok(())
 }
 

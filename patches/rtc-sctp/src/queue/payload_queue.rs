@@ -214,6 +214,21 @@ impl PayloadQueue {
         std::mem::take(&mut self.dup_tsn)
     }
 
+    /// Patch: how many gap ack blocks and duplicate TSNs the next SACK reports (what
+    /// `get_gap_ack_blocks` and `pop_duplicates` would return), without building them: the
+    /// SACK's size, to decide whether it rides in front of DATA.
+    pub(crate) fn sack_report_len(&self) -> usize {
+        let mut blocks = 0;
+        let mut prev: Option<u32> = None;
+        for &tsn in &self.sorted {
+            if prev.is_none_or(|p| p.wrapping_add(1) != tsn) {
+                blocks += 1;
+            }
+            prev = Some(tsn);
+        }
+        blocks + self.dup_tsn.len()
+    }
+
     pub(crate) fn get_gap_ack_blocks(&self, cumulative_tsn: u32) -> Vec<GapAckBlock> {
         if self.chunk_map.is_empty() {
             return vec![];
