@@ -923,6 +923,21 @@ fn a_due_sack_waits_for_paced_data() -> Result<()> {
     assert_eq!(a.ack_state, AckState::Idle);
     assert_eq!(a.timers.get(Timer::Ack), None);
 
+    // Held, then the window rather than the pacer holds the DATA: the SACK goes alone, and
+    // the ACK timer set for the hold goes with it.
+    let mut a = paced(40)?;
+    assert!(a.gather_outbound(t0).0.is_empty(), "the SACK waits");
+    a.cwnd = 0;
+    let at = t0 + Duration::from_micros(500);
+    let packets = a.gather_outbound(at).0;
+    assert_eq!(first_chunk_types(&packets), ["SACK"]);
+    assert_eq!(data_chunks(&packets), 0);
+    assert_eq!(
+        a.timers.get(Timer::Ack),
+        None,
+        "no second SACK at the old deadline"
+    );
+
     // With a 200 ms RTT the rate is 82 kB/s: the next paced packet is 17 ms away, more
     // than `SACK_HOLD_MAX`.
     let mut a = paced(200)?;

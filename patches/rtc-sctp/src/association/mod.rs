@@ -2959,6 +2959,9 @@ impl Association {
     fn gather_outbound_sack_packets(&mut self, mut raw_packets: Vec<Bytes>) -> Vec<Bytes> {
         if self.ack_state == AckState::Immediate {
             self.ack_state = AckState::Idle;
+            // Patch: nothing is left to acknowledge, so no ACK timer either (one set by
+            // `hold_sack_for_paced_data` sent a second, empty-handed SACK when it fired).
+            self.timers.stop(Timer::Ack);
             let sack = self.create_selective_ack_chunk();
             debug!("[{}] sending SACK: {}", self.side, sack);
             if let Ok(raw) = self.marshal_control_chunk(&sack) {
