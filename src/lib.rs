@@ -40,6 +40,15 @@ pub mod metrics;
 mod rtc;
 mod slots;
 mod swarm;
+
+/// The guides in `docs/` with Rust examples, compiled and run as doctests like the README.
+#[cfg(doctest)]
+mod guides {
+    #[doc = include_str!("../docs/connection-layer.md")]
+    struct ConnectionLayer;
+    #[doc = include_str!("../docs/nat-traversal.md")]
+    struct NatTraversal;
+}
 #[cfg(test)]
 #[path = "../tests/common/mod.rs"]
 mod test_common;

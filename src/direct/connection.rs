@@ -423,7 +423,7 @@ mod tests {
             for _ in 0..16 {
                 let extra = offerer_peer.create_channel(INIT_CHANNEL_LABEL).await;
                 closed(&extra.expect("channel")).await;
-                // Raw channels bypass `Connection`'s stream id reuse delay (README, known
+                // Raw channels bypass `Connection`'s stream id reuse delay (docs/webrtc-rs.md, known
                 // webrtc-rs issues): a channel created within a round trip of the last close
                 // can get the freed id and be killed or lose its close. Wait as the
                 // connection would (~2 RTT; far more than that on loopback).
