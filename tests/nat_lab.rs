@@ -613,7 +613,7 @@ fn measure_phases(r1: Nat, r2: Nat, ice: Ice, delay_ms: u32, runs: usize) {
 /// example) in one lab: cone/cone, STUN, `DELAY_MS` per link (default 25), `RUNS` pairs of
 /// runs (default 10), the two builds alternating, each with its own listener and dialer
 /// behind the same relay. Prints the phases of both, p50, in ms and in RTTs of the direct
-/// path. A measurement, run by hand (BENCHMARKS.md section 1):
+/// path. A measurement, run by hand (docs/benchmark-history.md section 1):
 /// `BEFORE_NODE=/tmp/before-target/debug/examples/node cargo test --features metrics --test
 /// nat_lab measure_upgrade_before_after -- --ignored --nocapture`.
 #[test]
