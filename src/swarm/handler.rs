@@ -349,7 +349,7 @@ impl Handler {
 
     /// Whether our offer loses a glare against the remote's on this connection.
     fn remote_offer_wins(&self) -> bool {
-        super::policy::offer_wins(&self.remote, &self.local)
+        super::protocol::offer_wins(&self.remote, &self.local)
     }
 }
 

@@ -13,6 +13,7 @@ use libp2p_swarm::{Stream, StreamProtocol};
 
 use crate::generated::signaling_pb::{message::Type, Message};
 use crate::Error;
+use libp2p_identity::PeerId;
 
 /// This crate's signaling protocol id, proposed first.
 pub const PROTOCOL_NAME: StreamProtocol = StreamProtocol::new("/webrtc-signal/1.0.0");
@@ -134,6 +135,15 @@ pub(crate) type SignalingStream = Framed<Stream, prost_codec::Codec<Message>>;
 /// Wraps a negotiated stream; messages over `max_message_size` bytes are refused.
 pub(crate) fn framed(stream: Stream, max_message_size: usize) -> SignalingStream {
     Framed::new(stream, prost_codec::Codec::new(max_message_size))
+}
+
+/// Whether `offerer`'s offer wins a glare against an offer from `other`: the smaller peer id
+/// (by its byte encoding) offers. Both sides reach the same answer; every glare decision (the
+/// handler's on one connection, the policy's across connections and between two direct
+/// connections) goes through here. It is part of the protocol: both peers must
+/// compute the same answer.
+pub(crate) fn offer_wins(offerer: &PeerId, other: &PeerId) -> bool {
+    offerer.to_bytes() < other.to_bytes()
 }
 
 #[cfg(test)]
