@@ -867,6 +867,60 @@ fn a_due_sack_rides_in_front_of_data() -> Result<()> {
     Ok(())
 }
 
+/// A zero-window probe (the receiver's window is closed and nothing is in flight) is one
+/// packet's worth of a large message, not the whole message as one chunk: messages are cut
+/// when they go, and the window check leaves the front whole. The whole 16 KiB went as one
+/// datagram no path carries (EMSGSIZE), sent again until T3-rtx failed the association (the
+/// js-libp2p interop tests, twice in CI).
+#[test]
+fn a_zero_window_probe_fits_a_packet() -> Result<()> {
+    let ppi = PayloadProtocolIdentifier::Binary;
+    let now = Instant::now();
+    for ack_state in [AckState::Idle, AckState::Immediate] {
+        let mut a = timed_test_association();
+        a.cwnd = 64 * 1024;
+        a.rwnd = 0;
+        a.ack_state = ack_state;
+        a.open_stream(1, ppi)?;
+        a.stream(1)?
+            .write_sctp(now, &Bytes::from(vec![1; 16 * 1024]), ppi)?;
+        let packets = a.gather_outbound(now).0;
+        assert_eq!(data_chunks(&packets), 1, "one probe");
+        assert!(
+            packets.iter().all(|p| p.len() <= a.mtu as usize),
+            "{:?} at an MTU of {}",
+            packets.iter().map(Bytes::len).collect::<Vec<_>>(),
+            a.mtu
+        );
+    }
+    Ok(())
+}
+
+/// A lead chunk (a SACK) that does not fit in front of the first DATA chunk goes in a packet
+/// of its own: no packet is ever larger than the MTU.
+#[test]
+fn a_lead_chunk_that_does_not_fit_goes_alone() {
+    let a = timed_test_association();
+    let full = a.mtu as usize - COMMON_HEADER_SIZE as usize - DATA_CHUNK_HEADER_SIZE as usize;
+    let sack = ChunkSelectiveAck {
+        gap_ack_blocks: vec![crate::chunk::chunk_selective_ack::GapAckBlock { start: 2, end: 3 }],
+        ..Default::default()
+    };
+    for (len, expected) in [(full, &["SACK", "DATA"][..]), (full - 64, &["SACK"][..])] {
+        let chunk = ChunkPayloadData {
+            user_data: Bytes::from(vec![0; len]),
+            beginning_fragment: true,
+            ending_fragment: true,
+            ..Default::default()
+        };
+        let mut packets = vec![];
+        a.bundle_chunks_into_packets(Some(&sack), vec![chunk], &mut packets);
+        assert_eq!(first_chunk_types(&packets), expected, "{len} bytes of data");
+        assert!(packets.iter().all(|p| p.len() <= a.mtu as usize));
+        assert_eq!(data_chunks(&packets), 1);
+    }
+}
+
 /// The first chunk type of each packet.
 fn first_chunk_types(packets: &[Bytes]) -> Vec<String> {
     packets

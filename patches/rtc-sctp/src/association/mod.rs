@@ -2952,7 +2952,7 @@ impl Association {
     fn bundled_sack_len(&self) -> Option<usize> {
         let len = CHUNK_HEADER_SIZE
             + SELECTIVE_ACK_HEADER_SIZE
-            + 4 * self.payload_queue.sack_report_len();
+            + 4 * self.payload_queue.sack_report_len(self.peer_last_tsn);
         (len <= MAX_BUNDLED_SACK).then_some(len)
     }
 
@@ -3561,6 +3561,12 @@ impl Association {
             // the data sender can always have one DATA chunk in flight to the receiver
             if chunks.is_empty() && self.inflight_queue.is_empty() {
                 // Send zero window probe
+                // Patch: cut for one packet first. Messages are cut when they go, and the
+                // loop above leaves the front whole when the window stops it: a whole 16 KiB
+                // message went as one chunk, a datagram no path carries (EMSGSIZE), sent
+                // again until the association failed.
+                self.pending_queue
+                    .cut_front(self.max_payload_size.saturating_sub(reserve) as usize & !3);
                 if let Some(c) = self.pending_queue.peek() {
                     let (beginning_fragment, unordered) = (c.beginning_fragment, c.unordered);
 
@@ -3629,6 +3635,28 @@ impl Association {
         // boundaries are computed once here and reused below, so the MTU-split
         // rule lives in exactly one place.
         let hdr = COMMON_HEADER_SIZE as usize;
+        // Patch: a lead chunk (a SACK) that does not fit in front of the first DATA chunk
+        // goes in a packet of its own: never a packet over the MTU, whatever room the chunks
+        // were cut to leave for it.
+        let wire_of = |c: &ChunkPayloadData| {
+            (DATA_CHUNK_HEADER_SIZE as usize + c.user_data.len()).next_multiple_of(4)
+        };
+        let lead = match lead {
+            Some(c)
+                if hdr
+                    + (CHUNK_HEADER_SIZE + c.value_length()).next_multiple_of(4)
+                    + wire_of(&chunks[0])
+                    > self.mtu as usize =>
+            {
+                let mut alone = BytesMut::new();
+                match Packet::write_framed(&common_header, std::iter::once(c), &mut alone) {
+                    Ok(_) => raw_packets.push(alone.freeze()),
+                    Err(_) => warn!("[{}] failed to serialize a control packet", self.side),
+                }
+                None
+            }
+            lead => lead,
+        };
         let lead_len = lead.map_or(0, |c| {
             (CHUNK_HEADER_SIZE + c.value_length()).next_multiple_of(4)
         });
@@ -3642,8 +3670,7 @@ impl Association {
             // deciding on raw payload sizes admitted bundles that marshalled
             // past the MTU (e.g. payloads of 1147 + 16 pass a payload-only
             // check at an MTU of 1191 but serialize to a 1208-byte packet).
-            let wire =
-                (DATA_CHUNK_HEADER_SIZE as usize + chunk.user_data.len()).next_multiple_of(4);
+            let wire = wire_of(chunk);
             // Close the current bundle before a chunk whose padded wire size
             // would push the datagram past the MTU.
             if bundle_len + wire > self.mtu as usize && i > bundle_start {

@@ -215,18 +215,10 @@ impl PayloadQueue {
     }
 
     /// Patch: how many gap ack blocks and duplicate TSNs the next SACK reports (what
-    /// `get_gap_ack_blocks` and `pop_duplicates` would return), without building them: the
-    /// SACK's size, to decide whether it rides in front of DATA.
-    pub(crate) fn sack_report_len(&self) -> usize {
-        let mut blocks = 0;
-        let mut prev: Option<u32> = None;
-        for &tsn in &self.sorted {
-            if prev.is_none_or(|p| p.wrapping_add(1) != tsn) {
-                blocks += 1;
-            }
-            prev = Some(tsn);
-        }
-        blocks + self.dup_tsn.len()
+    /// `get_gap_ack_blocks` and `pop_duplicates` return, counted the same way): the SACK's
+    /// size, to decide whether it rides in front of DATA.
+    pub(crate) fn sack_report_len(&self, cumulative_tsn: u32) -> usize {
+        self.get_gap_ack_blocks(cumulative_tsn).len() + self.dup_tsn.len()
     }
 
     pub(crate) fn get_gap_ack_blocks(&self, cumulative_tsn: u32) -> Vec<GapAckBlock> {
