@@ -2658,9 +2658,10 @@ impl Association {
         // with data both ways that was one 107-byte packet per ~2 DATA packets. Gap blocks
         // and duplicates included, up to `MAX_BUNDLED_SACK` bytes (with loss, the receiver
         // acknowledges every packet until the gap fills); the first chunk leaves room for it.
-        let reserve = match self.bundled_sack_len() {
-            Some(len) if self.ack_state != AckState::Idle => len as u32,
-            _ => 0,
+        let reserve = if self.ack_state == AckState::Idle {
+            0
+        } else {
+            self.bundled_sack_len().map_or(0, |len| len as u32)
         };
         let (chunks, sis_to_reset, sack_fits) = self.pop_pending_data_chunks_leaving(now, reserve);
         if self.state() == AssociationState::Closed {
@@ -3641,25 +3642,21 @@ impl Association {
         let wire_of = |c: &ChunkPayloadData| {
             (DATA_CHUNK_HEADER_SIZE as usize + c.user_data.len()).next_multiple_of(4)
         };
+        let mut lead_len = lead.map_or(0, |c| {
+            (CHUNK_HEADER_SIZE + c.value_length()).next_multiple_of(4)
+        });
         let lead = match lead {
-            Some(c)
-                if hdr
-                    + (CHUNK_HEADER_SIZE + c.value_length()).next_multiple_of(4)
-                    + wire_of(&chunks[0])
-                    > self.mtu as usize =>
-            {
+            Some(c) if hdr + lead_len + wire_of(&chunks[0]) > self.mtu as usize => {
                 let mut alone = BytesMut::new();
                 match Packet::write_framed(&common_header, std::iter::once(c), &mut alone) {
                     Ok(_) => raw_packets.push(alone.freeze()),
                     Err(_) => warn!("[{}] failed to serialize a control packet", self.side),
                 }
+                lead_len = 0;
                 None
             }
             lead => lead,
         };
-        let lead_len = lead.map_or(0, |c| {
-            (CHUNK_HEADER_SIZE + c.value_length()).next_multiple_of(4)
-        });
         let mut bundles: Vec<(usize, usize)> = Vec::new();
         let mut total_len = 0usize;
         let mut bundle_start = 0;
